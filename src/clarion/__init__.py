@@ -1,0 +1,5 @@
+"""Clarion: realtime push and webhooks for Django and Python web apps."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,139 @@
+"""The broker contract. Every method is a coroutine; a backend raises BrokerError on failure.
+
+Delivery: a backend calls its handler's ``on_publication`` once per publication for every
+channel the hub has subscribed to on this node, in offset order per channel, including
+publications made on this node. ``on_join``/``on_leave`` likewise.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    client: str
+    user: str
+    conn_info: bytes | None = None  # raw JSON
+    chan_info: bytes | None = None  # raw JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    offset: int
+    data: bytes  # raw JSON
+    info: ClientInfo | None = None
+    tags: dict[str, str] | None = None
+    time: float = 0.0  # when it was published (time.time()), for latency metrics
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    history_size: int = 0
+    history_ttl: float = 0.0
+    info: ClientInfo | None = None
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+    idempotent_result_ttl: float = 300.0
+    # How long a stream's epoch and top offset outlive its publications.
+    history_meta_ttl: float = 30 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    position: StreamPosition
+    suppressed: bool = False  # True when an idempotency key matched an earlier publication
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    publications: list[Publication]
+    position: StreamPosition  # the stream's current top
+
+
+class BrokerEventHandler(Protocol):
+    def on_publication(self, channel: str, pub: Publication, epoch: str) -> None: ...
+
+    def on_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+
+class Broker(abc.ABC):
+    @abc.abstractmethod
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Connect and begin delivering events to ``handler``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release connections. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """This node wants publications of ``channel``."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, data: bytes, options: PublishOptions) -> PublishResult:
+        """Append to the channel's stream when history is on (size and ttl > 0), then deliver.
+
+        Offsets start at 1 and grow by one per publication of a stream. A stream whose
+        publications and metadata are gone starts again at 1 under a new epoch."""
+
+    @abc.abstractmethod
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    @abc.abstractmethod
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    @abc.abstractmethod
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+        meta_ttl: float = 30 * 24 * 3600.0,
+    ) -> HistoryResult:
+        """Publications of the stream, oldest first (newest first when ``reverse``).
+
+        ``since``: only publications with a greater offset, when its epoch is current (else
+        none: the position is gone). ``limit``: 0 means none are returned (only the position),
+        -1 means all. The position is always the stream's current top; a channel that has no
+        stream gets one (with a fresh epoch) so that later publications continue from it."""
+
+    @abc.abstractmethod
+    async def remove_history(self, channel: str) -> None: ...
+
+    @abc.abstractmethod
+    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        """Add or refresh a client's presence. Entries not refreshed within ttl expire."""
+
+    @abc.abstractmethod
+    async def remove_presence(self, channel: str, client: str) -> None: ...
+
+    @abc.abstractmethod
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Clients present in the channel, by client id."""
+
+    @abc.abstractmethod
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """(number of clients, number of distinct users)."""
+
+    @abc.abstractmethod
+    async def store_ticket(self, ticket: str, payload: bytes, ttl: float) -> None: ...
+
+    @abc.abstractmethod
+    async def consume_ticket(self, ticket: str) -> bytes | None:
+        """Return and delete the ticket's payload in one atomic step; None if absent/expired."""

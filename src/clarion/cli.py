@@ -1,0 +1,153 @@
+"""``clarion`` on the command line: serve, demo, publish."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from clarion import __version__
+from clarion.errors import ClarionError, ConfigError
+
+DEMO_CONFIG: dict[str, Any] = {
+    "namespaces": {
+        "chat": {
+            "history_size": 100, "history_ttl": 300, "presence": True, "join_leave": True,
+            "force_recovery": True, "allow_subscribe_for_client": True,
+            "allow_publish_for_subscriber": True, "allow_history_for_subscriber": True,
+            "allow_presence_for_subscriber": True,
+        },
+    },
+}
+DEMO_API_KEY = "demo"
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def _serve(args: argparse.Namespace, demo: bool) -> int:
+    from clarion.hub.app import Hub
+    from clarion.hub.config import load_config
+
+    overrides: dict[str, Any] = {"host": args.host, "port": args.port, "broker": args.broker,
+                                 "log_level": args.log_level}
+    if demo:
+        overrides["demo"] = True
+    config = load_config(args.config, overrides=overrides)
+    if demo:
+        # The demo runs with its chat namespace unless the file defines its own.
+        config.namespaces = config.namespaces or {
+            name: _options(opts) for name, opts in DEMO_CONFIG["namespaces"].items()}
+        if not config.api_key:
+            config.api_key = DEMO_API_KEY
+    if args.workers != 1:
+        raise ConfigError("--workers > 1 needs a broker shared between processes "
+                          "(redis); the memory broker lives in one process")
+
+    async def main() -> None:
+        hub = Hub(config)
+        await hub.start()
+        if demo:
+            print(f"Clarion demo: open {hub.address}/ in two browser windows.\n"
+                  f"Publish from a shell:  CLARION_API_KEY={config.api_key} clarion publish "
+                  f"chat:lobby '{{\"text\": \"hello from the CLI\", \"user\": \"cli\"}}'",
+                  flush=True)
+        await hub.serve_until_stopped()
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+    return 0
+
+
+def _options(opts: dict[str, Any]) -> Any:
+    import msgspec
+
+    from clarion.hub.config import ChannelOptions
+
+    return msgspec.convert(opts, type=ChannelOptions)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError:
+        print(f"clarion publish: DATA must be JSON, e.g. '{{\"text\": \"hi\"}}' or "
+              f"'\"{args.data}\"' for a string", file=sys.stderr)
+        return 2
+    key = args.api_key or os.environ.get("CLARION_API_KEY", "")
+    body = json.dumps({"channel": args.channel, "data": data}).encode()
+    request = urllib.request.Request(
+        args.url.rstrip("/") + "/api/publish", data=body, method="POST",
+        headers={"Content-Type": "application/json", "X-API-Key": key})
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as resp:
+            answer = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        print(f"clarion publish: {exc.code} {exc.read().decode(errors='replace')}",
+              file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"clarion publish: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+        return 1
+    if "error" in answer:
+        err = answer["error"]
+        print(f"clarion publish: error {err.get('code')}: {err.get('message')}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(answer.get("result", {})))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clarion", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"clarion {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text in (("serve", "run the hub"),
+                            ("demo", "run the hub with the demo chat page")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port to bind (default 8000)")
+        p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+        p.add_argument("--broker", help="memory (default) or a dotted path to a Broker class")
+        p.add_argument("--workers", type=int, default=1, help="hub processes (default 1)")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        if name == "serve":
+            p.add_argument("--demo", action="store_true", help="also serve the demo page")
+
+    p = sub.add_parser("publish", help="publish DATA (JSON) into CHANNEL through the API")
+    p.add_argument("channel")
+    p.add_argument("data", help="JSON, e.g. '{\"text\": \"hi\"}'")
+    p.add_argument("--url", default=os.environ.get("CLARION_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--api-key", help="default: $CLARION_API_KEY")
+    p.add_argument("--timeout", type=float, default=10.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args, demo=args.demo)
+        if args.command == "demo":
+            return _serve(args, demo=True)
+        return _publish(args)
+    except ConfigError as exc:
+        print(f"clarion: {exc}", file=sys.stderr)
+        return 2
+    except ClarionError as exc:
+        print(f"clarion: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,57 @@
+"""The one exception tree. Errors are raised where they are found and translated at the edges:
+a client error becomes a protocol error reply, a disconnect becomes a close frame, a config error
+becomes a message and exit status 2 on the command line."""
+
+from __future__ import annotations
+
+
+class ClarionError(Exception):
+    """Base of every error Clarion raises on purpose."""
+
+
+class ConfigError(ClarionError):
+    """The configuration (file, environment or flags) is invalid; the message names the key."""
+
+
+class FrameError(ClarionError):
+    """Bytes on the wire that do not follow the transport's framing (WebSocket, HTTP)."""
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class ReplyError(ClarionError):
+    """A command failed; sent back to the client as a protocol error reply (codes 100-199)."""
+
+    def __init__(self, code: int, message: str, temporary: bool = False) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.temporary = temporary
+
+
+class Disconnect(ClarionError):
+    """The connection must end with this code (3000-4999) and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+    @property
+    def reconnect(self) -> bool:
+        # Centrifugo's rule: 3500-3999 and 4500-4999 are terminal.
+        return not (3500 <= self.code <= 3999 or 4500 <= self.code <= 4999)
+
+
+class TokenError(ClarionError):
+    """A connection or subscription token (JWT or ticket) was rejected."""
+
+    def __init__(self, message: str, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
+class BrokerError(ClarionError):
+    """The broker backend failed (lost connection, bad state)."""

@@ -1,0 +1,415 @@
+"""The server API: ``POST /api/<method>`` in Centrifugo's request and response shapes.
+
+Errors of the call itself (unknown channel, not available) answer 200 with ``{"error": …}`` as
+Centrifugo does, so the ``cent`` client raises its usual exception. A body that is not JSON is a
+400; a body of the wrong shape is a 422 that names the field and the problem.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from clarion.broker.base import StreamPosition
+from clarion.errors import Disconnect, ReplyError
+from clarion.hub.http import HttpProtocol, Request, Response
+from clarion.hub.session import TICKET_PREFIX, Session, Subscription
+from clarion.protocol import client as proto
+from clarion.protocol import codes
+
+if TYPE_CHECKING:
+    from clarion.hub.app import Hub
+
+_NONE = msgspec.Raw()
+
+
+class _Req(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class StreamPositionModel(_Req):
+    offset: int = 0
+    epoch: str = ""
+
+
+class DisconnectModel(_Req):
+    code: int = 3503
+    reason: str = "force disconnect"
+
+
+class PublishReq(_Req):
+    channel: str
+    data: msgspec.Raw = _NONE
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] = {}
+    idempotency_key: str = ""
+
+
+class BroadcastReq(_Req):
+    channels: list[str]
+    data: msgspec.Raw = _NONE
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] = {}
+    idempotency_key: str = ""
+
+
+class SubscribeReq(_Req):
+    user: str
+    channel: str
+    info: msgspec.Raw = _NONE
+    b64info: str = ""
+    client: str = ""
+    session: str = ""
+    data: msgspec.Raw = _NONE
+    b64data: str = ""
+    recover_since: StreamPositionModel | None = None
+    override: dict[str, Any] = {}
+
+
+class UnsubscribeReq(_Req):
+    user: str
+    channel: str
+    client: str = ""
+    session: str = ""
+
+
+class DisconnectReq(_Req):
+    user: str
+    client: str = ""
+    session: str = ""
+    whitelist: list[str] = []
+    disconnect: DisconnectModel | None = None
+
+
+class RefreshReq(_Req):
+    user: str
+    client: str = ""
+    session: str = ""
+    expired: bool = False
+    expire_at: int = 0
+
+
+class ChannelReq(_Req):
+    channel: str
+
+
+class HistoryReq(_Req):
+    channel: str
+    limit: int = 0
+    since: StreamPositionModel | None = None
+    reverse: bool = False
+
+
+class ChannelsReq(_Req):
+    pattern: str = ""
+
+
+class InfoReq(_Req):
+    pass
+
+
+class TicketReq(_Req):
+    """Issue a one-time ticket: a connection credential for ``user``, valid once, briefly."""
+
+    user: str
+    info: msgspec.Raw = _NONE
+    channels: list[str] = []
+    ttl: float = 0.0
+
+
+class BatchReq(_Req):
+    commands: list[dict[str, Any]]
+    parallel: bool = False
+
+
+def _raw_or_none(raw: msgspec.Raw) -> bytes | None:
+    data = bytes(raw)
+    return data or None
+
+
+class ServerApi:
+    """Every method takes its validated request and returns a result object or raises."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.methods: dict[str, tuple[type[_Req], Callable[[Any], Awaitable[Any]]]] = {
+            "publish": (PublishReq, self.publish),
+            "broadcast": (BroadcastReq, self.broadcast),
+            "subscribe": (SubscribeReq, self.subscribe),
+            "unsubscribe": (UnsubscribeReq, self.unsubscribe),
+            "disconnect": (DisconnectReq, self.disconnect),
+            "refresh": (RefreshReq, self.refresh),
+            "presence": (ChannelReq, self.presence),
+            "presence_stats": (ChannelReq, self.presence_stats),
+            "history": (HistoryReq, self.history),
+            "history_remove": (ChannelReq, self.history_remove),
+            "channels": (ChannelsReq, self.channels),
+            "info": (InfoReq, self.info),
+            "ticket": (TicketReq, self.ticket),
+        }
+
+    # -- HTTP edge --------------------------------------------------------------------------
+
+    def authorized(self, request: Request) -> bool:
+        config = self.hub.config
+        if config.api_insecure:
+            return True
+        if not config.api_key:
+            return False
+        given = request.headers.get("x-api-key", "")
+        if not given:
+            scheme, _, value = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "apikey":
+                given = value.strip()
+        return hmac.compare_digest(given.encode(), config.api_key.encode())
+
+    async def handle(self, request: Request, http: HttpProtocol) -> Response:
+        method = request.path[len("/api/"):].strip("/")
+        if request.method != "POST":
+            resp = Response.error(405, "server API methods are called with POST")
+            resp.headers.append(("allow", "POST"))
+            return resp
+        if not self.authorized(request):
+            message = ("no api_key is configured (set CLARION_API_KEY)" if not
+                       self.hub.config.api_key else "missing or wrong API key")
+            return Response.error(401, message)
+        if method == "batch":
+            try:
+                batch = msgspec.json.decode(request.body or b"{}", type=BatchReq)
+            except msgspec.ValidationError as exc:
+                return _invalid(exc)
+            except msgspec.DecodeError as exc:
+                return Response.error(400, f"body is not valid JSON: {exc}")
+            return Response(200, await self.batch(batch))
+        entry = self.methods.get(method)
+        if entry is None:
+            return Response.json({"error": {"code": 104, "message": "method not found"}}, 404)
+        kind, func = entry
+        try:
+            req = msgspec.json.decode(request.body or b"{}", type=kind)
+        except msgspec.ValidationError as exc:
+            return _invalid(exc)
+        except msgspec.DecodeError as exc:
+            return Response.error(400, f"body is not valid JSON: {exc}")
+        self.hub.metrics.api_calls[method] += 1
+        return Response(200, await self._call(func, req))
+
+    async def _call(self, func: Callable[[Any], Awaitable[Any]], req: Any) -> bytes:
+        try:
+            result = await func(req)
+        except ReplyError as err:
+            return proto.encode({"error": {"code": err.code, "message": err.message}})
+        return b'{"result":' + proto.encode(result) + b"}"
+
+    async def batch(self, batch: BatchReq) -> bytes:
+        replies: list[bytes] = []
+        for command in batch.commands:
+            if len(command) != 1:
+                replies.append(b'{"error":{"code":107,"message":"bad request: a command '
+                               b'holds exactly one method"}}')
+                continue
+            ((method, params),) = command.items()
+            entry = self.methods.get(method)
+            if entry is None:
+                replies.append(b'{"error":{"code":104,"message":"method not found"}}')
+                continue
+            kind, func = entry
+            try:
+                req = msgspec.convert(params, type=kind)
+            except msgspec.ValidationError as exc:
+                replies.append(proto.encode({"error": {"code": 107,
+                                                       "message": f"bad request: {exc}"}}))
+                continue
+            self.hub.metrics.api_calls[method] += 1
+            try:
+                result = await func(req)
+            except ReplyError as err:
+                replies.append(proto.encode({"error": {"code": err.code,
+                                                       "message": err.message}}))
+                continue
+            replies.append(b'{"' + method.encode() + b'":' + proto.encode(result) + b"}")
+        return b'{"replies":[' + b",".join(replies) + b"]}"
+
+    # -- methods ----------------------------------------------------------------------------
+
+    async def publish(self, req: PublishReq) -> Any:
+        data = self._data(req.data, req.b64data)
+        result = await self.hub.publish(
+            req.channel, data, tags=req.tags or None, skip_history=req.skip_history,
+            idempotency_key=req.idempotency_key)
+        return {"offset": result.position.offset, "epoch": result.position.epoch} if (
+            result.position.epoch) else {}
+
+    async def broadcast(self, req: BroadcastReq) -> Any:
+        data = self._data(req.data, req.b64data)
+        responses: list[Any] = []
+        for channel in req.channels:
+            try:
+                result = await self.hub.publish(
+                    channel, data, tags=req.tags or None, skip_history=req.skip_history,
+                    idempotency_key=req.idempotency_key)
+            except ReplyError as err:
+                responses.append({"error": {"code": err.code, "message": err.message}})
+                continue
+            pos = result.position
+            responses.append({"result": {"offset": pos.offset, "epoch": pos.epoch}
+                              if pos.epoch else {}})
+        return {"responses": responses}
+
+    def _data(self, data: msgspec.Raw, b64data: str) -> bytes:
+        raw = bytes(data)
+        if b64data:
+            # The JSON protocol carries no binary: base64 data is delivered as a JSON string.
+            raw = proto.encode_str(b64data)
+        if not raw:
+            raise ReplyError(107, "bad request: data is required")
+        return raw
+
+    def _sessions(self, user: str, client: str = "", session: str = "") -> list[Session]:
+        found = self.hub.fanout.user_sessions(user)
+        if client:
+            found = [s for s in found if s.id == client]
+        return found
+
+    async def subscribe(self, req: SubscribeReq) -> Any:
+        options = self.hub.rules.options(req.channel)
+        info = _raw_or_none(req.info)
+        for session in self._sessions(req.user, req.client, req.session):
+            if req.channel in session.subs or session.transport != "websocket":
+                continue
+
+            sub = Subscription(options, options.force_recovery, options.join_leave, 0, info)
+            recover = None
+            if req.recover_since is not None:
+                recover = StreamPosition(req.recover_since.offset, req.recover_since.epoch)
+            attached = await session.attach(req.channel, sub, recover, options.history_enabled)
+            result = dict(attached.result)
+            if bytes(req.data):
+                result["data"] = req.data
+            body = proto.encode(result)
+            session.target.send(proto.push_frame(  # type: ignore[attr-defined]
+                proto.encode_str(req.channel), b"subscribe", body))
+            attached.activate()
+            await session.announce_join(req.channel, sub)
+        return {}
+
+    async def unsubscribe(self, req: UnsubscribeReq) -> Any:
+        for session in self._sessions(req.user, req.client, req.session):
+            if req.channel not in session.subs:
+                continue
+            await session.detach(req.channel)
+            if session.transport == "websocket":
+                session.target.send(proto.push_frame(  # type: ignore[attr-defined]
+                    proto.encode_str(req.channel), b"unsubscribe",
+                    b'{"code":2000,"reason":"server unsubscribe"}'))
+        return {}
+
+    async def disconnect(self, req: DisconnectReq) -> Any:
+        model = req.disconnect or DisconnectModel()
+        if not 3000 <= model.code <= 4999:
+            raise ReplyError(107, "bad request: disconnect.code must be within 3000-4999")
+        for session in self._sessions(req.user, req.client, req.session):
+            if session.id in req.whitelist:
+                continue
+            session.target.disconnect(  # type: ignore[attr-defined]
+                Disconnect(model.code, model.reason))
+        return {}
+
+    async def refresh(self, req: RefreshReq) -> Any:
+        for session in self._sessions(req.user, req.client, req.session):
+            if req.expired:
+                session.target.disconnect(Disconnect(*codes.EXPIRED))  # type: ignore[attr-defined]
+            elif req.expire_at:
+                session.expire_at = req.expire_at
+        return {}
+
+    async def presence(self, req: ChannelReq) -> Any:
+        options = self.hub.rules.options(req.channel)
+        if not options.presence:
+            raise codes.not_available()
+        members = await self.hub.broker.presence(req.channel)
+        return {"presence": {cid: msgspec.Raw(proto.client_info_json(
+            i.client, i.user, i.conn_info, i.chan_info)) for cid, i in members.items()}}
+
+    async def presence_stats(self, req: ChannelReq) -> Any:
+        options = self.hub.rules.options(req.channel)
+        if not options.presence:
+            raise codes.not_available()
+        clients, users = await self.hub.broker.presence_stats(req.channel)
+        return {"num_clients": clients, "num_users": users}
+
+    async def history(self, req: HistoryReq) -> Any:
+        options = self.hub.rules.options(req.channel)
+        return await self.hub.history_result(req.channel, options, req.limit, req.since,
+                                             req.reverse)
+
+    async def history_remove(self, req: ChannelReq) -> Any:
+        options = self.hub.rules.options(req.channel)
+        if not options.history_enabled:
+            raise codes.not_available()
+        await self.hub.broker.remove_history(req.channel)
+        return {}
+
+    async def channels(self, req: ChannelsReq) -> Any:
+        pattern = req.pattern or "*"
+        return {"channels": {
+            ch: {"num_clients": len(subs)}
+            for ch, subs in self.hub.fanout.channels.items() if fnmatchcase(ch, pattern)
+        }}
+
+    async def info(self, req: InfoReq) -> Any:
+        hub = self.hub
+        fan = hub.fanout
+        return {"nodes": [{
+            "uid": hub.node_id,
+            "name": hub.node_name,
+            "version": hub.version,
+            "num_clients": len(fan.sessions),
+            "num_users": len(fan.users),
+            "num_channels": len(fan.channels),
+            "num_subs": sum(len(s) for s in fan.channels.values()),
+            "uptime": int(time.monotonic() - hub.started_at),
+        }]}
+
+    async def ticket(self, req: TicketReq) -> Any:
+        config = self.hub.config
+        ttl = req.ttl or config.seconds("ticket_ttl")
+        if not 0 < ttl <= config.seconds("ticket_max_ttl"):
+            raise ReplyError(107, f"bad request: ttl must be within 0-"
+                                  f"{config.seconds('ticket_max_ttl'):g} seconds")
+        ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
+        payload: dict[str, Any] = {"user": req.user}
+        info = _raw_or_none(req.info)
+        if info is not None:
+            payload["info"] = msgspec.Raw(info)
+        if req.channels:
+            for channel in req.channels:
+                self.hub.rules.options(channel)
+            payload["channels"] = req.channels
+        await self.hub.broker.store_ticket(ticket, proto.encode(payload), ttl)
+        self.hub.metrics.tickets_issued += 1
+        return {"ticket": ticket, "expires_in": ttl}
+
+
+def _invalid(exc: msgspec.ValidationError) -> Response:
+    message = str(exc)
+    field = ""
+    if " - at `$." in message:
+        message, _, where = message.partition(" - at `$.")
+        field = where.rstrip("`")
+    elif "unknown field `" in message:
+        field = message.split("`")[1]
+    elif "missing required field `" in message:
+        field = message.split("`")[1]
+    return Response.json({"error": {"code": 422, "message": f"invalid request: {exc}",
+                                    "fields": [{"field": field, "problem": message}]}}, 422)
+
+

@@ -1,0 +1,312 @@
+"""The hub process: lifecycle, wiring and the operations every transport shares.
+
+Lifecycle: ``start()`` starts the broker and binds the socket; ``serve_until_stopped()`` runs
+until SIGINT/SIGTERM; ``shutdown()`` stops accepting, tells every client to reconnect (3001)
+and waits at most ``shutdown_timeout`` seconds for sockets to drain before closing the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from clarion import __version__
+from clarion.broker import Broker, PublishOptions, PublishResult, create_broker
+from clarion.broker.base import ClientInfo, StreamPosition
+from clarion.errors import Disconnect
+from clarion.hub.api import ServerApi
+from clarion.hub.channels import ChannelRules
+from clarion.hub.config import ChannelOptions, Config
+from clarion.hub.fanout import Fanout
+from clarion.hub.http import HttpProtocol, Request, Response
+from clarion.hub.logs import Logger
+from clarion.hub.metrics import HubMetrics
+from clarion.hub.openapi import docs_page, openapi_document
+from clarion.hub.outbound import Flusher
+from clarion.hub.resume import ResumeSigner
+from clarion.hub.router import Router
+from clarion.hub.static import file_response, handle_static
+from clarion.hub.uni import UniConnection, handle_http_stream, handle_poll, handle_sse
+from clarion.hub.ws import WebSocketConnection, handle_websocket
+from clarion.protocol import client as proto
+from clarion.protocol import codes
+from clarion.protocol.tokens import TokenKeys
+
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class Hub:
+    def __init__(self, config: Config, broker: Broker | None = None,
+                 logger: Logger | None = None) -> None:
+        self.config = config
+        self.version = __version__
+        self.node_id = secrets.token_hex(8)
+        self.node_name = socket.gethostname()
+        self.broker = broker or create_broker(config.broker)
+        self.log = logger or Logger(fmt=config.log_format, level=config.log_level)
+        self.rules = ChannelRules(config)
+        self.token_keys = TokenKeys(config.token_hmac_secret, config.token_rsa_public_key,
+                                    config.token_ecdsa_public_key, config.token_audience,
+                                    config.token_issuer)
+        self.resume = ResumeSigner(config.token_hmac_secret or config.api_key,
+                                   config.seconds("session_ttl"))
+        self.metrics = HubMetrics()
+        self.fanout = Fanout(self)
+        self.api = ServerApi(self)
+        self.router = Router(self)
+        self.websockets: set[WebSocketConnection] = set()
+        self.streams: set[UniConnection] = set()
+        self.http_connections: set[HttpProtocol] = set()
+        self.started_at = time.monotonic()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
+        self._last_ping = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.flusher: Flusher
+        self.metrics.attach(self)
+        self._routes()
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def _routes(self) -> None:
+        r = self.router
+        r.add("/connection/websocket", handle_websocket)
+        r.add("/connection/sse", handle_sse)
+        r.add("/connection/stream", handle_http_stream)
+        r.add("/connection/poll", handle_poll)
+        r.add_prefix("/api/", self.api.handle)
+        r.add_prefix("/static/", handle_static)
+        r.add("/health", self._health)
+        r.add("/metrics", self._metrics)
+        r.add("/openapi.json", self._openapi)
+        r.add("/docs", self._docs)
+        if self.config.demo:
+            r.add("/", self._demo_page)
+            r.add("/demo/ticket", self._demo_ticket)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "hub is not started"
+        return self._loop
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.websockets) + len(self.streams)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task failed", error=repr(task.exception()))
+
+    def http_connection_made(self, http: HttpProtocol) -> None:
+        self.http_connections.add(http)
+
+    def http_connection_lost(self, http: HttpProtocol) -> None:
+        self.http_connections.discard(http)
+
+    # -- shared operations --------------------------------------------------------------------
+
+    def origin_allowed(self, request: Request) -> bool:
+        """Browsers send Origin; it must be this host or match ``allowed_origins``."""
+        origin = request.headers.get("origin")
+        if origin is None:
+            return True  # not a browser: nothing to hijack
+        patterns = self.config.allowed_origins
+        if "*" in patterns:
+            return True
+        host = request.headers.get("host", "")
+        if urlsplit(origin).netloc == host and host:
+            return True
+        return any(fnmatch.fnmatchcase(origin, p) for p in patterns)
+
+    async def publish(self, channel: str, data: bytes, *, info: ClientInfo | None = None,
+                      tags: dict[str, str] | None = None, skip_history: bool = False,
+                      idempotency_key: str = "") -> PublishResult:
+        options = self.rules.options(channel)
+        if b"\n" in data or b"\r" in data:
+            # Frames batch messages by newline: data must be compact JSON.
+            data = msgspec.json.encode(msgspec.json.decode(data))
+        history = options.history_enabled and not skip_history
+        return await self.broker.publish(channel, data, PublishOptions(
+            history_size=options.history_size if history else 0,
+            history_ttl=options.history_ttl if history else 0.0,  # type: ignore[arg-type]
+            info=info, tags=tags, idempotency_key=idempotency_key,
+            history_meta_ttl=self.config.seconds("history_meta_ttl")))
+
+    async def history_result(self, channel: str, options: ChannelOptions, limit: int,
+                             since: Any, reverse: bool) -> dict[str, Any]:
+        if not options.history_enabled:
+            raise codes.not_available()
+        position = StreamPosition(since.offset, since.epoch) if since is not None else None
+        hist = await self.broker.history(channel, since=position, limit=limit, reverse=reverse,
+                                         meta_ttl=self.config.seconds("history_meta_ttl"))
+        if position is not None and position.epoch != hist.position.epoch:
+            raise codes.unrecoverable_position()
+        from clarion.hub.push import info_json
+
+        pubs = [msgspec.Raw(proto.publication_json(p.data, p.offset, info_json(p.info), p.tags))
+                for p in hist.publications]
+        return {"publications": pubs, "offset": hist.position.offset,
+                "epoch": hist.position.epoch}
+
+    # -- plain endpoints ----------------------------------------------------------------------
+
+    async def _health(self, request: Request, http: HttpProtocol) -> Response:
+        if self._stopping is not None and self._stopping.is_set():
+            return Response.json({"status": "stopping"}, 503)
+        return Response.json({"status": "ok", "version": self.version})
+
+    async def _metrics(self, request: Request, http: HttpProtocol) -> Response:
+        return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def _openapi(self, request: Request, http: HttpProtocol) -> Response:
+        return Response(200, openapi_document(self.api))
+
+    async def _docs(self, request: Request, http: HttpProtocol) -> Response:
+        return Response(200, docs_page(), "text/html; charset=utf-8")
+
+    async def _demo_page(self, request: Request, http: HttpProtocol) -> Response:
+        return file_response("demo.html")
+
+    async def _demo_ticket(self, request: Request, http: HttpProtocol) -> Response:
+        """Demo only: a ticket for whatever name the page asks for. A real app issues tickets
+        from its own login-protected view through the server API."""
+        if request.method != "POST":
+            return Response.error(405, "use POST")
+        try:
+            body = msgspec.json.decode(request.body or b"{}")
+            name = str(body.get("name", "")).strip()[:32]
+        except (msgspec.DecodeError, AttributeError):
+            return Response.error(400, "body must be JSON like {\"name\": \"ada\"}")
+        if not name:
+            return Response.error(422, "name is required")
+        result = await self.api.ticket(
+            _ticket_request(name))
+        return Response.json(result)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.flusher = Flusher(self._loop, after=self.metrics.observe_flush)
+        self._stopping = asyncio.Event()
+        await self.broker.start(self.fanout)
+        if sock is not None:
+            self._server = await self._loop.create_server(
+                lambda: HttpProtocol(self), sock=sock, backlog=4096)
+        else:
+            self._server = await self._loop.create_server(
+                lambda: HttpProtocol(self), self.config.host, self.config.port, backlog=4096,
+                reuse_address=True)
+        self._housekeeper = self._loop.create_task(self._housekeeping())
+        self.log.info("hub listening", address=self.address, broker=self.config.broker,
+                      version=self.version)
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def serve_until_stopped(self) -> None:
+        assert self._stopping is not None
+        loop = self.loop
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopping.set)
+        await self._stopping.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, ask clients to reconnect elsewhere, drain within the bound."""
+        if self._stopping is not None:
+            self._stopping.set()
+        self.log.info("hub stopping", connections=self.connection_count)
+        if self._server is not None:
+            self._server.close()
+        bye = Disconnect(*codes.SHUTDOWN)
+        for conn in list(self.websockets):
+            conn.disconnect(bye)
+        for stream in list(self.streams):
+            stream.disconnect(bye)
+        for http in list(self.http_connections):
+            if http.takeover is None and http.transport is not None:
+                http.transport.close()
+        deadline = time.monotonic() + self.config.seconds("shutdown_timeout")
+        while (self.websockets or self.streams) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.websockets):
+            conn.transport.abort()
+        for stream in list(self.streams):
+            stream.transport.abort()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeper
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=max(0.1, deadline - time.monotonic()))
+        await self.broker.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.log.info("hub stopped")
+
+    async def _housekeeping(self) -> None:
+        """Once a second: pings, pong and stale checks, token expiry. One timer for all
+        connections keeps idle ones cheap."""
+        config = self.config
+        interval = config.seconds("ping_interval")
+        pong_timeout = config.seconds("pong_timeout")
+        stale = config.seconds("client_stale_close_delay")
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            now = time.monotonic()
+            wall = time.time()
+            ping_now = interval > 0 and now - self._last_ping >= interval
+            for conn in list(self.websockets):
+                session = conn.session
+                if not session.connected:
+                    if now - session.created > stale:
+                        conn.disconnect(Disconnect(*codes.STALE))
+                    continue
+                expired = session.check_expiry(wall)
+                if expired is not None:
+                    conn.disconnect(expired)
+                    continue
+                if interval > 0 and self._last_ping and session.last_pong < self._last_ping \
+                        and now - self._last_ping > pong_timeout \
+                        and session.created < self._last_ping:
+                    conn.disconnect(Disconnect(*codes.NO_PONG))
+                    continue
+                if ping_now:
+                    conn.ping()
+            if ping_now:
+                for stream in list(self.streams):
+                    stream.ping()
+                self._last_ping = now
+
+
+def _ticket_request(name: str) -> Any:
+    from clarion.hub.api import TicketReq
+
+    return TicketReq(user=name, info=msgspec.Raw(msgspec.json.encode({"name": name})))

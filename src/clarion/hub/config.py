@@ -1,0 +1,194 @@
+"""Configuration: defaults, then a TOML file, then ``CLARION_*`` environment, then flags.
+
+Option names follow Centrifugo's where one exists, so a Centrifugo config translates by copying
+keys. An unknown key is an error that names it: a typo must not silently turn a feature off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from clarion.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: float | int | str, name: str) -> float:
+    """Seconds from a number of seconds or a string such as ``"300s"``, ``"5m"``, ``"1h"``."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{name}: {value!r} is not a duration (like 30, \"30s\", \"5m\")")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"{name}: must not be negative")
+    return seconds
+
+
+class ChannelOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Options of a namespace (or of channels without one). Everything defaults to off."""
+
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = 0
+    history_ttl: float | str = 0.0
+    force_positioning: bool = False
+    allow_positioning: bool = False
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+    channel_regex: str = ""
+
+    def __post_init__(self) -> None:
+        self.history_ttl = parse_duration(self.history_ttl, "history_ttl")
+        if self.history_size < 0:
+            raise ValueError("history_size: must not be negative")
+        if bool(self.history_size) != bool(self.history_ttl):
+            raise ValueError("history_size and history_ttl must be set together")
+        if (self.force_recovery or self.allow_recovery) and not self.history_size:
+            raise ValueError("recovery needs history_size and history_ttl")
+        if self.channel_regex:
+            try:
+                re.compile(self.channel_regex)
+            except re.error as exc:
+                raise ValueError(f"channel_regex: {exc}") from None
+
+    @property
+    def history_enabled(self) -> bool:
+        return self.history_size > 0
+
+
+NamespaceOptions = ChannelOptions
+
+_NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{1,64}$")
+
+
+class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
+    """Hub settings. Top-level channel options apply to channels without a namespace."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    broker: str = "memory"
+    log_level: str = "info"
+    log_format: str = "text"  # or "json"
+
+    api_key: str = ""
+    api_insecure: bool = False  # accept API calls without a key (development only)
+    api_max_body_size: int = 1024 * 1024
+
+    token_hmac_secret: str = ""
+    token_rsa_public_key: str = ""
+    token_ecdsa_public_key: str = ""
+    token_audience: str = ""
+    token_issuer: str = ""
+    allow_anonymous_connect_without_token: bool = False
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+
+    ticket_ttl: float | str = 10.0
+    ticket_max_ttl: float | str = 300.0
+    session_ttl: float | str = 3600.0
+
+    ping_interval: float | str = 25.0
+    pong_timeout: float | str = 8.0
+    client_stale_close_delay: float | str = 10.0
+    client_max_message_size: int = 65536
+    client_channel_limit: int = 128
+    client_queue_max_size: int = 1024 * 1024
+    client_command_rate_limit: float = 100.0  # per second per connection; 0 turns it off
+    client_command_burst: int = 200
+    max_connections: int = 50000
+    presence_ttl: float | str = 60.0
+    history_meta_ttl: float | str = 30 * 86400.0
+
+    poll_timeout: float | str = 25.0
+    poll_timeout_max: float | str = 60.0
+    shutdown_timeout: float | str = 10.0
+
+    demo: bool = False
+    namespaces: dict[str, ChannelOptions] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("ticket_ttl", "ticket_max_ttl", "session_ttl", "ping_interval",
+                     "pong_timeout", "client_stale_close_delay", "presence_ttl",
+                     "history_meta_ttl", "poll_timeout", "poll_timeout_max", "shutdown_timeout"):
+            setattr(self, name, parse_duration(getattr(self, name), name))
+        for name in self.namespaces:
+            if not _NAMESPACE_NAME.match(name):
+                raise ValueError(f"namespaces: {name!r} is not a valid namespace name")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format: must be \"text\" or \"json\"")
+        for name in ("client_max_message_size", "client_channel_limit", "client_queue_max_size",
+                     "api_max_body_size", "max_connections"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
+        if not 0 < self.port < 65536:
+            raise ValueError("port: must be between 1 and 65535")
+
+    def seconds(self, name: str) -> float:
+        value = getattr(self, name)
+        assert isinstance(value, float)
+        return value
+
+
+_ENV_PREFIX = "CLARION_"
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    fields = {f for f in Config.__struct_fields__ if f != "namespaces"}
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(_ENV_PREFIX):
+            continue
+        name = key[len(_ENV_PREFIX):].lower()
+        if name in fields:
+            out[name] = value.split(",") if name == "allowed_origins" else value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    env = _from_env(os.environ if environ is None else environ)
+    raw.update(env)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        # strict=False lets environment strings become numbers and booleans.
+        return msgspec.convert(raw, type=Config, strict=False)
+    except msgspec.ValidationError as exc:
+        where = f"config file {path}" if path else "configuration"
+        raise ConfigError(f"{where}: {exc}") from None

@@ -1,0 +1,106 @@
+"""Prometheus metrics. The hot path bumps plain integers; a collector reads them on scrape."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from clarion.hub.app import Hub
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class HubMetrics:
+    def __init__(self) -> None:
+        self.deliveries = 0
+        self.publications = 0
+        self.messages_in = 0
+        self.tickets_issued = 0
+        self.tickets_consumed = 0
+        self.connections_total: Counter[str] = Counter()
+        self.disconnects: Counter[int] = Counter()
+        self.api_calls: Counter[str] = Counter()
+        self.recoveries: Counter[bool] = Counter()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            "clarion_publish_to_deliver_seconds",
+            "Time from a publication entering the broker to its fan-out being written to "
+            "every local subscriber's socket.",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._pending_latency: list[float] = []
+
+    def delivered(self, count: int, published_at: float) -> None:
+        self.deliveries += count
+        self.publications += 1
+        if published_at:
+            self._pending_latency.append(published_at)
+
+    def observe_flush(self) -> None:
+        """Called after a flush of all queued writes: those publications have gone out."""
+        pending = self._pending_latency
+        if pending:
+            self._pending_latency = []
+            now = time.time()
+            for t in pending:
+                self.latency.observe(max(0.0, now - t))
+
+    def attach(self, hub: Hub) -> None:
+        self.registry.register(_HubCollector(hub))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        m = hub.metrics
+        by_transport = Counter(s.transport for s in hub.fanout.sessions.values())
+        g = GaugeMetricFamily("clarion_connections", "Open client connections.",
+                              labels=["transport"])
+        for transport in ("websocket", "sse", "stream", "poll"):
+            g.add_metric([transport], by_transport.get(transport, 0))
+        yield g
+        yield GaugeMetricFamily("clarion_subscriptions", "Channel subscriptions on this node.",
+                                value=sum(len(s) for s in hub.fanout.channels.values()))
+        yield GaugeMetricFamily("clarion_channels", "Channels with subscribers on this node.",
+                                value=len(hub.fanout.channels))
+        c = CounterMetricFamily("clarion_connections_accepted", "Connections accepted.",
+                                labels=["transport"])
+        for transport, n in m.connections_total.items():
+            c.add_metric([transport], n)
+        yield c
+        yield CounterMetricFamily("clarion_messages_sent", "Publications and join/leave pushes "
+                                  "delivered to subscribers.", value=m.deliveries)
+        yield CounterMetricFamily("clarion_publications", "Publications fanned out.",
+                                  value=m.publications)
+        yield CounterMetricFamily("clarion_messages_received", "Frames received from clients.",
+                                  value=m.messages_in)
+        d = CounterMetricFamily("clarion_disconnects", "Connections closed by the hub, by code.",
+                                labels=["code"])
+        for code, n in m.disconnects.items():
+            d.add_metric([str(code)], n)
+        yield d
+        a = CounterMetricFamily("clarion_api_calls", "Server API calls.", labels=["method"])
+        for method, n in m.api_calls.items():
+            a.add_metric([method], n)
+        yield a
+        r = CounterMetricFamily("clarion_recoveries", "Subscriptions that asked to recover.",
+                                labels=["recovered"])
+        for ok, n in m.recoveries.items():
+            r.add_metric([str(ok).lower()], n)
+        yield r
+        yield CounterMetricFamily("clarion_tickets_issued", "One-time tickets issued.",
+                                  value=m.tickets_issued)
+        yield CounterMetricFamily("clarion_tickets_consumed", "One-time tickets used.",
+                                  value=m.tickets_consumed)

@@ -1,0 +1,446 @@
+"""One client's protocol state and commands, whatever transport carries it.
+
+The WebSocket transport feeds it Centrifugo commands; the unidirectional transports (SSE,
+stream, poll) use the same connect and subscribe steps with parameters from the URL.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from clarion.broker.base import ClientInfo, StreamPosition
+from clarion.errors import Disconnect, ReplyError, TokenError
+from clarion.hub.config import ChannelOptions
+from clarion.hub.push import EncodedPush
+from clarion.protocol import client as proto
+from clarion.protocol import codes
+from clarion.protocol.tokens import (
+    looks_like_jwt,
+    verify_connect_token,
+    verify_subscribe_token,
+)
+
+if TYPE_CHECKING:
+    from clarion.hub.app import Hub
+
+TICKET_PREFIX = "tkt_"
+
+
+class PushTarget(Protocol):
+    def push(self, enc: EncodedPush) -> None: ...
+
+
+@dataclass(slots=True)
+class Subscription:
+    options: ChannelOptions
+    recoverable: bool
+    push_join_leave: bool
+    expire_at: int = 0
+    chan_info: bytes | None = None
+    present: bool = False  # counted in presence (and so announced by join/leave)
+
+
+@dataclass(slots=True)
+class Attached:
+    """What subscribing found; ``activate`` switches the channel from buffering to live."""
+
+    result: dict[str, Any]
+    recovered_pubs: list[EncodedPush]
+    activate: Callable[[], None]
+    unrecoverable: bool = False
+
+
+class Session:
+    __slots__ = ("_allowance", "_stamp", "conn_info", "connected", "created", "expire_at", "hub",
+                 "id", "last_pong", "name", "post_reply", "subs", "target", "transport", "user")
+
+    def __init__(self, hub: Hub, target: PushTarget, transport: str) -> None:
+        self.hub = hub
+        self.target = target
+        self.transport = transport
+        self.id = secrets.token_hex(16)
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.connected = False
+        self.expire_at = 0
+        self.name = ""
+        self.subs: dict[str, Subscription] = {}
+        # Work that must follow the reply being written (going live after a subscribe).
+        self.post_reply: list[Callable[[], Awaitable[None] | None]] = []
+        now = time.monotonic()
+        self.created = now
+        self.last_pong = now
+        self._allowance = float(hub.config.client_command_burst)
+        self._stamp = now
+
+    # -- authentication -------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> tuple[str, ...]:
+        """Set the user from a connection JWT or a one-time ticket; returns token channels."""
+        hub = self.hub
+        if not token:
+            if hub.config.allow_anonymous_connect_without_token:
+                return ()
+            raise Disconnect(*codes.INVALID_TOKEN)
+        if token.startswith(TICKET_PREFIX):
+            payload = await hub.broker.consume_ticket(token)
+            if payload is None:
+                raise Disconnect(*codes.INVALID_TOKEN)
+            ticket = msgspec.json.decode(payload)
+            self.user = str(ticket.get("user", ""))
+            info = ticket.get("info")
+            self.conn_info = None if info is None else proto.encode(info)
+            hub.metrics.tickets_consumed += 1
+            return tuple(ticket.get("channels", ()))
+        if token.startswith("ses_"):
+            claims = hub.resume.verify(token[4:])
+            self.user = claims.user
+            self.conn_info = claims.info
+            return claims.channels
+        if not looks_like_jwt(token):
+            raise Disconnect(*codes.INVALID_TOKEN)
+        try:
+            claims = verify_connect_token(token, hub.token_keys)
+        except TokenError as exc:
+            if exc.expired:
+                raise codes.token_expired() from None
+            hub.log.info("connect token rejected", reason=str(exc), transport=self.transport)
+            raise Disconnect(*codes.INVALID_TOKEN) from None
+        self.user = claims.user
+        self.conn_info = claims.info
+        self.expire_at = claims.expire_at
+        return claims.channels
+
+    def connect_result(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"client": self.id, "version": self.hub.version}
+        if self.expire_at:
+            result["expires"] = True
+            result["ttl"] = max(0, self.expire_at - int(time.time()))
+        interval = int(self.hub.config.seconds("ping_interval"))
+        if interval:
+            result["ping"] = interval
+            result["pong"] = True
+        return result
+
+    def info(self, chan_info: bytes | None = None) -> ClientInfo:
+        return ClientInfo(self.id, self.user, self.conn_info, chan_info)
+
+    def rate_allowed(self) -> bool:
+        rate = self.hub.config.client_command_rate_limit
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        burst = float(self.hub.config.client_command_burst)
+        self._allowance = min(burst, self._allowance + (now - self._stamp) * rate)
+        self._stamp = now
+        if self._allowance < 1.0:
+            return False
+        self._allowance -= 1.0
+        return True
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def check_channel_limit(self) -> None:
+        if len(self.subs) >= self.hub.config.client_channel_limit:
+            raise codes.limit_exceeded()
+
+    def subscribe_options(self, channel: str, token: str) -> tuple[ChannelOptions, Subscription]:
+        """Permission checks of a client-side subscription; raises the protocol's error."""
+        if channel in self.subs:
+            raise codes.already_subscribed()
+        self.check_channel_limit()
+        expire_at = 0
+        chan_info = None
+        if token:
+            try:
+                claims = verify_subscribe_token(token, self.hub.token_keys)
+            except TokenError as exc:
+                if exc.expired:
+                    raise codes.token_expired() from None
+                raise Disconnect(*codes.INVALID_TOKEN) from None
+            if claims.channel != channel or claims.user != self.user:
+                raise codes.permission_denied()
+            expire_at = claims.expire_at
+            chan_info = claims.info
+        options = self.hub.rules.check_subscribe(channel, self.user, bool(token))
+        sub = Subscription(options, options.force_recovery, False, expire_at, chan_info)
+        return options, sub
+
+    async def attach(self, channel: str, sub: Subscription, recover: StreamPosition | None,
+                     positioned: bool, presence: bool = True) -> Attached:
+        """Subscribe this session to ``channel``: buffer live publications, read the stream
+        position (and missed publications when recovering), then go live without a gap."""
+        hub = self.hub
+        options = sub.options
+        buffer = hub.fanout.add_buffering(channel, self)
+        self.subs[channel] = sub
+        try:
+            await hub.fanout.ensure_broker_subscription(channel)
+            result: dict[str, Any] = {}
+            recovered_pubs: list[EncodedPush] = []
+            unrecoverable = False
+            top = 0
+            if options.history_enabled and (sub.recoverable or positioned or recover):
+                meta_ttl = hub.config.seconds("history_meta_ttl")
+                if recover is not None:
+                    hist = await hub.broker.history(
+                        channel, since=recover, limit=-1, meta_ttl=meta_ttl)
+                    pos = hist.position
+                    pubs = hist.publications
+                    recovered = pos.epoch == recover.epoch and (
+                        recover.offset == pos.offset
+                        or bool(pubs and pubs[0].offset == recover.offset + 1)
+                    )
+                    if recovered:
+                        recovered_pubs = [EncodedPush.publication(channel, p, pos.epoch)
+                                          for p in pubs]
+                    unrecoverable = not recovered
+                    result["recovered"] = recovered
+                    result["was_recovering"] = True
+                    hub.metrics.recoveries[recovered] += 1
+                else:
+                    pos = (await hub.broker.history(channel, limit=0, meta_ttl=meta_ttl)).position
+                top = pos.offset
+                result["epoch"] = pos.epoch
+                result["offset"] = pos.offset
+                result["positioned"] = True
+                if sub.recoverable:
+                    result["recoverable"] = True
+                if recovered_pubs:
+                    result["publications"] = [
+                        msgspec.Raw(p.body) for p in recovered_pubs]
+                    top = recovered_pubs[-1].offset
+            sub.present = presence
+            if options.presence and presence:
+                await hub.broker.add_presence(channel, self.info(sub.chan_info),
+                                              hub.config.seconds("presence_ttl"))
+        except BaseException:
+            self.subs.pop(channel, None)
+            hub.fanout.remove(channel, self)
+            raise
+        if options.join_leave:
+            result["join_leave"] = True
+
+        def activate() -> None:
+            if self.subs.get(channel) is not sub:
+                return
+            hub.fanout.activate(channel, self, buffer, top)
+
+        return Attached(result, recovered_pubs, activate, unrecoverable)
+
+    async def run_post_reply(self) -> None:
+        work, self.post_reply = self.post_reply, []
+        for step in work:
+            result = step()
+            if result is not None:
+                await result
+
+    async def announce_join(self, channel: str, sub: Subscription) -> None:
+        if sub.options.join_leave and sub.present:
+            await self.hub.broker.publish_join(channel, self.info(sub.chan_info))
+
+    async def detach(self, channel: str) -> None:
+        sub = self.subs.pop(channel, None)
+        if sub is None:
+            return
+        hub = self.hub
+        hub.fanout.remove(channel, self)
+        if sub.present:
+            if sub.options.presence:
+                await hub.broker.remove_presence(channel, self.id)
+            if sub.options.join_leave:
+                await hub.broker.publish_leave(channel, self.info(sub.chan_info))
+        await hub.fanout.release_broker_subscription(channel)
+
+    async def detach_all(self) -> None:
+        for channel in list(self.subs):
+            try:
+                await self.detach(channel)
+            except Exception:  # one failed broker call must not leave other channels attached
+                self.hub.log.exception("detach failed", channel=channel, client=self.id)
+
+    # -- bidirectional commands -------------------------------------------------------------
+
+    async def command(self, cmd: proto.Command) -> bytes | None:
+        """Run one command; returns the reply frame body (None for commands without one)."""
+        method = cmd.method()
+        if not self.connected and method != "connect":
+            raise Disconnect(*codes.BAD_REQUEST)
+        if self.connected and method == "connect":
+            raise Disconnect(*codes.BAD_REQUEST)
+        if not self.rate_allowed():
+            err = codes.too_many_requests()
+            return proto.error_reply(cmd.id, err.code, err.message, err.temporary)
+        handler = _HANDLERS.get(method)
+        if handler is None:
+            err = codes.method_not_found()
+            return proto.error_reply(cmd.id, err.code, err.message)
+        try:
+            result = await handler(self, cmd)
+        except ReplyError as err:
+            return proto.error_reply(cmd.id, err.code, err.message, err.temporary)
+        if method == "send":
+            return None
+        return proto.reply(cmd.id, method, result)
+
+    async def _connect(self, cmd: proto.Command) -> Any:
+        assert cmd.connect is not None
+        self.name = cmd.connect.name
+        channels = await self.authenticate(cmd.connect.token)
+        self.connected = True
+        self.hub.fanout.register(self)
+        result = self.connect_result()
+        if channels:
+            subs: dict[str, Any] = {}
+            for channel in channels:
+                options = self.hub.rules.options(channel)
+                sub = Subscription(options, options.force_recovery, options.force_push_join_leave)
+                attached = await self.attach(channel, sub, None, False)
+                attached.activate()
+                subs[channel] = attached.result
+                await self.announce_join(channel, sub)
+            result["subs"] = subs
+        return result
+
+    async def _subscribe(self, cmd: proto.Command) -> Any:
+        req = cmd.subscribe
+        assert req is not None
+        options, sub = self.subscribe_options(req.channel, req.token)
+        sub.recoverable = options.force_recovery or (options.allow_recovery and req.recoverable)
+        sub.push_join_leave = options.join_leave and (
+            options.force_push_join_leave or req.join_leave)
+        positioned = sub.recoverable or options.force_positioning or (
+            options.allow_positioning and req.positioned)
+        recover = StreamPosition(req.offset, req.epoch) if (
+            req.recover and sub.recoverable) else None
+        attached = await self.attach(req.channel, sub, recover, positioned)
+        # The reply (with recovered publications) must reach the client before live ones.
+        self.post_reply.append(attached.activate)
+        self.post_reply.append(lambda: self.announce_join(req.channel, sub))
+        if sub.expire_at:
+            attached.result["expires"] = True
+            attached.result["ttl"] = max(0, sub.expire_at - int(time.time()))
+        return attached.result
+
+    async def _unsubscribe(self, cmd: proto.Command) -> Any:
+        assert cmd.unsubscribe is not None
+        await self.detach(cmd.unsubscribe.channel)
+        return {}
+
+    async def _publish(self, cmd: proto.Command) -> Any:
+        req = cmd.publish
+        assert req is not None
+        options = self.hub.rules.options(req.channel)
+        self.hub.rules.check_action(options, "publish", self.user, req.channel in self.subs)
+        sub = self.subs.get(req.channel)
+        await self.hub.publish(req.channel, bytes(req.data) or b"null",
+                               info=self.info(sub.chan_info if sub else None))
+        return {}
+
+    async def _presence(self, cmd: proto.Command) -> Any:
+        assert cmd.presence is not None
+        channel = cmd.presence.channel
+        options = self.hub.rules.options(channel)
+        self.hub.rules.check_action(options, "presence", self.user, channel in self.subs)
+        if not options.presence:
+            raise codes.not_available()
+        members = await self.hub.broker.presence(channel)
+        return {"presence": {cid: _info_obj(i) for cid, i in members.items()}}
+
+    async def _presence_stats(self, cmd: proto.Command) -> Any:
+        assert cmd.presence_stats is not None
+        channel = cmd.presence_stats.channel
+        options = self.hub.rules.options(channel)
+        self.hub.rules.check_action(options, "presence", self.user, channel in self.subs)
+        if not options.presence:
+            raise codes.not_available()
+        clients, users = await self.hub.broker.presence_stats(channel)
+        return {"num_clients": clients, "num_users": users}
+
+    async def _history(self, cmd: proto.Command) -> Any:
+        req = cmd.history
+        assert req is not None
+        options = self.hub.rules.options(req.channel)
+        self.hub.rules.check_action(options, "history", self.user, req.channel in self.subs)
+        return await self.hub.history_result(req.channel, options, req.limit, req.since,
+                                             req.reverse)
+
+    async def _refresh(self, cmd: proto.Command) -> Any:
+        assert cmd.refresh is not None
+        try:
+            claims = verify_connect_token(cmd.refresh.token, self.hub.token_keys)
+        except TokenError as exc:
+            if exc.expired:
+                raise codes.token_expired() from None
+            raise Disconnect(*codes.INVALID_TOKEN) from None
+        if claims.user != self.user:
+            raise Disconnect(*codes.INVALID_TOKEN)
+        self.expire_at = claims.expire_at
+        if claims.info is not None:
+            self.conn_info = claims.info
+        return self.connect_result()
+
+    async def _sub_refresh(self, cmd: proto.Command) -> Any:
+        req = cmd.sub_refresh
+        assert req is not None
+        sub = self.subs.get(req.channel)
+        if sub is None:
+            raise codes.permission_denied()
+        try:
+            claims = verify_subscribe_token(req.token, self.hub.token_keys)
+        except TokenError as exc:
+            if exc.expired:
+                raise codes.token_expired() from None
+            raise Disconnect(*codes.INVALID_TOKEN) from None
+        if claims.channel != req.channel or claims.user != self.user:
+            raise codes.permission_denied()
+        sub.expire_at = claims.expire_at
+        result: dict[str, Any] = {}
+        if sub.expire_at:
+            result = {"expires": True, "ttl": max(0, sub.expire_at - int(time.time()))}
+        return result
+
+    async def _ping(self, cmd: proto.Command) -> Any:
+        return {}
+
+    async def _send(self, cmd: proto.Command) -> Any:
+        # No application handler runs inside the hub; asynchronous messages are dropped.
+        return None
+
+    async def _rpc(self, cmd: proto.Command) -> Any:
+        raise codes.method_not_found()
+
+    def check_expiry(self, now: float) -> Disconnect | None:
+        if self.expire_at and now > self.expire_at:
+            return Disconnect(*codes.EXPIRED)
+        for sub in self.subs.values():
+            if sub.expire_at and now > sub.expire_at:
+                return Disconnect(*codes.SUB_EXPIRED)
+        return None
+
+
+def _info_obj(info: ClientInfo) -> msgspec.Raw:
+    return msgspec.Raw(proto.client_info_json(info.client, info.user, info.conn_info,
+                                              info.chan_info))
+
+
+_HANDLERS = {
+    "connect": Session._connect,
+    "subscribe": Session._subscribe,
+    "unsubscribe": Session._unsubscribe,
+    "publish": Session._publish,
+    "presence": Session._presence,
+    "presence_stats": Session._presence_stats,
+    "history": Session._history,
+    "refresh": Session._refresh,
+    "sub_refresh": Session._sub_refresh,
+    "ping": Session._ping,
+    "send": Session._send,
+    "rpc": Session._rpc,
+}

@@ -1,0 +1,171 @@
+"""``/connection/websocket``: Centrifugo's JSON client protocol over RFC 6455."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from clarion.errors import Disconnect, FrameError
+from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
+from clarion.hub.outbound import Outbound
+from clarion.hub.push import EncodedPush
+from clarion.hub.session import Session
+from clarion.protocol import codes
+from clarion.protocol import client as proto
+from clarion.protocol import websocket as wsp
+
+if TYPE_CHECKING:
+    from clarion.hub.app import Hub
+
+CLOSE_GRACE = 5.0  # how long a closing connection may keep its socket to flush the close frame
+PING_FRAME = wsp.text_frame(proto.EMPTY_REPLY)
+
+
+async def handle_websocket(request: Request, http: HttpProtocol) -> Response | Takeover:
+    hub = http.hub
+    headers = request.headers
+    if request.method != "GET":
+        return Response.error(405, "WebSocket handshake must be a GET")
+    if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in headers.get(
+            "connection", "").lower():
+        return Response.error(426, "this endpoint speaks WebSocket: send Upgrade: websocket",
+                              ) if "upgrade" not in headers else Response.error(
+                                  400, "Upgrade header must be websocket")
+    if headers.get("sec-websocket-version") != "13":
+        resp = Response.error(426, "unsupported WebSocket version (13 is required)")
+        resp.headers.append(("sec-websocket-version", "13"))
+        return resp
+    key = headers.get("sec-websocket-key", "")
+    if not wsp.valid_client_key(key):
+        return Response.error(400, "missing or malformed Sec-WebSocket-Key")
+    if not hub.origin_allowed(request):
+        hub.log.info("websocket origin refused", origin=headers.get("origin", ""))
+        return Response.error(403, "origin not allowed")
+    transport = http.transport
+    assert transport is not None
+    # No subprotocol is selected: Centrifugo's JSON transport is the default, and the
+    # official SDKs send an empty Sec-WebSocket-Protocol for it.
+    head = encode_head(101, [("upgrade", "websocket"), ("connection", "Upgrade"),
+                             ("sec-websocket-accept", wsp.accept_key(key))])
+    transport.write(head)
+    conn = WebSocketConnection(hub, http, transport)
+    if hub.connection_count > hub.config.max_connections:
+        conn.disconnect(Disconnect(*codes.CONNECTION_LIMIT))
+    return conn
+
+
+class WebSocketConnection(Takeover):
+    __slots__ = ("_busy", "_inbox", "hub", "http", "out", "reader", "session", "transport")
+
+    def __init__(self, hub: Hub, http: HttpProtocol, transport: asyncio.Transport) -> None:
+        self.hub = hub
+        self.http = http
+        self.transport = transport
+        self.out = Outbound(transport, hub.flusher, hub.config.client_queue_max_size,
+                            self._slow)
+        self.reader = wsp.FrameReader(hub.config.client_max_message_size)
+        self.session = Session(hub, self, "websocket")
+        self._inbox: list[bytes] = []
+        self._busy = False
+        hub.websockets.add(self)
+        hub.metrics.connections_total["websocket"] += 1
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    def push(self, enc: EncodedPush) -> None:
+        self.out.queue(enc.ws)
+
+    def send(self, body: bytes) -> None:
+        self.out.queue(wsp.text_frame(body))
+
+    def ping(self) -> None:
+        self.out.queue(PING_FRAME)
+
+    def disconnect(self, exc: Disconnect) -> None:
+        out = self.out
+        if out.closing:
+            return
+        self.hub.metrics.disconnects[exc.code] += 1
+        out.write_now(wsp.close_frame(exc.code, exc.reason))
+        out.closing = True
+        self.transport.close()
+        self.hub.loop.call_later(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+            self.transport.abort()
+
+    def _slow(self) -> None:
+        self.disconnect(Disconnect(*codes.SLOW))
+
+    def pause_writing(self) -> None:
+        self.out.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.out.resume_writing()
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.out.closing:
+            return
+        try:
+            messages = self.reader.feed(data)
+        except FrameError as exc:
+            self.hub.metrics.disconnects[exc.close_code] += 1
+            self.out.write_now(wsp.close_frame(exc.close_code, str(exc)))
+            self.out.closing = True
+            self.transport.close()
+            return
+        for opcode, payload in messages:
+            if opcode == wsp.TEXT or opcode == wsp.BINARY:
+                self._inbox.append(payload)
+            elif opcode == wsp.PING:
+                self.out.write_now(wsp.encode_frame(wsp.PONG, payload))
+            elif opcode == wsp.CLOSE:
+                code, _ = wsp.parse_close(payload)
+                reply = wsp.CLOSE_NORMAL if code in (1005, 1006) else code
+                self.out.write_now(wsp.close_frame(reply))
+                self.out.closing = True
+                self.transport.close()
+                return
+        if self._inbox and not self._busy:
+            self._busy = True
+            if len(self._inbox) > 64:
+                self.transport.pause_reading()
+            self.hub.spawn(self._process())
+
+    async def _process(self) -> None:
+        session = self.session
+        try:
+            while self._inbox and not self.out.closing:
+                frame = self._inbox.pop(0)
+                self.hub.metrics.messages_in += 1
+                for cmd in proto.decode_commands(frame):
+                    if cmd.id == 0 and not cmd.method():
+                        session.last_pong = time.monotonic()
+                        continue
+                    reply = await session.command(cmd)
+                    if reply is not None:
+                        self.send(reply)
+                    if session.post_reply:
+                        self.out.flush()
+                        await session.run_post_reply()
+                if len(self._inbox) < 16 and not self.out.closing:
+                    self.transport.resume_reading()
+        except Disconnect as exc:
+            self.disconnect(exc)
+        except Exception:
+            self.hub.log.exception("command failed", client=session.id)
+            self.disconnect(Disconnect(*codes.SERVER_ERROR))
+        finally:
+            self._busy = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.out.closing = True
+        self.hub.websockets.discard(self)
+        session = self.session
+        self.hub.fanout.unregister(session)
+        if session.subs:
+            self.hub.spawn(session.detach_all())

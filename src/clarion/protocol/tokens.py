@@ -1,0 +1,129 @@
+"""Connection and subscription JWTs, checked the way Centrifugo documents them.
+
+Connection token claims: ``sub`` (user id, "" for anonymous), ``exp``, ``info`` or ``b64info``,
+``channels`` (server-side subscriptions), ``aud``/``iss`` when configured.
+Subscription token claims: ``sub`` (must equal the connection's user), ``channel``, ``exp``,
+``info``/``b64info``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from clarion.errors import TokenError
+
+_HMAC_ALGS = ("HS256", "HS384", "HS512")
+_RSA_ALGS = ("RS256", "RS384", "RS512")
+_EC_ALGS = ("ES256", "ES384", "ES512")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKeys:
+    hmac_secret: str = ""
+    rsa_public_key: str = ""
+    ecdsa_public_key: str = ""
+    audience: str = ""
+    issuer: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.hmac_secret or self.rsa_public_key or self.ecdsa_public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectClaims:
+    user: str
+    expire_at: int  # 0: never
+    info: bytes | None  # raw JSON
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeClaims:
+    user: str
+    channel: str
+    expire_at: int
+    info: bytes | None
+
+
+def _key_for(alg: str, keys: TokenKeys) -> str:
+    if alg in _HMAC_ALGS and keys.hmac_secret:
+        return keys.hmac_secret
+    if alg in _RSA_ALGS and keys.rsa_public_key:
+        return keys.rsa_public_key
+    if alg in _EC_ALGS and keys.ecdsa_public_key:
+        return keys.ecdsa_public_key
+    raise TokenError(f"no key configured for algorithm {alg!r}")
+
+
+def _decode(token: str, keys: TokenKeys) -> dict[str, Any]:
+    if not keys.configured:
+        raise TokenError("token verification is not configured")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"malformed token: {exc}") from None
+    alg = str(header.get("alg", ""))
+    key = _key_for(alg, keys)
+    options = {"require": [], "verify_aud": bool(keys.audience), "verify_iss": bool(keys.issuer)}
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            audience=keys.audience or None,
+            issuer=keys.issuer or None,
+            options=options,  # type: ignore[arg-type]
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token expired", expired=True) from None
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"invalid token: {exc}") from None
+    return claims
+
+
+def _info(claims: dict[str, Any]) -> bytes | None:
+    if "b64info" in claims:
+        try:
+            return base64.b64decode(claims["b64info"], validate=True)
+        except ValueError:
+            raise TokenError("b64info is not valid base64") from None
+    if "info" in claims:
+        return json.dumps(claims["info"], separators=(",", ":")).encode()
+    return None
+
+
+def _expire_at(claims: dict[str, Any]) -> int:
+    exp = claims.get("expire_at", claims.get("exp", 0))
+    if not isinstance(exp, int | float):
+        raise TokenError("exp must be a number")
+    return int(exp)
+
+
+def verify_connect_token(token: str, keys: TokenKeys) -> ConnectClaims:
+    claims = _decode(token, keys)
+    sub = claims.get("sub", "")
+    if not isinstance(sub, str):
+        raise TokenError("sub must be a string")
+    channels = claims.get("channels", [])
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise TokenError("channels must be a list of strings")
+    return ConnectClaims(sub, _expire_at(claims), _info(claims), tuple(channels))
+
+
+def verify_subscribe_token(token: str, keys: TokenKeys) -> SubscribeClaims:
+    claims = _decode(token, keys)
+    sub = claims.get("sub", "")
+    channel = claims.get("channel", "")
+    if not isinstance(sub, str) or not isinstance(channel, str) or not channel:
+        raise TokenError("subscription token needs string sub and channel claims")
+    return SubscribeClaims(sub, channel, _expire_at(claims), _info(claims))
+
+
+def looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2
