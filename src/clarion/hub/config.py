@@ -113,6 +113,9 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     ping_interval: float | str = 25.0
     pong_timeout: float | str = 8.0
     client_stale_close_delay: float | str = 10.0
+    # Grace after a token's expiry for the client's refresh to arrive (Centrifugo's defaults).
+    client_expired_close_delay: float | str = 25.0
+    client_expired_sub_close_delay: float | str = 25.0
     client_max_message_size: int = 65536
     client_channel_limit: int = 128
     client_queue_max_size: int = 1024 * 1024
@@ -132,7 +135,8 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("ticket_ttl", "ticket_max_ttl", "session_ttl", "ping_interval",
-                     "pong_timeout", "client_stale_close_delay", "presence_ttl",
+                     "pong_timeout", "client_stale_close_delay", "client_expired_close_delay",
+                     "client_expired_sub_close_delay", "presence_ttl",
                      "history_meta_ttl", "poll_timeout", "poll_timeout_max", "shutdown_timeout"):
             setattr(self, name, parse_duration(getattr(self, name), name))
         for name in self.namespaces:

@@ -417,10 +417,12 @@ class Session:
         raise codes.method_not_found()
 
     def check_expiry(self, now: float) -> Disconnect | None:
-        if self.expire_at and now > self.expire_at:
+        config = self.hub.config
+        if self.expire_at and now > self.expire_at + config.seconds("client_expired_close_delay"):
             return Disconnect(*codes.EXPIRED)
+        sub_delay = config.seconds("client_expired_sub_close_delay")
         for sub in self.subs.values():
-            if sub.expire_at and now > sub.expire_at:
+            if sub.expire_at and now > sub.expire_at + sub_delay:
                 return Disconnect(*codes.SUB_EXPIRED)
         return None
 
