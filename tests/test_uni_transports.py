@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import httpx
 import jwt
-
 from tests.conftest import HMAC_SECRET, Hub
 from tests.sse_reader import LineReader, SSEReader
 
@@ -142,10 +142,8 @@ async def test_sse_keepalive_and_forbidden_channel_and_origin(hub_factory: Any) 
             await reader.next()
             deadline = time.monotonic() + 5
             while "ping" not in reader.comments and time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await reader.next(timeout=0.5)  # keep-alive wait
-                except TimeoutError:
-                    pass
             assert "ping" in reader.comments
         denied = await client.get(url, params={"channel": "private:x", "token": token("eve")})
         assert denied.status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -22,7 +23,6 @@ from centrifuge import (
     SubscribedContext,
     SubscriptionEventHandler,
 )
-
 from tests.conftest import HMAC_SECRET, Hub
 from tests.netproxy import NetProxy
 
@@ -65,10 +65,8 @@ class Recorder(SubscriptionEventHandler):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError("condition not met in time")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
 
 def cent(hub: Hub) -> Cent:

@@ -405,9 +405,7 @@ def _invalid(exc: msgspec.ValidationError) -> Response:
     if " - at `$." in message:
         message, _, where = message.partition(" - at `$.")
         field = where.rstrip("`")
-    elif "unknown field `" in message:
-        field = message.split("`")[1]
-    elif "missing required field `" in message:
+    elif "unknown field `" in message or "missing required field `" in message:
         field = message.split("`")[1]
     return Response.json({"error": {"code": 422, "message": f"invalid request: {exc}",
                                     "fields": [{"field": field, "problem": message}]}}, 422)

@@ -254,7 +254,8 @@ class Hub:
             if http.takeover is None and http.transport is not None:
                 http.transport.close()
         deadline = time.monotonic() + self.config.seconds("shutdown_timeout")
-        while (self.websockets or self.streams) and time.monotonic() < deadline:
+        # Poll rather than wait on an event: connections leave from transport callbacks.
+        while (self.websockets or self.streams) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for conn in list(self.websockets):
             conn.transport.abort()

@@ -90,8 +90,8 @@ def encode_head(status: int, headers: list[tuple[str, str]]) -> bytes:
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("_body", "_body_size", "_client", "_header_bytes", "_headers", "_keep_alive", "_parser",
-                 "_queue", "_running", "_url", "hub", "takeover", "transport")
+    __slots__ = ("_body", "_body_size", "_client", "_header_bytes", "_headers", "_keep_alive",
+                 "_parser", "_queue", "_running", "_url", "hub", "takeover", "transport")
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub

@@ -42,6 +42,12 @@ def _error_schema() -> dict[str, Any]:
         "required": ["code", "message"]}}}
 
 
+def _raw_schema(kind: type) -> dict[str, Any]:
+    if kind is msgspec.Raw:
+        return {"description": "any JSON value, passed through as it is"}
+    raise NotImplementedError  # msgspec's signal for "not mine"
+
+
 @cache
 def _document(methods: tuple[tuple[str, type], ...]) -> bytes:
     from clarion.hub.api import BatchReq
@@ -49,7 +55,7 @@ def _document(methods: tuple[tuple[str, type], ...]) -> bytes:
     types = [kind for _, kind in methods] + [BatchReq]
     schemas, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}",
-        schema_hook=lambda t: {"description": "any JSON value"} if t is msgspec.Raw else None)
+        schema_hook=_raw_schema)
     paths: dict[str, Any] = {}
     for (name, _), schema in zip([*methods, ("batch", BatchReq)], schemas, strict=True):
         paths[f"/api/{name}"] = {"post": {

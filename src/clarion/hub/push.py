@@ -18,8 +18,19 @@ def info_json(info: ClientInfo | None) -> bytes | None:
 class EncodedPush:
     """``kind`` is b"pub", b"join" or b"leave". Each format is built on first use only."""
 
-    __slots__ = ("_body", "_stream", "_sse", "_ws", "body", "channel", "channel_json", "epoch",
-                 "kind", "offset", "time")
+    __slots__ = (
+        "_body",
+        "_sse",
+        "_stream",
+        "_ws",
+        "body",
+        "channel",
+        "channel_json",
+        "epoch",
+        "kind",
+        "offset",
+        "time",
+    )
 
     def __init__(self, channel: str, kind: bytes, body: bytes, offset: int = 0, epoch: str = "",
                  time: float = 0.0) -> None:

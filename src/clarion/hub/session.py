@@ -99,10 +99,10 @@ class Session:
             hub.metrics.tickets_consumed += 1
             return tuple(ticket.get("channels", ()))
         if token.startswith("ses_"):
-            claims = hub.resume.verify(token[4:])
-            self.user = claims.user
-            self.conn_info = claims.info
-            return claims.channels
+            resumed = hub.resume.verify(token[4:])
+            self.user = resumed.user
+            self.conn_info = resumed.info
+            return resumed.channels
         if not looks_like_jwt(token):
             raise Disconnect(*codes.INVALID_TOKEN)
         try:

@@ -232,7 +232,7 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
         if a.unrecoverable:
             conn.message(_unrecoverable_body(channel, res), event="unrecoverable")
         a.activate()
-    for channel, a in attached:
+    for channel, _ in attached:
         if opened.subs[channel].options.join_leave:
             await session.announce_join(channel, opened.subs[channel])
     return conn

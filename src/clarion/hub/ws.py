@@ -11,8 +11,8 @@ from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_h
 from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush
 from clarion.hub.session import Session
-from clarion.protocol import codes
 from clarion.protocol import client as proto
+from clarion.protocol import codes
 from clarion.protocol import websocket as wsp
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ async def handle_websocket(request: Request, http: HttpProtocol) -> Response | T
 
 
 class WebSocketConnection(Takeover):
-    __slots__ = ("_busy", "_inbox", "hub", "http", "out", "reader", "session", "transport")
+    __slots__ = ("_busy", "_inbox", "http", "hub", "out", "reader", "session", "transport")
 
     def __init__(self, hub: Hub, http: HttpProtocol, transport: asyncio.Transport) -> None:
         self.hub = hub

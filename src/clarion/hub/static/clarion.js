@@ -178,6 +178,10 @@ export class Subscription extends Emitter {
     this.state = SUB_STATES.UNSUBSCRIBED;
     this._token = options.token || '';
     this._data = options.data;
+    // Ask the hub for join/leave pushes (it sends them only on request, unless the namespace
+    // forces them): on by default when an onJoin/onLeave handler is given.
+    this._joinLeave = options.joinLeave !== undefined ? !!options.joinLeave
+      : typeof options.onJoin === 'function' || typeof options.onLeave === 'function';
     // Stream position, for recovery and de-duplication.
     this._epoch = null;
     this._offset = null;
@@ -280,6 +284,7 @@ export class Subscription extends Emitter {
     const params = { channel: this.channel };
     if (this._token) params.token = this._token;
     if (this._data !== undefined) params.data = this._data;
+    if (this._joinLeave) params.join_leave = true;
     const recovering = this._recoverable && this._epoch !== null && this._offset !== null;
     if (recovering) {
       params.recover = true;
@@ -503,7 +508,8 @@ export class Clarion extends Emitter {
 
   /**
    * Subscribe to a channel. handlers: {onPublication, onJoin, onLeave, onSubscribing,
-   * onSubscribed, onUnsubscribed, onUnrecoverable, onError, token, data}.
+   * onSubscribed, onUnsubscribed, onUnrecoverable, onError, token, data, joinLeave}.
+   * `joinLeave` (default: true when onJoin or onLeave is given) asks for join/leave pushes.
    */
   subscribe(channel, handlers = {}) {
     if (this._subs.has(channel)) {
