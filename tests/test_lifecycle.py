@@ -1,0 +1,96 @@
+"""Process lifecycle: graceful shutdown, idle-connection housekeeping, token expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from typing import Any
+
+import jwt
+import websockets
+
+from tests.conftest import CHAT_NAMESPACE, HMAC_SECRET, Hub
+
+
+def token(user: str, **claims: Any) -> str:
+    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600, **claims}, HMAC_SECRET,
+                      algorithm="HS256")
+
+
+async def connect(hub: Hub, tok: str, channel: str | None = None) -> Any:
+    ws = await websockets.connect(hub.ws_url)
+    frame = json.dumps({"id": 1, "connect": {"token": tok}})
+    if channel:
+        frame += "\n" + json.dumps({"id": 2, "subscribe": {"channel": channel}})
+    await ws.send(frame)
+    replies = 0
+    while replies < (2 if channel else 1):
+        for line in (await asyncio.wait_for(ws.recv(), 5)).split("\n"):
+            msg = json.loads(line)
+            assert "error" not in msg, msg
+            replies += "id" in msg
+    return ws
+
+
+async def test_graceful_shutdown_tells_clients_to_reconnect(hub: Hub) -> None:
+    ws = await connect(hub, token("a"), "chat:s")
+    started = time.monotonic()
+    hub.process.send_signal(signal.SIGTERM)
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    except websockets.ConnectionClosed as closed:
+        assert closed.rcvd is not None
+        assert (closed.rcvd.code, closed.rcvd.reason) == (3001, "shutdown")
+    assert hub.process.wait(15) == 0
+    assert time.monotonic() - started < 12  # within shutdown_timeout (10 s) and change
+    assert "hub stopped" in hub.output()
+
+
+async def test_stale_connection_without_connect_is_closed(hub_factory: Any) -> None:
+    hub = hub_factory("client_stale_close_delay = 1\n" + CHAT_NAMESPACE)
+    ws = await websockets.connect(hub.ws_url)
+    try:
+        await asyncio.wait_for(ws.recv(), 6)
+    except websockets.ConnectionClosed as closed:
+        assert closed.rcvd is not None and closed.rcvd.code == 3502
+
+
+async def test_client_that_never_pongs_is_closed(hub_factory: Any) -> None:
+    hub = hub_factory("ping_interval = 1\npong_timeout = 1\n" + CHAT_NAMESPACE)
+    ws = await connect(hub, token("b"))
+    pings = 0
+    try:
+        while True:
+            msg = await asyncio.wait_for(ws.recv(), 8)
+            pings += msg == "{}"
+    except websockets.ConnectionClosed as closed:
+        assert closed.rcvd is not None and closed.rcvd.code == 3012
+    assert pings >= 1
+
+
+async def test_client_that_pongs_stays(hub_factory: Any) -> None:
+    hub = hub_factory("ping_interval = 1\npong_timeout = 1\n" + CHAT_NAMESPACE)
+    ws = await connect(hub, token("c"), "chat:p")
+    pings = 0
+    while pings < 3:
+        if await asyncio.wait_for(ws.recv(), 5) == "{}":
+            pings += 1
+            await ws.send("{}")
+    hub.api("publish", {"channel": "chat:p", "data": {"alive": True}})
+    push = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert push["push"]["pub"]["data"] == {"alive": True}
+    await ws.close()
+
+
+async def test_expired_connection_without_refresh_is_closed(hub_factory: Any) -> None:
+    hub = hub_factory("client_expired_close_delay = 0\n" + CHAT_NAMESPACE)
+    ws = await connect(hub, token("d", exp=int(time.time()) + 2))
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 8)
+    except websockets.ConnectionClosed as closed:
+        assert closed.rcvd is not None
+        assert (closed.rcvd.code, closed.rcvd.reason) == (3005, "connection expired")
