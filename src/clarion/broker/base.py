@@ -108,8 +108,10 @@ class Broker(abc.ABC):
     ) -> HistoryResult:
         """Publications of the stream, oldest first (newest first when ``reverse``).
 
-        ``since``: only publications with a greater offset, when its epoch is current (else
-        none: the position is gone). ``limit``: 0 means none are returned (only the position),
+        ``since``: only publications with a greater offset (a smaller one when ``reverse``, as
+        Centrifuge pages backwards), when its epoch is current (else none: the position is
+        gone). Epochs contain only ``[0-9a-zA-Z_-]`` (they appear in resume cursors).
+        ``limit``: 0 means none are returned (only the position),
         -1 means all. The position is always the stream's current top; a channel that has no
         stream gets one (with a fresh epoch) so that later publications continue from it."""
 

@@ -138,14 +138,14 @@ class MemoryBroker(Broker):
         if limit == 0:
             return HistoryResult([], position)
         pubs: list[Publication]
-        if since is not None:
-            if since.epoch != stream.epoch:
-                return HistoryResult([], position)
-            pubs = [p for p in stream.pubs if p.offset > since.offset]
-        else:
-            pubs = list(stream.pubs)
+        if since is not None and since.epoch != stream.epoch:
+            return HistoryResult([], position)
         if reverse:
-            pubs.reverse()
+            # Centrifuge's paging backwards: since is exclusive, newest first.
+            pubs = [p for p in reversed(stream.pubs)
+                    if since is None or p.offset < since.offset]
+        else:
+            pubs = [p for p in stream.pubs if since is None or p.offset > since.offset]
         if limit > 0:
             pubs = pubs[:limit]
         return HistoryResult(pubs, position)

@@ -181,6 +181,11 @@ class ServerApi:
             message = ("no api_key is configured (set CLARION_API_KEY)" if not
                        self.hub.config.api_key else "missing or wrong API key")
             return Response.error(401, message)
+        if not request.body.isascii():
+            try:
+                request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                return Response.error(400, "body is not valid UTF-8")
         if method == "batch":
             try:
                 batch = msgspec.json.decode(request.body or b"{}", type=BatchReq)

@@ -190,9 +190,17 @@ def load_config(
     env = _from_env(os.environ if environ is None else environ)
     raw.update(env)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    where = f"config file {path}" if path else "configuration"
+    namespaces = raw.get("namespaces")
+    if isinstance(namespaces, dict):
+        # Checked one by one first so that an error names the namespace it is in.
+        for name, options in namespaces.items():
+            try:
+                msgspec.convert(options, type=ChannelOptions, strict=False)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(f"{where}: [namespaces.{name}]: {exc}") from None
     try:
         # strict=False lets environment strings become numbers and booleans.
         return msgspec.convert(raw, type=Config, strict=False)
     except msgspec.ValidationError as exc:
-        where = f"config file {path}" if path else "configuration"
         raise ConfigError(f"{where}: {exc}") from None

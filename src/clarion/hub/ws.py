@@ -124,9 +124,12 @@ class WebSocketConnection(Takeover):
             elif opcode == wsp.PING:
                 self.out.write_now(wsp.encode_frame(wsp.PONG, payload))
             elif opcode == wsp.CLOSE:
-                code, _ = wsp.parse_close(payload)
-                reply = wsp.CLOSE_NORMAL if code in (1005, 1006) else code
-                self.out.write_now(wsp.close_frame(reply))
+                try:
+                    wsp.parse_close(payload)
+                except FrameError as exc:
+                    self.out.write_now(wsp.close_frame(exc.close_code, str(exc)))
+                else:
+                    self.out.write_now(wsp.close_frame(wsp.CLOSE_NORMAL))
                 self.out.closing = True
                 self.transport.close()
                 return

@@ -109,6 +109,12 @@ _encoder = msgspec.json.Encoder()
 def decode_commands(frame: bytes) -> list[Command]:
     """Every command in one frame; a malformed frame is a bad-request disconnect (3501)."""
     out: list[Command] = []
+    if not frame.isascii():
+        # Binary frames are not checked by the WebSocket layer; raw data must be UTF-8 too.
+        try:
+            frame.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Disconnect(*codes.BAD_REQUEST) from exc
     for line in frame.split(b"\n"):
         if not line.strip():
             continue

@@ -34,7 +34,7 @@ def decode(cursor: str) -> dict[str, tuple[int, str]]:
         return out
     for entry in cursor.split("|"):
         parts = entry.split(":", 2)
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[2]:
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()) or not parts[2]:
             raise CursorError(f"malformed cursor entry {entry[:64]!r}")
         out[unquote(parts[2])] = (int(parts[0]), parts[1])
     return out

@@ -90,9 +90,12 @@ def _decode(token: str, keys: TokenKeys) -> dict[str, Any]:
 def _info(claims: dict[str, Any]) -> bytes | None:
     if "b64info" in claims:
         try:
-            return base64.b64decode(claims["b64info"], validate=True)
+            info = base64.b64decode(claims["b64info"], validate=True)
+            # It is inserted into JSON pushes as it is: it must be JSON itself.
+            json.loads(info)
         except ValueError:
-            raise TokenError("b64info is not valid base64") from None
+            raise TokenError("b64info is not base64 of a JSON value") from None
+        return json.dumps(json.loads(info), separators=(",", ":")).encode()
     if "info" in claims:
         return json.dumps(claims["info"], separators=(",", ":")).encode()
     return None

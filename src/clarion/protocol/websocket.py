@@ -60,15 +60,24 @@ def text_frame(payload: bytes) -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     # A control frame's payload is at most 125 bytes: 2 for the code, 123 for the reason.
-    raw = reason.encode("utf-8")[:123]
+    # Cut on a character boundary: a close reason must stay valid UTF-8.
+    raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
     return encode_frame(CLOSE, struct.pack("!H", code) + raw)
 
 
 def parse_close(payload: bytes) -> tuple[int, str]:
-    if len(payload) < 2:
+    """(code, reason) of a CLOSE frame; 1005 when it carries no code."""
+    if not payload:
         return 1005, ""
+    if len(payload) == 1:
+        raise FrameError("close frame with a one-byte payload")
     (code,) = struct.unpack("!H", payload[:2])
-    return code, payload[2:].decode("utf-8", "replace")
+    if code < 1000 or code in (1004, 1005, 1006, 1015) or 1016 <= code < 3000 or code >= 5000:
+        raise FrameError(f"invalid close code {code}")
+    try:
+        return code, payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError("close reason is not valid UTF-8", CLOSE_INVALID_DATA) from None
 
 
 def _unmask(data: bytes, mask: bytes) -> bytes:
@@ -78,6 +87,14 @@ def _unmask(data: bytes, mask: bytes) -> bytes:
     # XOR as one big integer: far faster in CPython than a per-byte loop.
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
     return (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
+
+
+def _check_text(opcode: int, message: bytes) -> None:
+    if opcode == TEXT and not message.isascii():
+        try:
+            message.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError("text message is not valid UTF-8", CLOSE_INVALID_DATA) from None
 
 
 class FrameReader:
@@ -147,11 +164,14 @@ class FrameReader:
                     raise FrameError("continuation frame without a message to continue")
                 self._append_fragment(payload)
                 if fin:
-                    out.append((self._fragments_opcode, b"".join(self._fragments)))
+                    message = b"".join(self._fragments)
+                    _check_text(self._fragments_opcode, message)
+                    out.append((self._fragments_opcode, message))
                     self._reset_fragments()
             elif self._fragments_opcode:
                 raise FrameError("new message started inside a fragmented one")
             elif fin:
+                _check_text(opcode, payload)
                 out.append((opcode, payload))
             else:
                 self._fragments_opcode = opcode

@@ -33,7 +33,8 @@
  * Tokens
  *   `token` is used for the first connection; `getToken()` (if given) is called for every
  *   later (re)connection — and for the first one when no `token` is given — so single-use
- *   tickets work. A `getToken` that throws `new ClarionError(Clarion.errors.UNAUTHORIZED, …)`
+ *   tickets work. When the connect reply says the token expires (`expires`, `ttl`),
+ *   `getToken()` is also called shortly before that and the token sent in a `refresh`. A `getToken` that throws `new ClarionError(Clarion.errors.UNAUTHORIZED, …)`
  *   stops reconnecting; any other failure is retried with backoff.
  *
  * Reconnects use exponential backoff with jitter. Close codes 3500–3999 and 4500–4999
@@ -453,6 +454,7 @@ export class Clarion extends Emitter {
     this._reconnectTimer = null;
     this._connectTimer = null;
     this._pingTimer = null;
+    this._refreshTimer = null;
     this._firstTokenUsed = false;
     this._token = this._opts.token || '';
     this._ws = null;
@@ -596,7 +598,7 @@ export class Clarion extends Emitter {
   }
 
   _clearTimers() {
-    for (const t of ['_reconnectTimer', '_connectTimer', '_pingTimer']) {
+    for (const t of ['_reconnectTimer', '_connectTimer', '_pingTimer', '_refreshTimer']) {
       if (this[t]) clearTimeout(this[t]);
       this[t] = null;
     }
@@ -609,6 +611,8 @@ export class Clarion extends Emitter {
     this._connectTimer = null;
     if (this._pingTimer) clearTimeout(this._pingTimer);
     this._pingTimer = null;
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;
@@ -912,8 +916,53 @@ export class Clarion extends Emitter {
     this._pingInterval = result.ping || 0;
     this._onConnected(result, 'websocket');
     this._armPingTimer(gen);
+    this._scheduleRefresh(result, gen);
     if (result.subs) this._onServerSubs(result.subs);
     for (const sub of this._subs.values()) sub._sendSubscribe();
+  }
+
+  /** An expiring connection token is refreshed (with getToken) before the hub drops us. */
+  _scheduleRefresh(result, gen) {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!result || !result.expires || !isNumber(result.ttl)) return;
+    if (typeof this._opts.getToken !== 'function') return;
+    const ms = result.ttl * 1000;
+    const delay = Math.min(2 ** 31 - 1, Math.max(0, ms - Math.min(10000, ms / 10)));
+    this._refreshTimer = setTimeout(() => this._refresh(gen, 0), delay);
+  }
+
+  async _refresh(gen, attempt) {
+    this._refreshTimer = null;
+    if (gen !== this._gen || !this._isWsConnected()) return;
+    let token;
+    try {
+      token = await this._opts.getToken();
+    } catch (err) {
+      if (gen !== this._gen) return;
+      this._emit('error', { error: err, type: 'refresh' });
+      if (err && err.code === ERRORS.UNAUTHORIZED) {
+        this._disconnect(3500, 'unauthorized', false);
+        return;
+      }
+      const delay = backoff(attempt, this._opts.minReconnectDelay, this._opts.maxReconnectDelay);
+      this._refreshTimer = setTimeout(() => this._refresh(gen, attempt + 1), delay);
+      return;
+    }
+    if (gen !== this._gen || !this._isWsConnected()) return;
+    this._token = token || '';
+    try {
+      const result = await this._request('refresh', { token: this._token });
+      if (gen === this._gen) this._scheduleRefresh(result, gen);
+    } catch (err) {
+      if (gen !== this._gen) return;
+      this._emit('error', { error: err, type: 'refresh' });
+      // Left alone, the hub disconnects us at expiry and we reconnect with a fresh token.
+      if (err && (err.temporary || err.code === ERRORS.TIMEOUT)) {
+        const delay = backoff(attempt, this._opts.minReconnectDelay, this._opts.maxReconnectDelay);
+        this._refreshTimer = setTimeout(() => this._refresh(gen, attempt + 1), delay);
+      }
+    }
   }
 
   _armPingTimer(gen) {
