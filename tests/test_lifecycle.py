@@ -10,7 +10,6 @@ from typing import Any
 
 import jwt
 import websockets
-
 from tests.conftest import CHAT_NAMESPACE, HMAC_SECRET, Hub
 
 

@@ -58,7 +58,8 @@ async def test_sse_delivers_and_resumes_with_last_event_id(hub: Hub) -> None:
 
 
 async def test_sse_ticket_is_single_use_and_session_resumes(hub: Hub) -> None:
-    ticket = hub.api("ticket", {"user": "bea"}).json()["result"]["ticket"]
+    answer = hub.api("ticket", {"user": "bea", "info": {"name": "Bea"}}).json()
+    ticket = answer["result"]["ticket"]
     url = f"{hub.url}/connection/sse"
     async with httpx.AsyncClient(timeout=10) as client:
         async with client.stream("GET", url, params={"channel": "chat:t", "token": ticket}) as r:

@@ -26,9 +26,6 @@ from clarion.protocol import codes
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
 
-_NONE = msgspec.Raw()
-
-
 class _Req(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     pass
 
@@ -45,7 +42,7 @@ class DisconnectModel(_Req):
 
 class PublishReq(_Req):
     channel: str
-    data: msgspec.Raw = _NONE
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     b64data: str = ""
     skip_history: bool = False
     tags: dict[str, str] = {}
@@ -54,7 +51,7 @@ class PublishReq(_Req):
 
 class BroadcastReq(_Req):
     channels: list[str]
-    data: msgspec.Raw = _NONE
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     b64data: str = ""
     skip_history: bool = False
     tags: dict[str, str] = {}
@@ -64,11 +61,11 @@ class BroadcastReq(_Req):
 class SubscribeReq(_Req):
     user: str
     channel: str
-    info: msgspec.Raw = _NONE
+    info: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     b64info: str = ""
     client: str = ""
     session: str = ""
-    data: msgspec.Raw = _NONE
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     b64data: str = ""
     recover_since: StreamPositionModel | None = None
     override: dict[str, Any] = {}
@@ -120,14 +117,14 @@ class TicketReq(_Req):
     """Issue a one-time ticket: a connection credential for ``user``, valid once, briefly."""
 
     user: str
-    info: msgspec.Raw = _NONE
+    info: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     channels: list[str] = []
     ttl: float = 0.0
 
 
 class BatchReq(_Req):
-    commands: list[dict[str, Any]]
-    parallel: bool = False
+    commands: list[dict[str, msgspec.Raw]]
+    parallel: bool = False  # accepted for cent; commands always run in order
 
 
 def _raw_or_none(raw: msgspec.Raw) -> bytes | None:
@@ -190,7 +187,7 @@ class ServerApi:
             try:
                 batch = msgspec.json.decode(request.body or b"{}", type=BatchReq)
             except msgspec.ValidationError as exc:
-                return _invalid(exc)
+                return _invalid(exc, request.body)
             except msgspec.DecodeError as exc:
                 return Response.error(400, f"body is not valid JSON: {exc}")
             return Response(200, await self.batch(batch))
@@ -201,7 +198,7 @@ class ServerApi:
         try:
             req = msgspec.json.decode(request.body or b"{}", type=kind)
         except msgspec.ValidationError as exc:
-            return _invalid(exc)
+            return _invalid(exc, request.body)
         except msgspec.DecodeError as exc:
             return Response.error(400, f"body is not valid JSON: {exc}")
         self.hub.metrics.api_calls[method] += 1
@@ -228,8 +225,8 @@ class ServerApi:
                 continue
             kind, func = entry
             try:
-                req = msgspec.convert(params, type=kind)
-            except msgspec.ValidationError as exc:
+                req = msgspec.json.decode(params, type=kind)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 replies.append(proto.encode({"error": {"code": 107,
                                                        "message": f"bad request: {exc}"}}))
                 continue
@@ -322,7 +319,7 @@ class ServerApi:
         if not 3000 <= model.code <= 4999:
             raise ReplyError(107, "bad request: disconnect.code must be within 3000-4999")
         for session in self._sessions(req.user, req.client, req.session):
-            if session.id in req.whitelist:
+            if session.id in req.whitelist or session.transport == "poll":
                 continue
             session.target.disconnect(  # type: ignore[attr-defined]
                 Disconnect(model.code, model.reason))
@@ -330,6 +327,8 @@ class ServerApi:
 
     async def refresh(self, req: RefreshReq) -> Any:
         for session in self._sessions(req.user, req.client, req.session):
+            if session.transport == "poll":
+                continue  # a long-poll ends by itself; its next request is checked again
             if req.expired:
                 session.target.disconnect(Disconnect(*codes.EXPIRED))  # type: ignore[attr-defined]
             elif req.expire_at:
@@ -404,7 +403,12 @@ class ServerApi:
         return {"ticket": ticket, "expires_in": ttl}
 
 
-def _invalid(exc: msgspec.ValidationError) -> Response:
+def _invalid(exc: msgspec.ValidationError, body: bytes) -> Response:
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as syntax:
+        # msgspec checks the shape as it parses; broken JSON must still read as broken JSON.
+        return Response.error(400, f"body is not valid JSON: {syntax}")
     message = str(exc)
     field = ""
     if " - at `$." in message:

@@ -73,6 +73,7 @@ class Hub:
         self._housekeeper: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._last_ping = 0.0
+        self._last_presence = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.flusher: Flusher
         self.metrics.attach(self)
@@ -279,6 +280,7 @@ class Hub:
         interval = config.seconds("ping_interval")
         pong_timeout = config.seconds("pong_timeout")
         stale = config.seconds("client_stale_close_delay")
+        presence_ttl = config.seconds("presence_ttl")
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             now = time.monotonic()
@@ -301,10 +303,27 @@ class Hub:
                     continue
                 if ping_now:
                     conn.ping()
-            if ping_now:
-                for stream in list(self.streams):
+            for stream in list(self.streams):
+                owner = stream.session
+                expired = owner.check_expiry(wall) if owner is not None else None
+                if expired is not None:
+                    stream.disconnect(expired)
+                elif ping_now:
                     stream.ping()
+            if ping_now:
                 self._last_ping = now
+            if now - self._last_presence >= presence_ttl / 3:
+                self._last_presence = now
+                self.spawn(self._refresh_presence(presence_ttl))
+
+    async def _refresh_presence(self, ttl: float) -> None:
+        """Presence entries expire unless refreshed: a crashed node's clients disappear."""
+        entries = [(channel, session.info(sub.chan_info))
+                   for session in list(self.fanout.sessions.values())
+                   for channel, sub in list(session.subs.items())
+                   if sub.present and sub.options.presence]
+        for channel, info in entries:
+            await self.broker.add_presence(channel, info, ttl)
 
 
 def _ticket_request(name: str) -> Any:

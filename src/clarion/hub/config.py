@@ -142,6 +142,11 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
         for name in self.namespaces:
             if not _NAMESPACE_NAME.match(name):
                 raise ValueError(f"namespaces: {name!r} is not a valid namespace name")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level: must be debug, info, warning or error")
+        ping = self.seconds("ping_interval")
+        if 0 < ping < 1:
+            raise ValueError("ping_interval: must be 0 (off) or at least 1 second")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format: must be \"text\" or \"json\"")
         for name in ("client_max_message_size", "client_channel_limit", "client_queue_max_size",

@@ -80,8 +80,8 @@ class _HubCollector(Collector):
         for transport, n in m.connections_total.items():
             c.add_metric([transport], n)
         yield c
-        yield CounterMetricFamily("clarion_messages_sent", "Publications and join/leave pushes "
-                                  "delivered to subscribers.", value=m.deliveries)
+        yield CounterMetricFamily("clarion_messages_sent", "Publications delivered to "
+                                  "subscribers (one per subscriber).", value=m.deliveries)
         yield CounterMetricFamily("clarion_publications", "Publications fanned out.",
                                   value=m.publications)
         yield CounterMetricFamily("clarion_messages_received", "Frames received from clients.",

@@ -30,7 +30,7 @@ class ResumeClaims:
 class _Payload(msgspec.Struct):
     u: str
     e: int
-    i: msgspec.Raw | None = None
+    i: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     c: list[str] = []
 
 
@@ -51,8 +51,10 @@ class ResumeSigner:
         self.ttl = ttl
 
     def issue(self, user: str, info: bytes | None, channels: tuple[str, ...]) -> str:
-        payload = _Payload(user, int(time.time() + self.ttl),
-                           None if info is None else msgspec.Raw(info), list(channels))
+        payload: dict[str, object] = {"u": user, "e": int(time.time() + self.ttl),
+                                      "c": list(channels)}
+        if info is not None:
+            payload["i"] = msgspec.Raw(info)
         body = _b64(msgspec.json.encode(payload))
         sig = _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
         return f"ses_{body}.{sig}"
@@ -68,5 +70,5 @@ class ResumeSigner:
             raise Disconnect(*codes.INVALID_TOKEN) from None
         if payload.e < time.time():
             raise Disconnect(*codes.EXPIRED)
-        info = None if payload.i is None else bytes(payload.i)
+        info = bytes(payload.i) or None
         return ResumeClaims(payload.u, info, tuple(payload.c))

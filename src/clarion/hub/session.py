@@ -99,6 +99,8 @@ class Session:
             hub.metrics.tickets_consumed += 1
             return tuple(ticket.get("channels", ()))
         if token.startswith("ses_"):
+            if self.transport == "websocket":
+                raise Disconnect(*codes.INVALID_TOKEN)  # resume tokens are for uni transports
             resumed = hub.resume.verify(token[4:])
             self.user = resumed.user
             self.conn_info = resumed.info
@@ -112,12 +114,14 @@ class Session:
                 raise codes.token_expired() from None
             hub.log.info("connect token rejected", reason=str(exc), transport=self.transport)
             raise Disconnect(*codes.INVALID_TOKEN) from None
+        if claims.expire_at and claims.expire_at < time.time():
+            raise codes.token_expired()
         self.user = claims.user
         self.conn_info = claims.info
         self.expire_at = claims.expire_at
         return claims.channels
 
-    def connect_result(self) -> dict[str, Any]:
+    def connect_result(self, bidirectional: bool = True) -> dict[str, Any]:
         result: dict[str, Any] = {"client": self.id, "version": self.hub.version}
         if self.expire_at:
             result["expires"] = True
@@ -125,7 +129,8 @@ class Session:
         interval = int(self.hub.config.seconds("ping_interval"))
         if interval:
             result["ping"] = interval
-            result["pong"] = True
+            if bidirectional:
+                result["pong"] = True
         return result
 
     def info(self, chan_info: bytes | None = None) -> ClientInfo:
@@ -224,7 +229,7 @@ class Session:
             self.subs.pop(channel, None)
             hub.fanout.remove(channel, self)
             raise
-        if options.join_leave:
+        if sub.push_join_leave:
             result["join_leave"] = True
 
         def activate() -> None:
@@ -293,14 +298,18 @@ class Session:
         assert cmd.connect is not None
         self.name = cmd.connect.name
         channels = await self.authenticate(cmd.connect.token)
+        if len(channels) > self.hub.config.client_channel_limit:
+            raise codes.limit_exceeded()
+        # Every server-side channel must exist before the session counts as connected.
+        resolved = [(channel, self.hub.rules.options(channel)) for channel in channels]
         self.connected = True
         self.hub.fanout.register(self)
         result = self.connect_result()
-        if channels:
+        if resolved:
             subs: dict[str, Any] = {}
-            for channel in channels:
-                options = self.hub.rules.options(channel)
-                sub = Subscription(options, options.force_recovery, options.force_push_join_leave)
+            for channel, options in resolved:
+                sub = Subscription(options, options.force_recovery,
+                                   options.join_leave and options.force_push_join_leave)
                 attached = await self.attach(channel, sub, None, False)
                 attached.activate()
                 subs[channel] = attached.result

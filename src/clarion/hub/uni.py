@@ -172,9 +172,11 @@ class UniConnection(Takeover):
                 self.hub.spawn(session.detach_all())
 
 
-def _unrecoverable_body(channel: str, pos: dict[str, Any]) -> bytes:
-    return proto.encode({"channel": channel, "epoch": pos.get("epoch", ""),
-                         "offset": pos.get("offset", 0)})
+def _unrecoverable_body(channel: str, pos: dict[str, Any], kind: str) -> bytes:
+    body = {"channel": channel, "epoch": pos.get("epoch", ""), "offset": pos.get("offset", 0)}
+    if kind == "sse":
+        return proto.encode(body)  # the SSE event name says what it is
+    return proto.encode({"unrecoverable": body})
 
 
 async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Response | Takeover:
@@ -183,7 +185,7 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
         return Response.error(405, "use GET")
     if not hub.origin_allowed(request):
         return Response.error(403, "origin not allowed")
-    if hub.connection_count > hub.config.max_connections:
+    if hub.connection_count >= hub.config.max_connections:
         return Response.error(503, "connection limit reached")
     transport = http.transport
     assert transport is not None
@@ -215,10 +217,12 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
         conn.disconnect(exc if isinstance(exc, Disconnect) else Disconnect(3004, str(exc)))
         hub.log.info("stream subscribe failed", code=code)
         return conn
-    result = session.connect_result()
+    result = session.connect_result(bidirectional=False)
     result["session"] = hub.resume.issue(session.user, session.conn_info,
                                          tuple(opened.channels))
-    result["subs"] = {ch: msgspec.Raw(proto.encode(a.result)) for ch, a in attached}
+    # Recovered publications follow as their own events (with ids), not inside "connect".
+    result["subs"] = {ch: msgspec.Raw(proto.encode(
+        {k: v for k, v in a.result.items() if k != "publications"})) for ch, a in attached}
     if kind == "sse":
         conn.out.queue(sse.retry(2000))
     conn.message(proto.encode({"connect": result}))
@@ -230,7 +234,9 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
             conn.positions[channel] = (enc.offset, enc.epoch)
             conn.message(enc.uni_body, cursor=cursors.encode(conn.positions))
         if a.unrecoverable:
-            conn.message(_unrecoverable_body(channel, res), event="unrecoverable")
+            # Carries the new position as its id: a drop right after it resumes from here.
+            conn.message(_unrecoverable_body(channel, res, conn.kind),
+                         cursor=cursors.encode(conn.positions) or None, event="unrecoverable")
         a.activate()
     for channel, _ in attached:
         if opened.subs[channel].options.join_leave:
@@ -247,14 +253,20 @@ async def handle_http_stream(request: Request, http: HttpProtocol) -> Response |
 
 
 class PollTarget:
-    __slots__ = ("pushes", "waiter")
+    __slots__ = ("closed", "pushes", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.pushes: list[EncodedPush] = []
         self.waiter: asyncio.Future[None] = loop.create_future()
+        self.closed: Disconnect | None = None
 
     def push(self, enc: EncodedPush) -> None:
         self.pushes.append(enc)
+        if not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def disconnect(self, exc: Disconnect) -> None:
+        self.closed = exc
         if not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -276,7 +288,9 @@ async def handle_poll(request: Request, http: HttpProtocol) -> Response:
     except (ReplyError, Disconnect, cursors.CursorError) as exc:
         return _error(exc)
     session = opened.session
-    fresh = not opened.cursor
+    # A first poll (no cursor parameter at all) learns the position at once; channels
+    # without history have an empty cursor, and a poll with it waits like any other.
+    fresh = "cursor" not in request.query and not request.headers.get("last-event-id")
     hub.fanout.register(session)
     try:
         attached = await _attach_all(opened, presence=False)
@@ -307,13 +321,16 @@ async def handle_poll(request: Request, http: HttpProtocol) -> Response:
         hub.fanout.unregister(session)
         await session.detach_all()
     hub.metrics.connections_total["poll"] += 1
-    body = {
+    body: dict[str, Any] = {
         "cursor": cursors.encode(positions),
         "session": hub.resume.issue(session.user, session.conn_info, tuple(opened.channels)),
         "pushes": [msgspec.Raw(p) for p in pushes],
     }
     if unrecoverable:
         body["unrecoverable"] = unrecoverable
+    if target.closed is not None:
+        body["disconnect"] = {"code": target.closed.code, "reason": target.closed.reason,
+                              "reconnect": target.closed.reconnect}
     resp = Response.json(body)
     resp.headers.append(("cache-control", "no-store"))
     if "origin" in request.headers:

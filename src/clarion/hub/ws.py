@@ -27,11 +27,12 @@ async def handle_websocket(request: Request, http: HttpProtocol) -> Response | T
     headers = request.headers
     if request.method != "GET":
         return Response.error(405, "WebSocket handshake must be a GET")
-    if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in headers.get(
-            "connection", "").lower():
-        return Response.error(426, "this endpoint speaks WebSocket: send Upgrade: websocket",
-                              ) if "upgrade" not in headers else Response.error(
-                                  400, "Upgrade header must be websocket")
+    if "upgrade" not in headers:
+        return Response.error(426, "this endpoint speaks WebSocket: send Upgrade: websocket")
+    if headers["upgrade"].lower() != "websocket":
+        return Response.error(400, "Upgrade header must be websocket")
+    if "upgrade" not in headers.get("connection", "").lower():
+        return Response.error(400, "Connection header must include Upgrade")
     if headers.get("sec-websocket-version") != "13":
         resp = Response.error(426, "unsupported WebSocket version (13 is required)")
         resp.headers.append(("sec-websocket-version", "13"))

@@ -250,10 +250,12 @@ export class Subscription extends Emitter {
   /** Leave the channel. The subscription keeps its handlers and may `subscribe()` again. */
   unsubscribe() {
     if (this.state === SUB_STATES.UNSUBSCRIBED) return;
-    const wasSubscribed = this.state === SUB_STATES.SUBSCRIBED;
+    // A subscribe still in flight may succeed on the hub: undo it too.
+    const onHub = this.state === SUB_STATES.SUBSCRIBED || this._inflight !== null;
     this._setUnsubscribed(0, 'unsubscribe called');
+    this._inflight = null;
     this._client._subs.delete(this.channel);
-    if (wasSubscribed && this._client._isWsConnected()) {
+    if (onHub && this._client._isWsConnected()) {
       this._client._call('unsubscribe', { channel: this.channel }).catch(() => {});
     }
     this._client._subscriptionsChanged(this);
