@@ -187,7 +187,7 @@ class ServerApi:
             try:
                 batch = msgspec.json.decode(request.body or b"{}", type=BatchReq)
             except msgspec.ValidationError as exc:
-                return _invalid(exc, request.body)
+                return _invalid(exc, request.body or b"{}")
             except msgspec.DecodeError as exc:
                 return Response.error(400, f"body is not valid JSON: {exc}")
             return Response(200, await self.batch(batch))
@@ -198,7 +198,7 @@ class ServerApi:
         try:
             req = msgspec.json.decode(request.body or b"{}", type=kind)
         except msgspec.ValidationError as exc:
-            return _invalid(exc, request.body)
+            return _invalid(exc, request.body or b"{}")
         except msgspec.DecodeError as exc:
             return Response.error(400, f"body is not valid JSON: {exc}")
         self.hub.metrics.api_calls[method] += 1

@@ -318,12 +318,13 @@ class Hub:
 
     async def _refresh_presence(self, ttl: float) -> None:
         """Presence entries expire unless refreshed: a crashed node's clients disappear."""
-        entries = [(channel, session.info(sub.chan_info))
+        entries = [(session, channel, sub)
                    for session in list(self.fanout.sessions.values())
                    for channel, sub in list(session.subs.items())
                    if sub.present and sub.options.presence]
-        for channel, info in entries:
-            await self.broker.add_presence(channel, info, ttl)
+        for session, channel, sub in entries:
+            if session.subs.get(channel) is sub:  # still there: it may have left meanwhile
+                await self.broker.add_presence(channel, session.info(sub.chan_info), ttl)
 
 
 def _ticket_request(name: str) -> Any:

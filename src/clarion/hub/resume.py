@@ -25,6 +25,7 @@ class ResumeClaims:
     user: str
     info: bytes | None
     channels: tuple[str, ...]
+    expire_at: int  # the original credential's expiry, 0 for none
 
 
 class _Payload(msgspec.Struct):
@@ -32,6 +33,7 @@ class _Payload(msgspec.Struct):
     e: int
     i: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     c: list[str] = []
+    x: int = 0
 
 
 def _b64(data: bytes) -> str:
@@ -50,9 +52,10 @@ class ResumeSigner:
         self._key = hmac.new(base, b"clarion resume token v1", hashlib.sha256).digest()
         self.ttl = ttl
 
-    def issue(self, user: str, info: bytes | None, channels: tuple[str, ...]) -> str:
+    def issue(self, user: str, info: bytes | None, channels: tuple[str, ...],
+              expire_at: int = 0) -> str:
         payload: dict[str, object] = {"u": user, "e": int(time.time() + self.ttl),
-                                      "c": list(channels)}
+                                      "c": list(channels), "x": expire_at}
         if info is not None:
             payload["i"] = msgspec.Raw(info)
         body = _b64(msgspec.json.encode(payload))
@@ -71,4 +74,7 @@ class ResumeSigner:
         if payload.e < time.time():
             raise Disconnect(*codes.EXPIRED)
         info = bytes(payload.i) or None
-        return ResumeClaims(payload.u, info, tuple(payload.c))
+        if payload.x and payload.x < time.time():
+            # A resume token never outlives the credential it stands for.
+            raise Disconnect(*codes.EXPIRED)
+        return ResumeClaims(payload.u, info, tuple(payload.c), payload.x)

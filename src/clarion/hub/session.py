@@ -6,6 +6,7 @@ stream, poll) use the same connect and subscribe steps with parameters from the 
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,7 @@ class Session:
             resumed = hub.resume.verify(token[4:])
             self.user = resumed.user
             self.conn_info = resumed.info
+            self.expire_at = resumed.expire_at
             return resumed.channels
         if not looks_like_jwt(token):
             raise Disconnect(*codes.INVALID_TOKEN)
@@ -311,9 +313,9 @@ class Session:
                 sub = Subscription(options, options.force_recovery,
                                    options.join_leave and options.force_push_join_leave)
                 attached = await self.attach(channel, sub, None, False)
-                attached.activate()
+                self.post_reply.append(attached.activate)
+                self.post_reply.append(functools.partial(self.announce_join, channel, sub))
                 subs[channel] = attached.result
-                await self.announce_join(channel, sub)
             result["subs"] = subs
         return result
 
@@ -390,6 +392,8 @@ class Session:
             raise Disconnect(*codes.INVALID_TOKEN) from None
         if claims.user != self.user:
             raise Disconnect(*codes.INVALID_TOKEN)
+        if claims.expire_at and claims.expire_at < time.time():
+            raise codes.token_expired()
         self.expire_at = claims.expire_at
         if claims.info is not None:
             self.conn_info = claims.info

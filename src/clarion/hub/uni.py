@@ -219,17 +219,22 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
         return conn
     result = session.connect_result(bidirectional=False)
     result["session"] = hub.resume.issue(session.user, session.conn_info,
-                                         tuple(opened.channels))
+                                         tuple(opened.channels), session.expire_at)
     # Recovered publications follow as their own events (with ids), not inside "connect".
     result["subs"] = {ch: msgspec.Raw(proto.encode(
         {k: v for k, v in a.result.items() if k != "publications"})) for ch, a in attached}
     if kind == "sse":
         conn.out.queue(sse.retry(2000))
     conn.message(proto.encode({"connect": result}))
+    # Every channel's position first: the id of each replayed event must name all of them.
     for channel, a in attached:
         res = a.result
-        if "epoch" in res:
+        if a.recovered_pubs:
+            conn.positions[channel] = opened.cursor[channel]
+        elif "epoch" in res:
             conn.positions[channel] = (int(res.get("offset", 0)), str(res["epoch"]))
+    for channel, a in attached:
+        res = a.result
         for enc in a.recovered_pubs:
             conn.positions[channel] = (enc.offset, enc.epoch)
             conn.message(enc.uni_body, cursor=cursors.encode(conn.positions))
@@ -323,7 +328,8 @@ async def handle_poll(request: Request, http: HttpProtocol) -> Response:
     hub.metrics.connections_total["poll"] += 1
     body: dict[str, Any] = {
         "cursor": cursors.encode(positions),
-        "session": hub.resume.issue(session.user, session.conn_info, tuple(opened.channels)),
+        "session": hub.resume.issue(session.user, session.conn_info, tuple(opened.channels),
+                                   session.expire_at),
         "pushes": [msgspec.Raw(p) for p in pushes],
     }
     if unrecoverable:
