@@ -254,6 +254,9 @@ export class Subscription extends Emitter {
     const onHub = this.state === SUB_STATES.SUBSCRIBED || this._inflight !== null;
     this._setUnsubscribed(0, 'unsubscribe called');
     this._inflight = null;
+    // Leaving on purpose: a later subscribe() starts from now, it does not recover the gap.
+    this._epoch = null;
+    this._offset = null;
     this._client._subs.delete(this.channel);
     if (onHub && this._client._isWsConnected()) {
       this._client._call('unsubscribe', { channel: this.channel }).catch(() => {});
