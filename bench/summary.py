@@ -1,0 +1,67 @@
+"""Print one summary table from bench/results/*.json (written by the benchmark scripts).
+
+python bench/summary.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import fanout_stream
+import fanout_ws
+import idle_memory
+import loadclient as lc
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def main() -> int:
+    rows: list[list[object]] = []
+    problems: list[str] = []
+    stamps = []
+    for name, mod in (
+        ("fanout_ws", fanout_ws),
+        ("fanout_stream", fanout_stream),
+        ("idle_memory", idle_memory),
+    ):
+        path = os.path.join(RESULTS, f"{name}.json")
+        if not os.path.exists(path):
+            problems.append(f"{name}: no results (bench/results/{name}.json missing)")
+            continue
+        with open(path) as f:
+            res = json.load(f)
+        stamps.append(f"{name} {res.get('time')}")
+        bg = res.get("background_cpu", {}).get("busy_pct")
+        if bg is not None and bg > 15:
+            problems.append(f"{name}: machine was {bg:.0f}% busy before it started (noisy)")
+        try:
+            r, p = mod.report_rows(res)
+        except (AttributeError, KeyError, TypeError) as e:
+            problems.append(f"{name}: cannot read {path} ({e!r}); rerun that benchmark")
+            continue
+        rows += r
+        problems += p
+    lc.print_table("Clarion benchmark summary  (" + "; ".join(stamps) + ")", fanout_ws.HEADER, rows)
+    if problems:
+        print("Problems seen:")
+        for p in problems:
+            print("  -", p)
+    try:
+        with open(os.path.join(RESULTS, "fanout_ws.json")) as f:
+            us = json.load(f).get("loopback_write_us")
+    except (OSError, ValueError):
+        us = None
+    if us:
+        print(
+            f"Machine floor: a loopback TCP write costs {us:.1f} us here, so one process needs "
+            f">= {us * 5:.0f} ms to write one message to 5,000 sockets."
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
