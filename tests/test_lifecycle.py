@@ -93,3 +93,21 @@ async def test_expired_connection_without_refresh_is_closed(hub_factory: Any) ->
     except websockets.ConnectionClosed as closed:
         assert closed.rcvd is not None
         assert (closed.rcvd.code, closed.rcvd.reason) == (3005, "connection expired")
+
+
+async def test_late_connect_is_not_judged_by_a_ping_it_never_got(hub_factory: Any) -> None:
+    """A socket opened before a ping round but connected after it must not get 3012."""
+    hub = hub_factory("ping_interval = 2\npong_timeout = 1\n" + CHAT_NAMESPACE)
+    ws = await websockets.connect(hub.ws_url)
+    await asyncio.sleep(2.5)  # a ping round passes before this client connects
+    await ws.send(json.dumps({"id": 1, "connect": {"token": token("late")}}))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            msg = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
+        except TimeoutError:
+            break
+        if msg == "{}":
+            await ws.send("{}")
+    assert ws.close_code is None  # still open
+    await ws.close()

@@ -296,13 +296,15 @@ class Hub:
                 if expired is not None:
                     conn.disconnect(expired)
                     continue
-                if interval > 0 and self._last_ping and session.last_pong < self._last_ping \
-                        and now - self._last_ping > pong_timeout \
-                        and session.created < self._last_ping:
+                # Only a ping this session was actually sent counts (not one that went out
+                # before it had connected).
+                if session.ping_sent and now - session.ping_sent > pong_timeout:
                     conn.disconnect(Disconnect(*codes.NO_PONG))
                     continue
                 if ping_now:
                     conn.ping()
+                    if not session.ping_sent:
+                        session.ping_sent = now
             for stream in list(self.streams):
                 owner = stream.session
                 expired = owner.check_expiry(wall) if owner is not None else None

@@ -58,8 +58,9 @@ class Attached:
 
 
 class Session:
-    __slots__ = ("_allowance", "_stamp", "conn_info", "connected", "created", "expire_at", "hub",
-                 "id", "last_pong", "name", "post_reply", "subs", "target", "transport", "user")
+    __slots__ = ("_allowance", "_stamp", "conn_info", "connected", "created", "expire_at",
+                 "hub", "id", "last_pong", "name", "ping_sent", "post_reply", "subs", "target",
+                 "transport", "user")
 
     def __init__(self, hub: Hub, target: PushTarget, transport: str) -> None:
         self.hub = hub
@@ -77,6 +78,7 @@ class Session:
         now = time.monotonic()
         self.created = now
         self.last_pong = now
+        self.ping_sent = 0.0  # when the oldest unanswered ping went out; 0: none pending
         self._allowance = float(hub.config.client_command_burst)
         self._stamp = now
 

@@ -149,6 +149,7 @@ class WebSocketConnection(Takeover):
                 for cmd in proto.decode_commands(frame):
                     if cmd.id == 0 and not cmd.method():
                         session.last_pong = time.monotonic()
+                        session.ping_sent = 0.0
                         continue
                     reply = await session.command(cmd)
                     if reply is not None:
