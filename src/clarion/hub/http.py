@@ -63,6 +63,8 @@ class Response:
 class Takeover:
     """Returned by a handler that keeps the connection (a WebSocket, an event stream)."""
 
+    __slots__ = ()  # subclasses keep slots too: tens of thousands of these stay idle
+
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError
 

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
@@ -22,6 +22,9 @@ from clarion.hub.push import EncodedPush
 from clarion.protocol import client as proto
 from clarion.protocol import codes
 from clarion.protocol.tokens import (
+    ConnectClaims,
+    SubscribeClaims,
+    TokenKeys,
     looks_like_jwt,
     verify_connect_token,
     verify_subscribe_token,
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from clarion.hub.app import Hub
 
 TICKET_PREFIX = "tkt_"
+_Claims = TypeVar("_Claims", ConnectClaims, SubscribeClaims)
 
 
 class PushTarget(Protocol):
@@ -167,12 +171,7 @@ class Session:
         expire_at = 0
         chan_info = None
         if token:
-            try:
-                claims = verify_subscribe_token(token, self.hub.token_keys)
-            except TokenError as exc:
-                if exc.expired:
-                    raise codes.token_expired() from None
-                raise Disconnect(*codes.INVALID_TOKEN) from None
+            claims = _checked(verify_subscribe_token, token, self.hub.token_keys)
             if claims.channel != channel or claims.user != self.user:
                 raise codes.permission_denied()
             expire_at = claims.expire_at
@@ -386,12 +385,7 @@ class Session:
 
     async def _refresh(self, cmd: proto.Command) -> Any:
         assert cmd.refresh is not None
-        try:
-            claims = verify_connect_token(cmd.refresh.token, self.hub.token_keys)
-        except TokenError as exc:
-            if exc.expired:
-                raise codes.token_expired() from None
-            raise Disconnect(*codes.INVALID_TOKEN) from None
+        claims = _checked(verify_connect_token, cmd.refresh.token, self.hub.token_keys)
         if claims.user != self.user:
             raise Disconnect(*codes.INVALID_TOKEN)
         if claims.expire_at and claims.expire_at < time.time():
@@ -407,12 +401,7 @@ class Session:
         sub = self.subs.get(req.channel)
         if sub is None:
             raise codes.permission_denied()
-        try:
-            claims = verify_subscribe_token(req.token, self.hub.token_keys)
-        except TokenError as exc:
-            if exc.expired:
-                raise codes.token_expired() from None
-            raise Disconnect(*codes.INVALID_TOKEN) from None
+        claims = _checked(verify_subscribe_token, req.token, self.hub.token_keys)
         if claims.channel != req.channel or claims.user != self.user:
             raise codes.permission_denied()
         sub.expire_at = claims.expire_at
@@ -440,6 +429,18 @@ class Session:
             if sub.expire_at and now > sub.expire_at + sub_delay:
                 return Disconnect(*codes.SUB_EXPIRED)
         return None
+
+
+def _checked(verify: Callable[[str, TokenKeys], _Claims], token: str,
+             keys: TokenKeys) -> _Claims:
+    """A token's claims; an expired token is error 109 (the client refreshes), any other
+    failure is disconnect 3500."""
+    try:
+        return verify(token, keys)
+    except TokenError as exc:
+        if exc.expired:
+            raise codes.token_expired() from None
+        raise Disconnect(*codes.INVALID_TOKEN) from None
 
 
 def _info_obj(info: ClientInfo) -> msgspec.Raw:

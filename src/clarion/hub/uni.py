@@ -15,6 +15,7 @@ import msgspec
 
 from clarion.broker.base import StreamPosition
 from clarion.errors import Disconnect, ReplyError
+from clarion.hub.held import HeldConnection
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
 from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush
@@ -25,9 +26,6 @@ from clarion.protocol import cursor as cursors
 
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
-
-CLOSE_GRACE = 5.0
-
 
 class ChunkedOutbound(Outbound):
     __slots__ = ()
@@ -100,10 +98,10 @@ async def _attach_all(opened: Opened, presence: bool) -> list[tuple[str, Attache
     return out
 
 
-class UniConnection(Takeover):
+class UniConnection(HeldConnection):
     """An SSE or NDJSON stream held open until the client goes or the hub stops."""
 
-    __slots__ = ("hub", "kind", "out", "positions", "session", "single", "transport")
+    __slots__ = ("kind", "positions", "session", "single")
 
     def __init__(self, hub: Hub, transport: asyncio.Transport, kind: str) -> None:
         self.hub = hub
@@ -139,25 +137,10 @@ class UniConnection(Takeover):
     def ping(self) -> None:
         self.out.queue(sse.KEEPALIVE if self.kind == "sse" else b"\n")
 
-    def disconnect(self, exc: Disconnect) -> None:
-        if self.out.closing:
-            return
-        self.hub.metrics.disconnects[exc.code] += 1
+    def farewell(self, exc: Disconnect) -> None:
         self.message(proto.disconnect_body(exc.code, exc.reason, exc.reconnect))
         self.out.flush()
         self.out.write_now(b"0\r\n\r\n")
-        self.out.closing = True
-        self.transport.close()
-        self.hub.loop.call_later(CLOSE_GRACE, self.transport.abort)
-
-    def _slow(self) -> None:
-        self.disconnect(Disconnect(*codes.SLOW))
-
-    def pause_writing(self) -> None:
-        self.out.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.out.resume_writing()
 
     def data_received(self, data: bytes) -> None:
         return None  # nothing more is read on a held stream

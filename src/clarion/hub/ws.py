@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from clarion.errors import Disconnect, FrameError
+from clarion.hub.held import HeldConnection
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
 from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush
@@ -18,7 +19,6 @@ from clarion.protocol import websocket as wsp
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
 
-CLOSE_GRACE = 5.0  # how long a closing connection may keep its socket to flush the close frame
 PING_FRAME = wsp.text_frame(proto.EMPTY_REPLY)
 
 
@@ -56,8 +56,8 @@ async def handle_websocket(request: Request, http: HttpProtocol) -> Response | T
     return conn
 
 
-class WebSocketConnection(Takeover):
-    __slots__ = ("_busy", "_inbox", "http", "hub", "out", "reader", "session", "transport")
+class WebSocketConnection(HeldConnection):
+    __slots__ = ("_busy", "_inbox", "http", "reader", "session")
 
     def __init__(self, hub: Hub, http: HttpProtocol, transport: asyncio.Transport) -> None:
         self.hub = hub
@@ -83,28 +83,8 @@ class WebSocketConnection(Takeover):
     def ping(self) -> None:
         self.out.queue(PING_FRAME)
 
-    def disconnect(self, exc: Disconnect) -> None:
-        out = self.out
-        if out.closing:
-            return
-        self.hub.metrics.disconnects[exc.code] += 1
-        out.write_now(wsp.close_frame(exc.code, exc.reason))
-        out.closing = True
-        self.transport.close()
-        self.hub.loop.call_later(CLOSE_GRACE, self._abort)
-
-    def _abort(self) -> None:
-        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
-            self.transport.abort()
-
-    def _slow(self) -> None:
-        self.disconnect(Disconnect(*codes.SLOW))
-
-    def pause_writing(self) -> None:
-        self.out.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.out.resume_writing()
+    def farewell(self, exc: Disconnect) -> None:
+        self.out.write_now(wsp.close_frame(exc.code, exc.reason))
 
     # -- incoming ---------------------------------------------------------------------------
 
