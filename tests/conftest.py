@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 API_KEY = "test-api-key"
@@ -22,6 +23,12 @@ api_key = "{API_KEY}"
 token_hmac_secret = "{HMAC_SECRET}"
 allowed_origins = ["http://127.0.0.1:*", "http://localhost:*"]
 """
+
+
+def token(user: str, **claims: object) -> str:
+    """A connection JWT for ``user``, valid for an hour unless ``exp`` says otherwise."""
+    payload = {"sub": user, "exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(payload, HMAC_SECRET, algorithm="HS256")
 
 
 def free_port() -> int:

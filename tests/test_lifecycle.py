@@ -8,14 +8,8 @@ import signal
 import time
 from typing import Any
 
-import jwt
 import websockets
-from tests.conftest import CHAT_NAMESPACE, HMAC_SECRET, Hub
-
-
-def token(user: str, **claims: Any) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600, **claims}, HMAC_SECRET,
-                      algorithm="HS256")
+from tests.conftest import CHAT_NAMESPACE, Hub, token
 
 
 async def connect(hub: Hub, tok: str, channel: str | None = None) -> Any:

@@ -8,14 +8,8 @@ import time
 from typing import Any
 
 import httpx
-import jwt
-from tests.conftest import HMAC_SECRET, Hub
+from tests.conftest import Hub, token
 from tests.sse_reader import LineReader, SSEReader
-
-
-def token(user: str, **claims: Any) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600, **claims}, HMAC_SECRET,
-                      algorithm="HS256")
 
 
 def publish(hub: Hub, channel: str, data: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import contextlib
 import time
 from typing import Any
 
-import jwt
 import pytest
 from cent import Client as Cent
 from cent import HistoryRequest, PresenceStatsRequest, PublishRequest
@@ -23,13 +22,8 @@ from centrifuge import (
     SubscribedContext,
     SubscriptionEventHandler,
 )
-from tests.conftest import HMAC_SECRET, Hub
+from tests.conftest import Hub, token
 from tests.netproxy import NetProxy
-
-
-def token(user: str, **claims: Any) -> str:
-    payload = {"sub": user, "exp": int(time.time()) + 3600, **claims}
-    return jwt.encode(payload, HMAC_SECRET, algorithm="HS256")
 
 
 class Recorder(SubscriptionEventHandler):
