@@ -619,3 +619,7 @@ def pushpin_available() -> tuple[bool, str]:
         if not shutil.which(b):
             return False, f"{b} not found"
     return True, ""
+
+
+# Columns of every report table (bench/summary.py joins the rows of all benchmarks).
+HEADER = ["metric", "Clarion", "peer", "peer value", "ratio", "target", "met"]

@@ -112,7 +112,7 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-HEADER = ["metric", "Clarion", "peer", "peer value", "ratio", "target", "met"]
+HEADER = common.HEADER
 
 
 def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
