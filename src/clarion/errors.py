@@ -53,5 +53,10 @@ class TokenError(ClarionError):
         self.expired = expired
 
 
+class GripError(ClarionError):
+    """GRIP input that does not follow the protocol: a response instruction, a publish item,
+    WebSocket-over-HTTP events, a routes file line. The message says what and where."""
+
+
 class BrokerError(ClarionError):
     """The broker backend failed (lost connection, bad state)."""
