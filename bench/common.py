@@ -514,75 +514,31 @@ def run_main(coro: Awaitable[Any]) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Pushpin (Debian package): own config dir, ports, run dir; its runner starts the helpers
+# Pushpin (Debian package): its configuration comes from tests/pushpin.py, the one launcher
+# the tests and the benchmarks share (own config dir, ports, run dir, zurl; see there)
 # --------------------------------------------------------------------------------------------
 
-PUSHPIN_CONF = "/etc/pushpin/pushpin.conf"
-PUSHPIN_INTERNAL = "/usr/lib/pushpin/internal.conf"
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import pushpin as _pushpin  # noqa: E402  (tests/pushpin.py)
 
 
 class PushpinServer(Server):
     """``pushpin --config <tmp>/pushpin.conf`` plus the tiny GRIP origin it proxies to.
 
-    The Debian package's pushpin.conf runs ``condure, pushpin-proxy, pushpin-handler`` and
-    its internal.conf points the proxy at a system-wide zurl (``/var/run/zurl/``, the separate
-    ``zurl`` service).  Here zurl is started by the runner too (it ships
-    ``/usr/lib/pushpin/runner/zurl.conf.template``), with its sockets in our run dir."""
+    The config is :func:`tests/pushpin.write_config` with the handler's rate limit
+    (``message_rate``/``message_hwm``) unset: a fan-out benchmark must not measure it."""
 
     def __init__(self) -> None:
-        self.http_port = lc.free_port()
-        self.publish_port = lc.free_port()
         self.origin_port = lc.free_port()
-        zmq = [lc.free_port() for _ in range(3)]
-        super().__init__("pushpin", [], self.publish_port, "/")
-        run = os.path.join(self.tmp, "run")
-        logs = os.path.join(self.tmp, "log")
-        os.makedirs(run)
-        os.makedirs(logs)
-        with open(PUSHPIN_INTERNAL) as f:
-            internal = f.read().replace(
-                "ipc:///var/run/zurl/zurl-", "ipc://{rundir}/{ipc_prefix}zurl-"
-            )
-        internal_path = os.path.join(self.tmp, "internal.conf")
-        with open(internal_path, "w") as f:
-            f.write(internal)
-        routes = os.path.join(self.tmp, "routes")
-        with open(routes, "w") as f:
-            f.write(f"* 127.0.0.1:{self.origin_port}\n")
-        rep = {
-            "include": internal_path,
-            "rundir": run,
-            "ipc_prefix": "bench-",
-            "services": "condure,zurl,pushpin-proxy,pushpin-handler",
-            "http_port": str(self.http_port),
-            "logdir": logs,
-            "routesfile": routes,
-            "push_in_spec": f"tcp://127.0.0.1:{zmq[0]}",
-            "push_in_sub_specs": f"tcp://127.0.0.1:{zmq[1]}",
-            "push_in_http_addr": "127.0.0.1",
-            "push_in_http_port": str(self.publish_port),
-            "command_spec": f"tcp://127.0.0.1:{zmq[2]}",
-        }
-        # The stock file limits the handler to message_rate=2500 deliveries/s and drops
-        # (with a warning per delivery) beyond message_hwm=25000 queued; unset, the handler
-        # does not rate-limit.  A fan-out benchmark must not measure that throttle.
-        unset = {"message_rate", "message_hwm"}
-        out = []
-        with open(PUSHPIN_CONF) as f:
-            for line in f.read().splitlines():
-                key = line.split("=", 1)[0].strip()
-                if not line.startswith("#") and key in rep:
-                    line = f"{key}={rep.pop(key)}"
-                elif not line.startswith("#") and key in unset:
-                    unset.discard(key)
-                    line = f"# {line}  (unset by bench/common.py: no rate limit)"
-                out.append(line)
-        if rep or unset:
-            raise RuntimeError(f"pushpin.conf keys not found: {sorted(rep) + sorted(unset)}")
-        self.conf = os.path.join(self.tmp, "pushpin.conf")
-        with open(self.conf, "w") as f:
-            f.write("\n".join(out) + "\n")
-        self.argv = ["pushpin", "--config", self.conf, "--merge-output"]
+        super().__init__("pushpin", [], 0, "/")
+        self.pushpin = _pushpin.write_config(
+            self.tmp, self.origin_port, rate_limit=False, ipc_prefix="bench-"
+        )
+        self.http_port = self.pushpin.http_port
+        self.publish_port = self.pushpin.publish_port
+        self.port = self.publish_port  # Server.start waits for the control API on "/"
+        self.conf = str(self.pushpin.conf)
+        self.argv = self.pushpin.argv
         self.origin: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout: float = 30) -> None:
@@ -613,12 +569,7 @@ class PushpinServer(Server):
 
 
 def pushpin_available() -> tuple[bool, str]:
-    if not shutil.which("pushpin"):
-        return False, "pushpin not installed (apt-get install pushpin)"
-    for b in ("condure", "zurl", "pushpin-proxy", "pushpin-handler"):
-        if not shutil.which(b):
-            return False, f"{b} not found"
-    return True, ""
+    return _pushpin.pushpin_available()
 
 
 # Columns of every report table (bench/summary.py joins the rows of all benchmarks).
