@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+
+import pushpin
 
 API_KEY = "test-api-key"
 HMAC_SECRET = "test-hmac-secret-that-is-long-enough-for-hs256"
@@ -120,3 +124,213 @@ allow_presence_for_subscriber = true
 def hub(hub_factory: HubFactory) -> Hub:
     """A hub with the issue's `chat` namespace and token auth."""
     return hub_factory(CHAT_NAMESPACE)
+
+
+# --------------------------------------------------------------------------------------------
+# GRIP: a proxy (Pushpin or Clarion's GRIP proxy) in front of a Django origin (tests/grip_apps)
+# --------------------------------------------------------------------------------------------
+
+GRIP_KEY = "changeme"  # Pushpin's default sig_key; Clarion's GRIP proxy defaults to it too
+GRIP_ISS = "pushpin"  # Pushpin's default sig_iss
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str,
+                output: Callable[[], str], timeout: float) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{output()}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer within {timeout}s:\n{output()}")
+
+
+def _stop(proc: subprocess.Popen[bytes], group: bool = False) -> None:
+    if proc.poll() is None:
+        if group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if group:  # whatever is left of the group (gunicorn workers)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class GripProxy:
+    """A running GRIP proxy.  ``url``/``ws_url``: where clients connect; ``control_uri``:
+    where the origin publishes (pubcontrol POSTs ``<control_uri>/publish/``)."""
+
+    kind: str  # "pushpin" | "clarion"
+    port: int  # the client port
+    control_port: int
+    origin_port: int
+    routes: Path
+    output: Callable[[], str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def control_uri(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+
+GripProxyFactory = Callable[..., GripProxy]
+
+
+@pytest.fixture
+def grip_proxy_factory(tmp_path: Path) -> Iterator[GripProxyFactory]:
+    """``start(kind, origin_port, *, over_http=True) -> GripProxy``.
+
+    kind "pushpin": Debian's Pushpin with a config of its own (tests/pushpin.py); skipped when
+    it is not installed, a failure under CI=true.  kind "clarion": ``python -m clarion serve
+    --port P --grip-routes ROUTES --grip-port G --control-port C`` (Grip-Sig key "changeme",
+    iss "pushpin" by default).  Both get the same routes file, in Pushpin's syntax:
+    ``* 127.0.0.1:ORIGIN_PORT,over_http``."""
+    pushpins: list[pushpin.Pushpin] = []
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(kind: str, origin_port: int, *, over_http: bool = True) -> GripProxy:
+        routes_text = pushpin.route_line(origin_port, over_http=over_http) + "\n"
+        if kind == "pushpin":
+            ok, why = pushpin.pushpin_available()
+            if not ok:
+                if in_ci():
+                    pytest.fail(f"{why}; CI must run scripts/install-test-deps")
+                pytest.skip(why)
+            d = tmp_path / f"pushpin-{len(pushpins)}"
+            pp = pushpin.Pushpin(routes=routes_text, directory=d)
+            pushpins.append(pp)
+            pp.start()
+            return GripProxy("pushpin", pp.http_port, pp.publish_port, origin_port,
+                             pp.config.routes, pp.output)  # fmt: skip
+        if kind == "clarion":
+            port, grip_port, control_port = free_port(), free_port(), free_port()
+            routes = tmp_path / f"clarion-routes-{grip_port}"
+            routes.write_text(routes_text)
+            cfg = tmp_path / f"clarion-grip-{grip_port}.toml"
+            cfg.write_text(BASE_CONFIG)
+            log = tmp_path / f"clarion-grip-{grip_port}.log"
+            cmd = [sys.executable, "-m", "clarion", "serve", "--host", "127.0.0.1",
+                   "--port", str(port), "--config", str(cfg),
+                   "--grip-routes", str(routes), "--grip-port", str(grip_port),
+                   "--control-port", str(control_port)]  # fmt: skip
+            with log.open("wb") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            procs.append(proc)
+
+            def output() -> str:
+                return log.read_text(errors="replace")
+
+            _wait_until(
+                lambda: pushpin.http_answers(port, "/health")
+                and pushpin.port_answers(grip_port) and pushpin.port_answers(control_port),
+                proc, "clarion GRIP proxy", output, 20,
+            )  # fmt: skip
+            return GripProxy("clarion", grip_port, control_port, origin_port, routes, output)
+        raise ValueError(f"unknown GRIP proxy kind {kind!r}")
+
+    yield start
+    for pp in pushpins:
+        pp.stop()
+    for proc in procs:
+        _stop(proc)
+
+
+@dataclass
+class GripOrigin:
+    """The tests/grip_apps Django project under gunicorn."""
+
+    port: int
+    impl: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+GripOriginFactory = Callable[..., GripOrigin]
+
+
+def _django_env(impl: str, control_uri: str, key: str, db: Path | None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "grip_apps.settings",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "GRIP_IMPL": impl,
+        "GRIP_CONTROL_URI": control_uri,
+        "GRIP_KEY": key,
+        "PYTHONUNBUFFERED": "1",
+    }
+    if db is not None:
+        env["GRIP_APPS_EVENTSTREAM"] = "1"
+        env["GRIP_APPS_DB"] = str(db)
+    return env
+
+
+@pytest.fixture
+def grip_origin_factory(tmp_path: Path) -> Iterator[GripOriginFactory]:
+    """``start(control_uri, *, impl="django_grip", port=None, key="changeme",
+    eventstream=False) -> GripOrigin``: tests/grip_apps under gunicorn (gthread: 1 worker,
+    8 threads) on ``port`` (a free one by default), publishing to ``control_uri``.  With
+    ``eventstream=True`` django-eventstream is installed too, on a fresh sqlite file (migrated
+    before gunicorn starts).  Returns once the origin answers HTTP."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(control_uri: str, *, impl: str = "django_grip", port: int | None = None,
+              key: str = GRIP_KEY, eventstream: bool = False) -> GripOrigin:  # fmt: skip
+        port = port or free_port()
+        log = tmp_path / f"origin-{port}.log"
+        db = tmp_path / f"origin-{port}.sqlite3" if eventstream else None
+        env = _django_env(impl, control_uri, key, db)
+        if db is not None:
+            migrate = subprocess.run(
+                [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
+                env=env, cwd=TESTS_DIR, capture_output=True, timeout=120,
+            )  # fmt: skip
+            if migrate.returncode != 0:
+                raise RuntimeError(
+                    "migrate failed:\n" + (migrate.stdout + migrate.stderr).decode(errors="replace")
+                )
+        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+               "--worker-class", "gthread", "--workers", "1", "--threads", "8",
+               "--timeout", "120", "--graceful-timeout", "5", "--access-logfile", "-",
+               "--chdir", str(TESTS_DIR), "grip_apps.wsgi:application"]  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=TESTS_DIR, start_new_session=True)  # fmt: skip
+        procs.append(proc)
+        origin = GripOrigin(port, impl, log, proc)
+        # any HTTP answer means a worker has loaded Django (and the GRIP implementation)
+        _wait_until(lambda: pushpin.http_answers(port, "/required"), proc,
+                    f"gunicorn (GRIP_IMPL={impl})", origin.output, 60)  # fmt: skip
+        return origin
+
+    yield start
+    for proc in procs:
+        _stop(proc, group=True)
