@@ -42,6 +42,8 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port, "broker": args.broker,
                                  "log_level": args.log_level}
+    for name in ("grip_routes", "grip_host", "grip_port", "control_host", "control_port"):
+        overrides[name] = getattr(args, name, None)
     if demo:
         overrides["demo"] = True
     config = load_config(args.config, overrides=overrides)
@@ -58,6 +60,9 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     async def main() -> None:
         hub = Hub(config)
         await hub.start()
+        if hub.grip is not None:
+            print(f"GRIP proxy on {hub.grip.address}, publish API on "
+                  f"{hub.grip.control_address}/publish/", flush=True)
         if demo:
             print(f"Clarion demo: open {hub.address}/ in two browser windows.\n"
                   f"Publish from a shell:  CLARION_API_KEY={config.api_key} clarion publish "
@@ -125,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
         if name == "serve":
             p.add_argument("--demo", action="store_true", help="also serve the demo page")
+            g = p.add_argument_group("GRIP proxy (Pushpin-compatible)")
+            g.add_argument("--grip-routes", metavar="FILE",
+                           help="Pushpin routes file; turns the GRIP proxy on")
+            g.add_argument("--grip-host", help="address for GRIP clients (default: --host)")
+            g.add_argument("--grip-port", type=int, help="port for GRIP clients (default 7999)")
+            g.add_argument("--control-host", help="publish API address (default 127.0.0.1)")
+            g.add_argument("--control-port", type=int,
+                           help="publish API port (default 5561)")
 
     p = sub.add_parser("publish", help="publish DATA (JSON) into CHANNEL through the API")
     p.add_argument("channel")

@@ -60,3 +60,8 @@ class GripError(ClarionError):
 
 class BrokerError(ClarionError):
     """The broker backend failed (lost connection, bad state)."""
+
+
+class PublishError(ClarionError):
+    """Publishing to a GRIP proxy or publish server failed (it was unreachable, or answered
+    with an error status). The message names the server, the status and the channels."""

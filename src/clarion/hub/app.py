@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -42,6 +42,9 @@ from clarion.protocol import client as proto
 from clarion.protocol import codes
 from clarion.protocol.tokens import TokenKeys
 
+if TYPE_CHECKING:
+    from clarion.hub.grip.proxy import GripProxy
+
 HOUSEKEEPING_INTERVAL = 1.0
 
 
@@ -62,6 +65,11 @@ class Hub:
                                    config.seconds("session_ttl"))
         self.metrics = HubMetrics()
         self.fanout = Fanout(self)
+        self.grip: GripProxy | None = None
+        if config.grip_routes:
+            from clarion.hub.grip.proxy import GripProxy
+
+            self.grip = GripProxy(self)
         self.api = ServerApi(self)
         self.router = Router(self)
         self.websockets: set[WebSocketConnection] = set()
@@ -104,7 +112,8 @@ class Hub:
 
     @property
     def connection_count(self) -> int:
-        return len(self.websockets) + len(self.streams)
+        count = len(self.websockets) + len(self.streams)
+        return count + self.grip.connection_count if self.grip is not None else count
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self.loop.create_task(coro)
@@ -139,8 +148,9 @@ class Hub:
 
     async def publish(self, channel: str, data: bytes, *, info: ClientInfo | None = None,
                       tags: dict[str, str] | None = None, skip_history: bool = False,
-                      idempotency_key: str = "") -> PublishResult:
-        options = self.rules.options(channel)
+                      idempotency_key: str = "",
+                      options: ChannelOptions | None = None) -> PublishResult:
+        options = options or self.rules.options(channel)
         if b"\n" in data or b"\r" in data:
             # Frames batch messages by newline: data must be compact JSON.
             data = msgspec.json.encode(msgspec.json.decode(data))
@@ -160,9 +170,10 @@ class Hub:
                                          meta_ttl=self.config.seconds("history_meta_ttl"))
         if position is not None and position.epoch != hist.position.epoch:
             raise codes.unrecoverable_position()
-        from clarion.hub.push import info_json
+        from clarion.hub.push import info_json, visible_tags
 
-        pubs = [msgspec.Raw(proto.publication_json(p.data, p.offset, info_json(p.info), p.tags))
+        pubs = [msgspec.Raw(proto.publication_json(p.data, p.offset, info_json(p.info),
+                                                   visible_tags(p.tags)))
                 for p in hist.publications]
         return {"publications": pubs, "offset": hist.position.offset,
                 "epoch": hist.position.epoch}
@@ -216,6 +227,8 @@ class Hub:
             self._server = await self._loop.create_server(
                 lambda: HttpProtocol(self), self.config.host, self.config.port, backlog=4096,
                 reuse_address=True)
+        if self.grip is not None:
+            await self.grip.start()
         self._housekeeper = self._loop.create_task(self._housekeeping())
         self.log.info("hub listening", address=self.address, broker=self.config.broker,
                       version=self.version)
@@ -251,17 +264,21 @@ class Hub:
             conn.disconnect(bye)
         for stream in list(self.streams):
             stream.disconnect(bye)
+        if self.grip is not None:
+            self.grip.begin_shutdown(bye)
         for http in list(self.http_connections):
             if http.takeover is None and http.transport is not None:
                 http.transport.close()
         deadline = time.monotonic() + self.config.seconds("shutdown_timeout")
         # Poll rather than wait on an event: connections leave from transport callbacks.
-        while (self.websockets or self.streams) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self.connection_count and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for conn in list(self.websockets):
             conn.transport.abort()
         for stream in list(self.streams):
             stream.transport.abort()
+        if self.grip is not None:
+            await self.grip.finish_shutdown()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -314,6 +331,8 @@ class Hub:
                     stream.ping()
             if ping_now:
                 self._last_ping = now
+            if self.grip is not None:
+                self.grip.tick(now)
             if now - self._last_presence >= presence_ttl / 3:
                 self._last_presence = now
                 self.spawn(self._refresh_presence(presence_ttl))

@@ -23,6 +23,16 @@ class ChannelRules:
             for name, ns in config.namespaces.items() if ns.channel_regex
         }
 
+    def lenient_options(self, channel: str) -> ChannelOptions:
+        """For GRIP channels, whose names follow no namespace scheme: a known namespace's
+        options, else the top-level ones. A name that is no channel at all still fails."""
+        try:
+            return self.options(channel)
+        except ReplyError as exc:
+            if exc.code == 102:
+                return self._top
+            raise
+
     def options(self, channel: str) -> ChannelOptions:
         """The options that apply to ``channel``; 102 unknown channel if it has none."""
         if not channel or len(channel) > MAX_CHANNEL_LENGTH or not channel.isprintable():

@@ -129,6 +129,26 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     poll_timeout_max: float | str = 60.0
     shutdown_timeout: float | str = 10.0
 
+    # GRIP proxy (off unless grip_routes names a Pushpin routes file).
+    grip_routes: str = ""
+    grip_host: str = ""  # default: the same as host
+    grip_port: int = 7999
+    control_host: str = "127.0.0.1"
+    control_port: int = 5561
+    grip_sig_iss: str = "pushpin"
+    grip_sig_key: str = "changeme"  # literal, base64:..., or file:PATH (PEM or hex)
+    grip_upstream_key: str = ""  # trust requests whose Grip-Sig this key verifies
+    grip_connect_timeout: float | str = 5.0
+    grip_response_timeout: float | str = 60.0
+    grip_max_request_body: int = 10 * 1024 * 1024
+    grip_max_instruct_body: int = 1_000_000
+    grip_connection_subscription_max: int = 20
+    control_max_body_size: int = 1_000_000
+    control_basic_auth: str = ""  # "user:password"
+    control_bearer_token: str = ""
+    control_jwt_key: str = ""
+    control_jwt_iss: str = ""
+
     demo: bool = False
     namespaces: dict[str, ChannelOptions] = msgspec.field(default_factory=dict)
 
@@ -137,7 +157,8 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
         for name in ("ticket_ttl", "ticket_max_ttl", "session_ttl", "ping_interval",
                      "pong_timeout", "client_stale_close_delay", "client_expired_close_delay",
                      "client_expired_sub_close_delay", "presence_ttl",
-                     "history_meta_ttl", "poll_timeout", "poll_timeout_max", "shutdown_timeout"):
+                     "history_meta_ttl", "poll_timeout", "poll_timeout_max", "shutdown_timeout",
+                     "grip_connect_timeout", "grip_response_timeout"):
             setattr(self, name, parse_duration(getattr(self, name), name))
         for name in self.namespaces:
             if not _NAMESPACE_NAME.match(name):
@@ -150,11 +171,14 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format: must be \"text\" or \"json\"")
         for name in ("client_max_message_size", "client_channel_limit", "client_queue_max_size",
-                     "api_max_body_size", "max_connections"):
+                     "api_max_body_size", "max_connections", "grip_max_request_body",
+                     "grip_max_instruct_body", "grip_connection_subscription_max",
+                     "control_max_body_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
-        if not 0 < self.port < 65536:
-            raise ValueError("port: must be between 1 and 65535")
+        for name in ("port", "grip_port", "control_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ValueError(f"{name}: must be between 1 and 65535 (0: any free port)")
 
     def seconds(self, name: str) -> float:
         value = getattr(self, name)

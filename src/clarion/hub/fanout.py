@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from clarion.broker.base import ClientInfo, Publication
@@ -31,6 +32,9 @@ class Fanout:
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, set[str]] = {}
         self._broker_channels: set[str] = set()
+        # The GRIP proxy sees every publication first (it keeps recent ones for holds that
+        # are being set up); None when the proxy is off.
+        self.observer: Callable[[str, EncodedPush], None] | None = None
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -68,6 +72,15 @@ class Fanout:
             if not (enc.kind == b"pub" and enc.offset and enc.offset <= top):
                 target.push(enc)
 
+    def remove_key(self, channel: str, key: str) -> None:
+        subs = self.channels.get(channel)
+        if subs is not None:
+            subs.pop(key, None)
+            if not subs:
+                del self.channels[channel]
+                if channel in self._broker_channels:
+                    self.hub.spawn(self.release_broker_subscription(channel))
+
     def remove(self, channel: str, session: Session) -> None:
         subs = self.channels.get(channel)
         if subs is not None:
@@ -91,12 +104,29 @@ class Fanout:
 
     # -- broker events ------------------------------------------------------------------------
 
+    def add_target(self, channel: str, key: str, target: PushTarget) -> None:
+        """A subscriber that is not a session (a GRIP hold)."""
+        self.channels.setdefault(channel, {})[key] = target
+
     def on_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         subs = self.channels.get(channel)
-        if not subs:
+        observer = self.observer
+        if observer is None:
+            if not subs:
+                return
+            enc = EncodedPush.publication(channel, pub, epoch)
+        else:
+            enc = EncodedPush.publication(channel, pub, epoch)
+            observer(channel, enc)
+            if not subs:
+                return
+        if enc.grip_only:
+            for target in list(subs.values()):
+                if getattr(target, "is_grip", False):
+                    target.push(enc)
             return
-        enc = EncodedPush.publication(channel, pub, epoch)
         # push() only queues, so nothing can change ``subs`` while this loop runs.
+        # (A GRIP long-poll answers and leaves on its first message: it leaves later.)
         for target in subs.values():
             target.push(enc)
         self.hub.metrics.delivered(len(subs), pub.time)

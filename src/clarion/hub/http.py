@@ -31,6 +31,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     client: str
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as sent, for proxying
     _query: dict[str, list[str]] | None = None
 
     @property
@@ -48,8 +49,9 @@ class Request:
 class Response:
     status: int = 200
     body: bytes = b""
-    content_type: str = "application/json"
+    content_type: str = "application/json"  # "" sends none (a proxied answer has its own)
     headers: list[tuple[str, str]] = field(default_factory=list)
+    reason: str = ""
 
     @classmethod
     def json(cls, obj: Any, status: int = 200) -> Response:
@@ -81,22 +83,33 @@ class Takeover:
 Handler = Callable[[Request, "HttpProtocol"], Awaitable["Response | Takeover"]]
 
 
-def encode_head(status: int, headers: list[tuple[str, str]]) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
+def encode_head(status: int, headers: list[tuple[str, str]], reason: str = "") -> bytes:
+    phrase = reason
+    if not phrase:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
     lines = [f"HTTP/1.1 {status} {phrase}"]
     lines.extend(f"{k}: {v}" for k, v in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("_body", "_body_size", "_client", "_header_bytes", "_headers", "_keep_alive",
-                 "_parser", "_queue", "_running", "_url", "hub", "takeover", "transport")
+    """One client connection. ``dispatch`` answers each request (the hub's router unless given:
+    the GRIP proxy and its control API bring their own); ``max_body`` bounds request bodies."""
 
-    def __init__(self, hub: Hub) -> None:
+    __slots__ = ("_body", "_body_size", "_client", "_dispatch", "_header_bytes", "_headers",
+                 "_held", "_keep_alive", "_max_body", "_parser", "_queue", "_raw_headers",
+                 "_running", "_url", "hub", "takeover", "transport")
+
+    def __init__(self, hub: Hub, dispatch: Handler | None = None,
+                 max_body: int | None = None) -> None:
         self.hub = hub
+        self._dispatch: Handler = dispatch or hub.router.dispatch
+        self._max_body = max_body or hub.config.api_max_body_size
+        self._raw_headers: list[tuple[str, str]] = []
+        self._held = b""
         self.transport: asyncio.Transport | None = None
         self.takeover: Takeover | None = None
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -160,6 +173,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
+        self._raw_headers = []
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
@@ -170,7 +184,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        self._headers[key.lower()] = text
+        self._raw_headers.append((key, text))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -187,6 +204,7 @@ class HttpProtocol(asyncio.Protocol):
             headers=self._headers,
             body=b"".join(self._body),
             client=self._client,
+            raw_headers=self._raw_headers,
         )
         self._keep_alive = parser.should_keep_alive()
         self._queue.append(request)
@@ -204,7 +222,7 @@ class HttpProtocol(asyncio.Protocol):
             raise _TooLarge(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
 
     def _count_body(self, n: int) -> None:
-        limit = self.hub.config.api_max_body_size
+        limit = self._max_body
         self._body_size += n
         if self._body_size > limit:
             raise _TooLarge(413, f"request body larger than {limit} bytes")
@@ -218,7 +236,7 @@ class HttpProtocol(asyncio.Protocol):
                 if len(self._queue) <= MAX_PIPELINED:
                     self.transport.resume_reading()
                 try:
-                    result = await self.hub.router.dispatch(request, self)
+                    result = await self._dispatch(request, self)
                 except Exception:
                     self.hub.log.exception("handler failed", path=request.path)
                     result = Response.error(500, "internal server error")
@@ -230,15 +248,37 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._running = False
 
+    def hold(self, data: bytes) -> None:
+        """Keep bytes a client sent while its connection was taken over (a pipelined request
+        behind a long-poll), for ``release``."""
+        self._held += data
+
+    def release(self) -> None:
+        """End a takeover that answered with plain HTTP (a long-poll): the connection goes
+        back to serving requests, starting with any it received meanwhile."""
+        self.takeover = None
+        held, self._held = self._held, b""
+        if not self._keep_alive and self.transport is not None:
+            self.transport.close()
+            return
+        if held:
+            self.data_received(held)
+        elif self._queue and not self._running:
+            self._running = True
+            self.hub.spawn(self._serve())
+
     def write_response(self, response: Response, request: Request | None = None) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        headers = [("content-type", response.content_type),
-                   ("content-length", str(len(response.body))), *response.headers]
+        headers = list(response.headers)
+        if not any(k.lower() == "content-length" for k, _ in headers):
+            headers.insert(0, ("content-length", str(len(response.body))))
+        if response.content_type:
+            headers.insert(0, ("content-type", response.content_type))
         if not self._keep_alive:
             headers.append(("connection", "close"))
-        transport.write(encode_head(response.status, headers) + response.body)
+        transport.write(encode_head(response.status, headers, response.reason) + response.body)
         if not self._keep_alive:
             transport.close()
 

@@ -28,6 +28,11 @@ class HubMetrics:
         self.disconnects: Counter[int] = Counter()
         self.api_calls: Counter[str] = Counter()
         self.recoveries: Counter[bool] = Counter()
+        self.grip_requests = 0
+        self.grip_errors = 0
+        self.grip_published = 0
+        self.grip_websockets = 0
+        self.grip_holds: Counter[str] = Counter()
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
             "clarion_publish_to_deliver_seconds",
@@ -104,3 +109,21 @@ class _HubCollector(Collector):
                                   value=m.tickets_issued)
         yield CounterMetricFamily("clarion_tickets_consumed", "One-time tickets used.",
                                   value=m.tickets_consumed)
+        grip = hub.grip
+        if grip is None:
+            return
+        yield CounterMetricFamily("clarion_grip_requests", "Client requests through the GRIP "
+                                  "proxy.", value=m.grip_requests)
+        yield CounterMetricFamily("clarion_grip_errors", "Bad instructions from origins and "
+                                  "bad publish requests.", value=m.grip_errors)
+        yield CounterMetricFamily("clarion_grip_items_published", "Items published through "
+                                  "the GRIP publish API.", value=m.grip_published)
+        h = CounterMetricFamily("clarion_grip_holds", "Holds started, by mode.",
+                                labels=["mode"])
+        for mode, n in m.grip_holds.items():
+            h.add_metric([mode], n)
+        yield h
+        yield CounterMetricFamily("clarion_grip_websockets", "WebSocket-over-HTTP connections "
+                                  "opened.", value=m.grip_websockets)
+        yield GaugeMetricFamily("clarion_grip_held", "Connections held by the GRIP proxy now.",
+                                value=grip.connection_count)

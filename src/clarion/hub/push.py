@@ -6,7 +6,21 @@ from clarion.broker.base import ClientInfo, Publication
 from clarion.protocol import client as proto
 from clarion.protocol import cursor as cursors
 from clarion.protocol import sse
+from clarion.protocol.grip import items as grip_items
+from clarion.protocol.grip import mapping as grip_mapping
 from clarion.protocol.websocket import text_frame
+
+# A publication made through the GRIP publish API carries its item (all formats) under this
+# tag, so GRIP subscribers on every node get the exact formats. Native clients never see it.
+GRIP_TAG = "_grip"
+# Set on GRIP items with no content for native clients (a close or hint action).
+GRIP_ONLY_TAG = "_grip_only"
+
+
+def visible_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
+    if tags and GRIP_TAG in tags:
+        return {k: v for k, v in tags.items() if k not in (GRIP_TAG, GRIP_ONLY_TAG)} or None
+    return tags
 
 
 def info_json(info: ClientInfo | None) -> bytes | None:
@@ -20,6 +34,7 @@ class EncodedPush:
 
     __slots__ = (
         "_body",
+        "_grip",
         "_sse",
         "_stream",
         "_ws",
@@ -27,8 +42,10 @@ class EncodedPush:
         "channel",
         "channel_json",
         "epoch",
+        "grip_only",
         "kind",
         "offset",
+        "pub",
         "time",
     )
 
@@ -45,11 +62,38 @@ class EncodedPush:
         self._sse: bytes | None = None
         self._stream: bytes | None = None
         self._body: bytes | None = None
+        self._grip: grip_items.Item | None = None
+        self.pub: Publication | None = None
+        self.grip_only = False
 
     @classmethod
     def publication(cls, channel: str, pub: Publication, epoch: str) -> EncodedPush:
-        body = proto.publication_json(pub.data, pub.offset, info_json(pub.info), pub.tags)
-        return cls(channel, b"pub", body, pub.offset, epoch, pub.time)
+        tags = pub.tags
+        grip_only = False
+        if tags and GRIP_TAG in tags:
+            grip_only = GRIP_ONLY_TAG in tags
+            tags = visible_tags(tags)
+        body = proto.publication_json(pub.data, pub.offset, info_json(pub.info), tags)
+        enc = cls(channel, b"pub", body, pub.offset, epoch, pub.time)
+        enc.pub = pub
+        enc.grip_only = grip_only
+        return enc
+
+    @property
+    def grip(self) -> grip_items.Item:
+        """This publication as a GRIP item: the one it was published as, or the native data
+        mapped onto the GRIP formats (``clarion.protocol.grip.mapping``)."""
+        item = self._grip
+        if item is None:
+            pub = self.pub
+            assert pub is not None, "only publications go to GRIP subscribers"
+            raw = pub.tags.get(GRIP_TAG) if pub.tags else None
+            if raw is not None:
+                item = grip_items.decode_item(raw)
+            else:
+                item = grip_mapping.item_from_native(self.channel, pub.data)
+            self._grip = item
+        return item
 
     @classmethod
     def presence_event(cls, channel: str, kind: bytes, info: ClientInfo) -> EncodedPush:
