@@ -135,6 +135,11 @@ GRIP_ISS = "pushpin"  # Pushpin's default sig_iss
 TESTS_DIR = Path(__file__).resolve().parent
 
 
+def grip_sig(key: str = GRIP_KEY, iss: str = GRIP_ISS, exp_in: int = 3600) -> str:
+    """A Grip-Sig as Pushpin makes it: an HS256 JWT with exactly iss and exp."""
+    return jwt.encode({"iss": iss, "exp": int(time.time()) + exp_in}, key, algorithm="HS256")
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
@@ -320,6 +325,7 @@ def grip_origin_factory(tmp_path: Path) -> Iterator[GripOriginFactory]:
         cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
                "--worker-class", "gthread", "--workers", "1", "--threads", "8",
                "--timeout", "120", "--graceful-timeout", "5", "--access-logfile", "-",
+               "--no-control-socket",
                "--chdir", str(TESTS_DIR), "grip_apps.wsgi:application"]  # fmt: skip
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,

@@ -18,10 +18,11 @@ Why the configuration is rewritten:
   zurl (service ``zurl``), rendered from ``{libdir}/runner/zurl.conf.template`` with its
   sockets in our run dir.  ``[global] libdir`` is pointed at a copy of
   ``/usr/lib/pushpin`` in the config dir so both files can be changed.
-* That zurl template has ``deny=127.*,10.*,192.168.*,*.local``.  Requests to a route's target
-  are sent with zurl's ``ignore-policies`` and pass anyway, but the requests Pushpin's handler
-  makes on its own (``Grip-Link: <...>; rel=next`` next-links, used by django-eventstream,
-  and WebSocket-over-HTTP retries) are denied.  Our copy sets ``deny=`` empty.
+* That zurl template has ``deny=127.*,10.*,192.168.*,*.local``.  Our copy empties ``deny`` and
+  allows ``127.*``: nothing Pushpin fetches from this machine is refused.  (Observed with
+  Pushpin 1.36: requests to the route's target, WebSocket-over-HTTP and the handler's
+  ``Grip-Link: <...>; rel=next`` fetches all carry zurl's ``ignore-policies`` and passed even
+  with the stock list; the policy would bite a next-link URI pointing elsewhere on the box.)
 * ``message_rate=2500`` / ``message_hwm=25000`` (the stock file's handler throttle) can be
   unset with ``rate_limit=False`` (the fan-out benchmark does; tests keep the stock values).
 """

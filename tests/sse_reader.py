@@ -61,15 +61,17 @@ class SSEReader:
         self.retry: int | None = None
         self._partial = Event()
 
-    async def next(self, timeout: float = 5.0) -> Event:
-        return await asyncio.wait_for(self._next(), timeout)
+    async def next(self, timeout: float = 5.0, *, dataless: bool = False) -> Event:
+        """The next event; with ``dataless`` also one without data (e.g. ``event: x\ndata:``),
+        which the spec does not dispatch."""
+        return await asyncio.wait_for(self._next(dataless), timeout)
 
-    async def _next(self) -> Event:
+    async def _next(self, dataless: bool = False) -> Event:
         ev = self._partial
         has_field = bool(ev.data or ev.id or ev.event)
         async for line in self._lines:
             if line == "":
-                if has_field and ev.data:
+                if has_field and (ev.data or dataless):
                     self._partial = Event()
                     return ev
                 # Per the spec an event without data is not dispatched (e.g. "retry:").

@@ -26,13 +26,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from conftest import (
-    GRIP_ISS,
     GRIP_KEY,
     GripOrigin,
     GripOriginFactory,
     GripProxy,
     GripProxyFactory,
     free_port,
+    grip_sig,
 )
 
 # Grip-Sig keys are Pushpin's default "changeme": PyJWT warns that it is short
@@ -185,11 +185,6 @@ async def post_form(client: httpx.AsyncClient, url: str, **data: str) -> None:
 
 def grip_headers(headers: httpx.Headers) -> list[str]:
     return [k for k in headers if k.lower().startswith("grip-")]
-
-
-def grip_sig(key: str = GRIP_KEY, iss: str = GRIP_ISS, exp_in: int = 3600) -> str:
-    """A Grip-Sig as Pushpin makes it: HS256 JWT with exactly iss and exp."""
-    return jwt.encode({"iss": iss, "exp": int(time.time()) + exp_in}, key, algorithm="HS256")
 
 
 def decode_ws_events(body: bytes) -> list[tuple[str, bytes | None]]:

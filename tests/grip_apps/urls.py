@@ -21,4 +21,5 @@ if settings.EVENTSTREAM:
         # channels from the query: /events/?channel=NAME
         path("events/", include(django_eventstream.urls)),
         path("es/send", es_views.send),
+        path("es/store", es_views.store),
     ]
