@@ -36,7 +36,7 @@ from clarion.django.grip.middleware import (
     set_next_link,
     websocket_only,
 )
-from clarion.django.grip.publish import publish, publish_flush
+from clarion.django.grip.publishing import publish, publish_flush
 from clarion.django.grip.wscontext import WebSocketContext
 from clarion.protocol.grip.wsevents import Event as WebSocketEvent
 
