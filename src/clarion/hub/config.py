@@ -177,8 +177,8 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
         for name in ("port", "grip_port", "control_port"):
-            if not 0 <= getattr(self, name) < 65536:
-                raise ValueError(f"{name}: must be between 1 and 65535 (0: any free port)")
+            if not 0 < getattr(self, name) < 65536:
+                raise ValueError(f"{name}: must be between 1 and 65535")
 
     def seconds(self, name: str) -> float:
         value = getattr(self, name)

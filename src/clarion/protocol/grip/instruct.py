@@ -151,6 +151,8 @@ def unescape_cstring(value: str) -> bytes:
 
 def escape_cstring(data: bytes) -> str | None:
     """``data`` in cstring form, or None when base64 is the safer carrier."""
+    if data[:1] in (b" ", b"\t") or data[-1:] in (b" ", b"\t"):
+        return None  # header parsing would trim it
     out = []
     for b in data:
         if b == 0x5C:
@@ -159,7 +161,7 @@ def escape_cstring(data: bytes) -> str | None:
             out.append("\\r")
         elif b == 0x0A:
             out.append("\\n")
-        elif 0x20 <= b < 0x7F and b not in (0x3B, 0x2C, 0x22):  # ; , " would split the header
+        elif 0x20 <= b < 0x7F and b not in (0x3B, 0x2C, 0x22, 0x3D):  # ; , " = are syntax
             out.append(chr(b))
         else:
             return None

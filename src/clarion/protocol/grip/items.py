@@ -124,12 +124,15 @@ def _check(item: Item, where: str) -> Item:
     if f.http_response is None and f.http_stream is None and f.ws_message is None:
         raise GripError(f"{where}: no formats (http-response, http-stream or ws-message)")
     # Decode base64 now: a bad item is refused before anything is published.
-    if f.http_response is not None:
-        _ = f.http_response.body_bytes
-    if f.http_stream is not None:
-        _ = f.http_stream.content_bytes
-    if f.ws_message is not None:
-        _ = f.ws_message.content_bytes
+    try:
+        if f.http_response is not None:
+            _ = f.http_response.body_bytes
+        if f.http_stream is not None:
+            _ = f.http_stream.content_bytes
+        if f.ws_message is not None:
+            _ = f.ws_message.content_bytes
+    except GripError as exc:
+        raise GripError(f"{where}: {exc}") from None
     return item
 
 
