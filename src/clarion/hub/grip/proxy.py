@@ -62,6 +62,7 @@ class Forward:
     headers: list[tuple[str, str]]
     body: bytes
     client: str
+    signed: bool  # Grip-Sig goes on every request, signed fresh (connections outlive tokens)
 
 
 class GripProxy:
@@ -232,10 +233,10 @@ class GripProxy:
                     else client))
         out.append(("X-Forwarded-Proto", request.headers.get("x-forwarded-proto", "http")
                     if trusted else "http"))
-        if not route.no_grip and not trusted:
-            out.append(("Grip-Sig", self.signer_for(route).token()))
-            out.append(("Grip-Feature", FEATURES))
         return out
+
+    def sig_headers(self, route: Route) -> list[tuple[str, str]]:
+        return [("Grip-Sig", self.signer_for(route).token()), ("Grip-Feature", FEATURES)]
 
     def host_header(self, request: Request, route: Route, target: Target) -> str:
         return (route.as_host or target.host_header or request.headers.get("host")
@@ -247,9 +248,11 @@ class GripProxy:
                    ) -> tuple[OriginResponse, Target]:
         """Send to the route's targets in order until one answers."""
         errors = []
+        sig = self.sig_headers(fwd.route) if fwd.signed else []
         for target in fwd.route.targets:
+            signed = sig if not target.untrusted else []
             headers = [("Host", host or target.host_header or target.address),
-                       *(fwd.headers if headers is None else headers), *(extra or [])]
+                       *(fwd.headers if headers is None else headers), *signed, *(extra or [])]
             try:
                 resp = await self.pool.start(target, method or fwd.method, path or fwd.path,
                                              headers, fwd.body if body is None else body)
@@ -270,7 +273,8 @@ class GripProxy:
         if request.query_string:
             path += "?" + request.query_string
         fwd = Forward(route, request.method, path, self.upstream_headers(request, route),
-                      request.body, request.client)
+                      request.body, request.client,
+                      signed=not route.no_grip and not self._trusted(request))
         host_header = self.host_header(request, route, route.targets[0])
         if websocket:
             if route.targets[0].over_http:

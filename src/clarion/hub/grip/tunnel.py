@@ -95,6 +95,7 @@ async def open_tunnel(proxy: GripProxy, request: Request, http: HttpProtocol,
         path += "?" + request.query_string
     headers = [("Host", proxy.host_header(request, route, target)),
                *proxy.upstream_headers(request, route),
+               *(proxy.sig_headers(route) if not route.no_grip else []),
                ("Upgrade", "websocket"), ("Connection", "Upgrade")]
     lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
     upstream.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
