@@ -11,8 +11,11 @@ stopping. Ids (``id``/``prev-id``) are tracked per channel for sequencing, ``Gri
 from __future__ import annotations
 
 import itertools
+import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import jsonpatch
 
 from clarion.errors import Disconnect, GripError
 from clarion.hub.held import HeldConnection
@@ -207,8 +210,24 @@ class GripHold(HeldConnection):
             self.activity = time.monotonic() if self.keep_alive else self.activity
         else:
             assert isinstance(fmt, HttpResponseFormat)
+            if fmt.body_patch is not None:
+                patched = self._patched(fmt.body_patch)
+                if patched is None:
+                    return
+                content = patched
             self.respond(fmt.code, fmt.reason or "", fmt.header_pairs() or [
                 h for h in self.original.headers if h[0].lower() == "content-type"], content)
+
+    def _patched(self, patch: list[Any]) -> bytes | None:
+        """``body-patch``: a JSON Patch (RFC 6902) applied to the origin's own response."""
+        try:
+            document = json.loads(self.original.body or b"null")
+            return json.dumps(jsonpatch.apply_patch(document, patch),
+                              separators=(",", ":")).encode()
+        except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            self.hub.log.warning("GRIP body-patch not applicable; message skipped",
+                                 path=self.forward.path, error=str(exc))
+            return None
 
     def _in_sequence(self, sub: Sub, item: Item) -> bool:
         name = sub.name
