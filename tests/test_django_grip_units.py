@@ -850,6 +850,41 @@ for i in range(20):
     assert [i["http-stream"]["content"] for i in recorder.items] == [str(i) for i in range(20)]
 
 
+def test_a_forked_child_does_not_inherit_the_queue(recorder: Recorder) -> None:
+    dead = free_port()
+    script = f"""
+import logging, os, sys, time
+import django
+from django.conf import settings
+settings.configure(GRIP_PROXIES=[{{"control_uri": "http://127.0.0.1:{dead}"}}],
+                   PUBLISH_SERVERS=[], GRIP_PUBLISH_RETRY_SECONDS=60)
+django.setup()
+logging.basicConfig(level=logging.ERROR)
+from clarion.django.grip import HttpStreamFormat, publish, publish_flush
+publish("parent", HttpStreamFormat("p"))           # queued: the proxy is down
+pid = os.fork()
+if pid == 0:
+    assert publish_flush(0), "the child inherited the parent's queue"
+    settings.GRIP_PROXIES = [{{"control_uri": "{recorder.uri}"}}]
+    publish("child", HttpStreamFormat("c"))        # the child gets its own sender
+    assert publish_flush(10)
+    sys.exit(0)                                    # atexit: nothing left to report
+_, status = os.waitpid(pid, 0)
+from clarion.django.grip.publishing import publisher
+publisher().close(timeout=0)                       # what exit would do, without the wait
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # the parent's own exit hook reports its undelivered item; the child reported nothing
+    assert proc.stderr.count("not published") == 1, proc.stderr
+    assert "'parent'" in proc.stderr
+    assert time.monotonic() - started < 30
+    assert [i["channel"] for i in recorder.items] == ["child"]
+
+
 def test_no_targets_publishes_nothing_quietly() -> None:
     with override_settings(GRIP_PROXIES=[]):
         grip.publish("c", grip.HttpStreamFormat("x"))

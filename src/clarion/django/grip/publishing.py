@@ -256,8 +256,12 @@ class Publisher:
     def _start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
-        self._thread = threading.Thread(target=self._run, name="clarion-grip-publish",
-                                        daemon=True)
+        # The client is made here, in the publishing thread: httpx imports its transport
+        # lazily, and an import running on the sender thread when a server forks (gunicorn)
+        # would leave the child a half-imported module.
+        client = httpx.Client(timeout=HTTP_TIMEOUT)
+        self._thread = threading.Thread(target=self._run, args=(client,),
+                                        name="clarion-grip-publish", daemon=True)
         self._thread.start()
         if not self._exit_hook:
             self._exit_hook = True
@@ -276,8 +280,8 @@ class Publisher:
             waits = [q.next_attempt - now for q in self._queues.values() if q.pending]
             self._cond.wait(timeout=min(waits) if waits else None)
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+    def _run(self, client: httpx.Client) -> None:
+        with client:
             while True:
                 with self._cond:
                     due = self._ready()
@@ -353,10 +357,21 @@ _fork_hook = False
 
 
 def _forget_after_fork() -> None:
-    # The child has no sender thread and must not send the parent's queue a second time.
-    global _instance, _lock
+    """In a forked child: the parent's queue is the parent's to send, and no thread of the
+    parent exists here. Locks are replaced, not taken (another thread may have held them at
+    the fork); the old publisher is emptied so its exit hook finds nothing to do."""
+    global _instance, _lock, _signers_lock
+    old = _instance
+    if old is not None:
+        old._cond = threading.Condition()
+        old._queues = {}
+        old._stopping = True
+        old._thread = None
+        old._sync_lock = threading.Lock()
+        old._sync_client = None
     _instance = None
     _lock = threading.Lock()
+    _signers_lock = threading.Lock()
 
 
 def publisher() -> Publisher:
