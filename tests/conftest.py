@@ -201,8 +201,39 @@ class GripProxy:
 GripProxyFactory = Callable[..., GripProxy]
 
 
+PushpinFactory = Callable[..., pushpin.Pushpin]
+
+
 @pytest.fixture
-def grip_proxy_factory(tmp_path: Path) -> Iterator[GripProxyFactory]:
+def pushpin_factory(tmp_path: Path) -> Iterator[PushpinFactory]:
+    """``start(origin_port=None, *, over_http=False, routes=None, rate_limit=True) ->
+    pushpin.Pushpin``: a started Pushpin (tests/pushpin.py) with its config in tmp_path,
+    stopped (whole process group) at teardown.  Skipped when Pushpin is not installed; under
+    CI=true that is a failure."""
+    started: list[pushpin.Pushpin] = []
+
+    def start(origin_port: int | None = None, *, over_http: bool = False,
+              routes: str | None = None, rate_limit: bool = True) -> pushpin.Pushpin:  # fmt: skip
+        ok, why = pushpin.pushpin_available()
+        if not ok:
+            if in_ci():
+                pytest.fail(f"{why}; CI must run scripts/install-test-deps")
+            pytest.skip(why)
+        directory = tmp_path / f"pushpin-{len(started)}"
+        pp = pushpin.Pushpin(origin_port, over_http=over_http, routes=routes,
+                             rate_limit=rate_limit, directory=directory)  # fmt: skip
+        started.append(pp)
+        return pp.start()
+
+    yield start
+    for pp in started:
+        pp.stop()
+
+
+@pytest.fixture
+def grip_proxy_factory(
+    tmp_path: Path, pushpin_factory: PushpinFactory
+) -> Iterator[GripProxyFactory]:
     """``start(kind, origin_port, *, over_http=True) -> GripProxy``.
 
     kind "pushpin": Debian's Pushpin with a config of its own (tests/pushpin.py); skipped when
@@ -210,21 +241,12 @@ def grip_proxy_factory(tmp_path: Path) -> Iterator[GripProxyFactory]:
     --port P --grip-routes ROUTES --grip-port G --control-port C`` (Grip-Sig key "changeme",
     iss "pushpin" by default).  Both get the same routes file, in Pushpin's syntax:
     ``* 127.0.0.1:ORIGIN_PORT,over_http``."""
-    pushpins: list[pushpin.Pushpin] = []
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(kind: str, origin_port: int, *, over_http: bool = True) -> GripProxy:
         routes_text = pushpin.route_line(origin_port, over_http=over_http) + "\n"
         if kind == "pushpin":
-            ok, why = pushpin.pushpin_available()
-            if not ok:
-                if in_ci():
-                    pytest.fail(f"{why}; CI must run scripts/install-test-deps")
-                pytest.skip(why)
-            d = tmp_path / f"pushpin-{len(pushpins)}"
-            pp = pushpin.Pushpin(routes=routes_text, directory=d)
-            pushpins.append(pp)
-            pp.start()
+            pp = pushpin_factory(routes=routes_text)
             return GripProxy("pushpin", pp.http_port, pp.publish_port, origin_port,
                              pp.config.routes, pp.output)  # fmt: skip
         if kind == "clarion":
@@ -254,8 +276,6 @@ def grip_proxy_factory(tmp_path: Path) -> Iterator[GripProxyFactory]:
         raise ValueError(f"unknown GRIP proxy kind {kind!r}")
 
     yield start
-    for pp in pushpins:
-        pp.stop()
     for proc in procs:
         _stop(proc)
 
