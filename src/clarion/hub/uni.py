@@ -32,7 +32,8 @@ class ChunkedOutbound(Outbound):
 
     def frame(self, chunks: list[bytes]) -> bytes:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return b"%x\r\n%b\r\n" % (len(data), data)
+        # An empty chunk would end the response: nothing to send is sent as nothing.
+        return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
 @dataclass(slots=True)

@@ -26,6 +26,10 @@ class OriginError(GripError):
     """The origin could not be reached, timed out, or answered with broken HTTP."""
 
 
+class OriginUnreachable(OriginError):
+    """No connection could be made: the request never left, so another target may take it."""
+
+
 @dataclass(slots=True)
 class Head:
     status: int
@@ -225,7 +229,7 @@ class OriginPool:
         self._open: set[OriginConnection] = set()
         self._ssl: dict[bool, ssl.SSLContext] = {}
 
-    def _ssl_context(self, insecure: bool) -> ssl.SSLContext:
+    def ssl_context(self, insecure: bool) -> ssl.SSLContext:
         ctx = self._ssl.get(insecure)
         if ctx is None:
             ctx = ssl.create_default_context()
@@ -245,13 +249,13 @@ class OriginPool:
         try:
             _, conn = await asyncio.wait_for(self.loop.create_connection(
                 lambda: OriginConnection(self, key), target.host, target.port,
-                ssl=self._ssl_context(target.insecure) if target.ssl else None),
+                ssl=self.ssl_context(target.insecure) if target.ssl else None),
                 self.connect_timeout)
         except TimeoutError:
-            raise OriginError(f"origin {target.address}: connect timed out after "
+            raise OriginUnreachable(f"origin {target.address}: connect timed out after "
                               f"{self.connect_timeout:g} s") from None
         except OSError as exc:
-            raise OriginError(f"origin {target.address}: {exc.strerror or exc}") from None
+            raise OriginUnreachable(f"origin {target.address}: {exc.strerror or exc}") from None
         self._open.add(conn)
         return conn
 

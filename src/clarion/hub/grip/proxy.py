@@ -22,10 +22,10 @@ from urllib.parse import urljoin
 from clarion.errors import ConfigError, Disconnect, GripError
 from clarion.hub.grip.control import ControlApi
 from clarion.hub.grip.hold import GripHold, response_bytes
-from clarion.hub.grip.origin import Head, OriginError, OriginPool
+from clarion.hub.grip.origin import Head, OriginError, OriginPool, OriginUnreachable
 from clarion.hub.grip.origin import Response as OriginResponse
 from clarion.hub.grip.recent import Recent
-from clarion.hub.grip.tunnel import open_tunnel
+from clarion.hub.grip.tunnel import Tunnel, open_tunnel
 from clarion.hub.grip.wsover import WsOverHttp, open_ws_over_http
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover
 from clarion.protocol.grip import instruct as grip_instruct
@@ -62,6 +62,7 @@ class Forward:
     headers: list[tuple[str, str]]
     body: bytes
     client: str
+    host: str  # the Host the origin is sent, kept for the requests made later
     signed: bool  # Grip-Sig goes on every request, signed fresh (connections outlive tokens)
 
 
@@ -78,6 +79,7 @@ class GripProxy:
         self.recent = Recent()
         self.holds: set[GripHold] = set()
         self.websockets: set[WsOverHttp] = set()
+        self.tunnels: set[Tunnel] = set()
         self.control = ControlApi(self)
         self.max_channels = config.grip_connection_subscription_max
         self.pool: OriginPool
@@ -103,6 +105,12 @@ class GripProxy:
             raise ConfigError(str(exc)) from None
         for warning in table.warnings:
             self.hub.log.warning("GRIP routes", detail=warning)
+        for route in table.routes:
+            if route.sig_key is not None:
+                try:
+                    self._key(route.sig_key)  # a bad key is a bad routes file, found now
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}:{route.line}: sig_key: {exc}") from None
         if not table.routes:
             self.hub.log.warning("GRIP routes file has no routes", path=path)
         return table, mtime
@@ -157,7 +165,7 @@ class GripProxy:
 
     @property
     def connection_count(self) -> int:
-        return len(self.holds) + len(self.websockets)
+        return len(self.holds) + len(self.websockets) + len(self.tunnels)
 
     def begin_shutdown(self, bye: Disconnect) -> None:
         for server in self._servers:
@@ -166,6 +174,8 @@ class GripProxy:
             hold.disconnect(bye)
         for ws in list(self.websockets):
             ws.disconnect(bye)
+        for tunnel in list(self.tunnels):
+            tunnel.close()
 
     async def finish_shutdown(self) -> None:
         for hold in list(self.holds):
@@ -214,8 +224,8 @@ class GripProxy:
             return False
         return True
 
-    def upstream_headers(self, request: Request, route: Route) -> list[tuple[str, str]]:
-        trusted = self._trusted(request)
+    def upstream_headers(self, request: Request, route: Route,
+                         trusted: bool) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         forwarded_for = ""
         for name, value in request.raw_headers:
@@ -225,7 +235,8 @@ class GripProxy:
             if lname == "x-forwarded-for":
                 forwarded_for = value
                 continue
-            if lname.startswith("grip-") and not trusted:
+            if (lname.startswith(("grip-", "meta-")) or lname == "connection-id") \
+                    and not trusted:
                 continue
             out.append((name, value))
         client = request.client
@@ -256,7 +267,9 @@ class GripProxy:
             try:
                 resp = await self.pool.start(target, method or fwd.method, path or fwd.path,
                                              headers, fwd.body if body is None else body)
-            except OriginError as exc:
+            except OriginUnreachable as exc:
+                # Only a request that never reached a target may go to the next one: a
+                # timed-out POST may have been acted on.
                 errors.append(str(exc))
                 continue
             return resp, target
@@ -269,17 +282,24 @@ class GripProxy:
         route = self.table.match(host, request.path, websocket)
         if route is None:
             return _text(502, f"no route for host {host or '(none)'} and path {request.path}\n")
+        over_http = route.targets[0].over_http
+        if over_http and not websocket and request.headers.get("content-type", "").split(
+                ";")[0].strip().lower() == "application/websocket-events":
+            # Only the proxy speaks WebSocket-over-HTTP to the origin: a client posting events
+            # itself would have them signed as if they came from a real connection.
+            return _text(403, "clients may not send application/websocket-events\n")
         path = route.rewrite_path(request.path)
         if request.query_string:
             path += "?" + request.query_string
-        fwd = Forward(route, request.method, path, self.upstream_headers(request, route),
-                      request.body, request.client,
-                      signed=not route.no_grip and not self._trusted(request))
         host_header = self.host_header(request, route, route.targets[0])
+        trusted = self._trusted(request)
+        fwd = Forward(route, request.method, path, self.upstream_headers(request, route, trusted),
+                      request.body, request.client, host_header,
+                      signed=not route.no_grip and not trusted)
         if websocket:
-            if route.targets[0].over_http:
+            if over_http:
                 return await open_ws_over_http(self, request, http, fwd, host_header)
-            return await open_tunnel(self, request, http, route)
+            return await open_tunnel(self, request, http, fwd)
         seq = self.recent.seq
         try:
             resp, target = await self.send(fwd, host_header)
@@ -367,6 +387,13 @@ class GripProxy:
         if hold.mode is None:
             return
         if hold.mode == "stream":
+            if inst.hold is None and inst.response.code >= 400:
+                # An error page is no part of the stream: keep the client, ask again later.
+                self.hub.log.warning("GRIP next link answered an error; will retry",
+                                     path=fwd.path, status=inst.response.code)
+                if hold.next_link is not None:
+                    hold.next_at = time.monotonic() + hold.next_link.timeout
+                return
             if inst.response.body:
                 hold.out.queue(inst.response.body)
             if inst.hold == "stream":
@@ -383,8 +410,7 @@ class GripProxy:
             hold.respond(r.code, r.reason, r.headers, r.body)
 
     def host_header_for(self, fwd: Forward) -> str:
-        route = fwd.route
-        return route.as_host or route.targets[0].host_header or ""
+        return fwd.host
 
     def spawn_gone(self, fwd: Forward, uri: str) -> None:
         self.hub.spawn(self._gone(fwd, uri))

@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover
 
 if TYPE_CHECKING:
-    from clarion.hub.grip.proxy import GripProxy
-    from clarion.protocol.grip.routes import Route
+    from clarion.hub.grip.proxy import Forward, GripProxy
 
 HANDSHAKE_LIMIT = 64 * 1024
+
+
+def _text(status: int, message: str) -> Response:
+    return Response(status, message.encode(), "text/plain; charset=utf-8")
 
 
 class _Upstream(asyncio.Protocol):
@@ -51,9 +54,11 @@ class _Upstream(asyncio.Protocol):
 
 
 class Tunnel(Takeover):
-    __slots__ = ("transport", "upstream")
+    __slots__ = ("proxy", "transport", "upstream")
 
-    def __init__(self, transport: asyncio.Transport, upstream: _Upstream) -> None:
+    def __init__(self, proxy: GripProxy, transport: asyncio.Transport,
+                 upstream: _Upstream) -> None:
+        self.proxy = proxy
         self.transport = transport
         self.upstream = upstream
 
@@ -61,7 +66,13 @@ class Tunnel(Takeover):
         if self.upstream.transport is not None:
             self.upstream.transport.write(data)
 
+    def close(self) -> None:
+        self.transport.close()
+        if self.upstream.transport is not None:
+            self.upstream.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.tunnels.discard(self)
         if self.upstream.transport is not None:
             self.upstream.transport.close()
 
@@ -75,44 +86,43 @@ class Tunnel(Takeover):
 
 
 async def open_tunnel(proxy: GripProxy, request: Request, http: HttpProtocol,
-                      route: Route) -> Response | Takeover:
-    loop = proxy.hub.loop
+                      fwd: Forward) -> Response | Takeover:
+    hub = proxy.hub
+    if hub.connection_count >= hub.config.max_connections:
+        return _text(503, "too many connections\n")
     errors = []
-    for target in route.targets:
+    for target in fwd.route.targets:
+        ssl = proxy.pool.ssl_context(target.insecure) if target.ssl else None
         try:
-            _, upstream = await asyncio.wait_for(loop.create_connection(
-                _Upstream, target.host, target.port), proxy.pool.connect_timeout)
+            _, upstream = await asyncio.wait_for(hub.loop.create_connection(
+                _Upstream, target.host, target.port, ssl=ssl), proxy.pool.connect_timeout)
         except (OSError, TimeoutError) as exc:
             errors.append(f"{target.address}: {exc}")
             continue
         break
     else:
-        return Response(502, f"origin unavailable: {'; '.join(errors)}\n".encode(),
-                        "text/plain; charset=utf-8")
+        return _text(502, f"origin unavailable: {'; '.join(errors)}\n")
     assert upstream.transport is not None
-    path = route.rewrite_path(request.path)
-    if request.query_string:
-        path += "?" + request.query_string
-    headers = [("Host", proxy.host_header(request, route, target)),
-               *proxy.upstream_headers(request, route),
-               *(proxy.sig_headers(route) if not route.no_grip else []),
+    signed = fwd.signed and not target.untrusted
+    headers = [("Host", fwd.host), *fwd.headers,
+               *(proxy.sig_headers(fwd.route) if signed else []),
                ("Upgrade", "websocket"), ("Connection", "Upgrade")]
-    lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
+    lines = [f"GET {fwd.path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
     upstream.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     try:
         answer = await asyncio.wait_for(upstream.answered, proxy.pool.response_timeout)
     except (ConnectionError, TimeoutError) as exc:
         upstream.transport.close()
-        return Response(502, f"origin WebSocket handshake failed: {exc}\n".encode(),
-                        "text/plain; charset=utf-8")
+        return _text(502, f"origin WebSocket handshake failed: {exc}\n")
     transport = http.transport
     if transport is None:
         upstream.transport.close()
-        return Response(400, b"", "")
+        return _text(400, "client went away\n")
     transport.write(answer)
-    tunnel = Tunnel(transport, upstream)
+    tunnel = Tunnel(proxy, transport, upstream)
     if answer.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
         upstream.client = tunnel
+        proxy.tunnels.add(tunnel)
     else:
         # Refused: the origin's answer is all the client gets.
         upstream.transport.close()

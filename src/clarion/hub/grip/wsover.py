@@ -28,7 +28,7 @@ from clarion.protocol import codes
 from clarion.protocol import websocket as wsp
 from clarion.protocol.grip import filters as grip_filters
 from clarion.protocol.grip import wsevents
-from clarion.protocol.grip.instruct import Channel
+from clarion.protocol.grip.instruct import FILTERS, Channel
 from clarion.protocol.grip.wsevents import Event
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ async def open_ws_over_http(proxy: GripProxy, request: Request, http: HttpProtoc
         return _reject(400, "missing or malformed Sec-WebSocket-Key\n")
     if http.transport is None:
         return _reject(400, "client went away\n")
+    if proxy.hub.connection_count >= proxy.hub.config.max_connections:
+        return _reject(503, "too many connections\n")
     conn = WsOverHttp(proxy, http, fwd, host)
     try:
         head, events = await conn.exchange([Event("OPEN")])
@@ -88,6 +90,8 @@ async def open_ws_over_http(proxy: GripProxy, request: Request, http: HttpProtoc
             answer.append((k, v))
     http.transport.write(encode_head(101, answer))
     conn.opened()
+    for channel in fwd.route.targets[0].subscribe:  # the route's sub= channels
+        conn.subscribe(channel, (), conn.seq_at_send)
     conn.process(head.headers, events[1:], conn.seq_at_send)
     return conn
 
@@ -277,16 +281,10 @@ class WsOverHttp(HeldConnection):
         prefix = self.forward.route.prefix
         if ctl.type == "subscribe":
             assert ctl.channel is not None
-            if len(self.channels) >= self.proxy.max_channels:
-                self.hub.log.info("GRIP subscription limit reached", channel=ctl.channel)
-                return
-            full = prefix + ctl.channel
-            self.channels[full] = Sub(Channel(ctl.channel, None, tuple(ctl.filters)))
-            self.last_ids.setdefault(ctl.channel, None)
-            self.hub.fanout.add_target(full, self.id, self)
-            self.hub.spawn(self.hub.fanout.ensure_broker_subscription(full))
-            for _, enc in self.proxy.recent.since(full, seq, None):
-                self.push(enc)
+            unknown = [f for f in ctl.filters if f not in FILTERS]
+            if unknown:
+                raise GripError(f"subscribe {ctl.channel!r}: unknown filter {unknown[0]!r}")
+            self.subscribe(ctl.channel, tuple(ctl.filters), seq)
         elif ctl.type == "unsubscribe":
             assert ctl.channel is not None
             full = prefix + ctl.channel
@@ -318,6 +316,18 @@ class WsOverHttp(HeldConnection):
         elif ctl.type == "flush-delayed" and self.delayed is not None:
             self.out.queue(self.delayed[0])
             self.delayed = None
+
+    def subscribe(self, channel: str, filters: tuple[str, ...], seq: int) -> None:
+        if len(self.channels) >= self.proxy.max_channels:
+            self.hub.log.info("GRIP subscription limit reached", channel=channel)
+            return
+        full = self.forward.route.prefix + channel
+        self.channels[full] = Sub(Channel(channel, None, filters))
+        self.last_ids.setdefault(channel, None)
+        self.hub.fanout.add_target(full, self.id, self)
+        self.hub.spawn(self.hub.fanout.ensure_broker_subscription(full))
+        for _, enc in self.proxy.recent.since(full, seq, None):
+            self.push(enc)
 
     @staticmethod
     def _frame(ctl: wsevents.Control) -> bytes | None:
