@@ -34,7 +34,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
 import pushpin
-from conftest import API_KEY, BASE_CONFIG, CHAT_NAMESPACE, free_port, in_ci, token
+from conftest import API_KEY, BASE_CONFIG, CHAT_NAMESPACE, in_ci, token
 from grip_origin import WS_EVENTS, Origin, Reply, Req, ws_reply
 
 GRIP_KEY = "changeme"
@@ -115,6 +115,18 @@ def route(origin: Origin | int, options: str = "", target_options: str = "") -> 
     return f"{cond} 127.0.0.1:{port}{',' + target_options if target_options else ''}\n"
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (held open together while picked, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _wait_ports(proc: subprocess.Popen[bytes], ports: list[int], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -142,7 +154,7 @@ def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(routes: str, config: str = "") -> Proxy:
-        port, grip_port, control_port = free_port(), free_port(), free_port()
+        port, grip_port, control_port = free_ports(3)
         routes_path = tmp_path / f"routes-{grip_port}"
         routes_path.write_text(routes)
         cfg = tmp_path / f"grip-{grip_port}.toml"
@@ -160,6 +172,15 @@ def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
     yield start
     for proc in procs:
         _stop(proc)
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port nothing listens on (bound, not listening, for the test's life: connections to
+    it are refused and nothing else can take it meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -596,10 +617,11 @@ def test_bad_routes_file_at_startup_exits_2(tmp_path: Path) -> None:
     routes.write_text("* 127.0.0.1:8080\n*,nosuchoption=1 127.0.0.1:8081\n")
     cfg = tmp_path / "c.toml"
     cfg.write_text(BASE_CONFIG)
+    ports = free_ports(3)
     proc = subprocess.run(
-        [sys.executable, "-m", "clarion", "serve", "--port", str(free_port()), "--config",
-         str(cfg), "--grip-routes", str(routes), "--grip-port", str(free_port()),
-         "--control-port", str(free_port())],
+        [sys.executable, "-m", "clarion", "serve", "--port", str(ports[0]), "--config",
+         str(cfg), "--grip-routes", str(routes), "--grip-port", str(ports[1]),
+         "--control-port", str(ports[2])],
         capture_output=True, timeout=60)  # fmt: skip
     out = (proc.stdout + proc.stderr).decode()
     assert proc.returncode == 2, out
@@ -1395,18 +1417,18 @@ async def test_bad_instruction_is_502(proxy: Proxy, origin: Origin, answer: Repl
         assert ok.status_code == 404  # the origin's own 404: still proxying
 
 
-def test_origin_down_is_502(start_proxy: ProxyFactory) -> None:
-    proxy = start_proxy(route(free_port()))
+def test_origin_down_is_502(start_proxy: ProxyFactory, dead_port: int) -> None:
+    proxy = start_proxy(route(dead_port))
     resp = httpx.get(f"{proxy.url}/x", timeout=T)
     assert resp.status_code == 502
     assert "origin unavailable" in resp.text
 
 
 def test_fallback_target_when_the_first_is_down(
-    start_proxy: ProxyFactory, origin: Origin
+    start_proxy: ProxyFactory, origin: Origin, dead_port: int
 ) -> None:
     origin.on("/x", Reply(200, body="second target"))
-    proxy = start_proxy(f"* 127.0.0.1:{free_port()} 127.0.0.1:{origin.port}\n")
+    proxy = start_proxy(f"* 127.0.0.1:{dead_port} 127.0.0.1:{origin.port}\n")
     assert httpx.get(f"{proxy.url}/x", timeout=T).text == "second target"
 
 
@@ -1481,8 +1503,9 @@ async def test_plain_websocket_route_tunnels(start_proxy: ProxyFactory) -> None:
                 assert await asyncio.wait_for(ws.recv(), T) == b"\x00bin"
 
 
-async def test_plain_websocket_route_origin_down(start_proxy: ProxyFactory) -> None:
-    proxy = start_proxy(route(free_port()))
+async def test_plain_websocket_route_origin_down(start_proxy: ProxyFactory,
+                                                 dead_port: int) -> None:  # fmt: skip
+    proxy = start_proxy(route(dead_port))
     with pytest.raises(websockets.InvalidStatus) as info:
         async with ws_connect(f"{proxy.ws_url}/x"):
             pass
