@@ -5,8 +5,9 @@ scripts it per path with ``origin.on(path, handler)``; a handler gets the reques
 method, path, query, headers as sent, body, the peer address) and returns a ``Reply`` (status,
 headers, body; or ``chunks`` sent chunked as the iterable yields them; ``delay`` before
 answering; ``close_after=N`` to send the head and N body bytes of a longer declared body and
-then close).  A handler may also do anything first (publish to the proxy, sleep, wait on an
-event): it runs in the origin's request thread.  Every request is recorded (``requests``,
+then close; ``length=False`` to send no Content-Length and close after the body).  A handler
+may also do anything first (publish to the proxy, sleep, wait on an event): it runs in the
+origin's request thread.  Every request is recorded (``requests``,
 ``wait_for``).
 
 ``events()`` / ``encode_events()`` are the ``application/websocket-events`` codec (hex
@@ -67,6 +68,7 @@ class Reply:
     chunks: Iterable[bytes] | None = None  # sent with Transfer-Encoding: chunked
     delay: float = 0.0
     close_after: int | None = None  # declare len(body), send this many bytes, close
+    length: bool = True  # False: no Content-Length, the body ends when the origin closes
     reason: str = ""
 
     @property
@@ -170,11 +172,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
             return
         data = reply.data
-        if "content-length" not in names:
+        if "content-length" not in names and reply.length:
             head += f"Content-Length: {len(data)}\r\n"
         head += "\r\n"
-        if reply.close_after is not None:
-            self.wfile.write(head.encode("latin-1") + data[:reply.close_after])
+        if reply.close_after is not None or not reply.length:
+            data = data if reply.close_after is None else data[:reply.close_after]
+            self.wfile.write(head.encode("latin-1") + data)
             self.wfile.flush()
             self.close_connection = True
             with contextlib.suppress(OSError):

@@ -230,15 +230,23 @@ def start_any(start_proxy: ProxyFactory, tmp_path: Path) -> Iterator[Callable[..
     when Pushpin is not installed; a failure under CI=true)."""
     started: list[pushpin.Pushpin] = []
 
-    def start(kind: str, routes: str) -> AnyProxy:
+    def start(kind: str, routes: str, config: dict[str, str] | None = None) -> AnyProxy:
+        """``config``: Pushpin's [proxy] settings (``upstream_key``...), the same-named Clarion
+        ones prefixed ``grip_``."""
         if kind == "clarion":
-            return start_proxy(routes)
+            return start_proxy(routes, "".join(f'grip_{k} = "{v}"\n'
+                                               for k, v in (config or {}).items()))
         ok, why = pushpin.pushpin_available()
         if not ok:
             if in_ci():
                 pytest.fail(f"{why}; CI must run scripts/install-test-deps")
             pytest.skip(why)
         pp = pushpin.Pushpin(routes=routes, directory=tmp_path / f"pushpin-{len(started)}")
+        if config:
+            conf = pp.config.conf.read_text().splitlines()
+            for key, value in config.items():
+                conf = [f"{key}={value}" if line.startswith(f"{key}=") else line for line in conf]
+            pp.config.conf.write_text("\n".join(conf) + "\n")
         started.append(pp)
         pp.start()
         return PushpinProxy(pp)
@@ -401,25 +409,27 @@ def raw_request(port: int, data: bytes, timeout: float = T) -> bytes:
         return out
 
 
-def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
-    """One Content-Length-delimited response from ``sock``: (head, body)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed; got {buf!r}"
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed mid-body"
-        rest += chunk
-    assert len(rest) == length, "more bytes than the response"
-    return head, rest
+def read_response(f: Any) -> tuple[int, dict[str, str], bytes]:
+    """One response from ``f`` (a socket's ``makefile("rb")``): status, headers (lower-case
+    names), body (Content-Length or chunked)."""
+    status_line = f.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[str, str] = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if headers.get("transfer-encoding") == "chunked":
+        while True:
+            size = int(f.readline().split(b";")[0], 16)
+            if size == 0:
+                assert f.readline() == b"\r\n"
+                break
+            body += f.read(size)
+            assert f.read(2) == b"\r\n"
+    else:
+        body = f.read(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
 
 
 # ============================================================================================
@@ -537,18 +547,27 @@ def test_keep_alive_both_sides(proxy: Proxy, origin: Origin) -> None:
     connection."""
     origin.on("/ka", lambda req: Reply(200, [("Content-Type", "text/plain")],
                                        req.query["n"][0]))  # fmt: skip
-    with socket.create_connection(("127.0.0.1", proxy.grip_port), timeout=T) as s:
+    with socket.create_connection(("127.0.0.1", proxy.grip_port), timeout=T) as s, \
+            s.makefile("rb") as f:
         for n in range(3):
             s.sendall(f"GET /ka?n={n} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-            head, body = read_response(s)
-            assert head.startswith(b"HTTP/1.1 200"), head
-            assert body == str(n).encode()
+            assert read_response(f)[::2] == (200, str(n).encode())
         # and pipelined
         s.sendall(b"GET /ka?n=7 HTTP/1.1\r\nHost: h\r\n\r\nGET /ka?n=8 HTTP/1.1\r\nHost: h\r\n\r\n")
-        assert read_response(s)[1] == b"7"
-        assert read_response(s)[1] == b"8"
+        assert read_response(f)[2] == b"7"
+        assert read_response(f)[2] == b"8"
     peers = {r.peer for r in origin.to("/ka")}
     assert len(peers) == 1, f"the proxy opened {len(peers)} origin connections for 5 requests"
+
+
+def test_pipelined_request_with_connection_close(proxy: Proxy, origin: Origin) -> None:
+    """``Connection: close`` on the second of two pipelined requests closes the connection
+    after the second answer, not the first."""
+    origin.on("/n", lambda req: Reply(200, [("Content-Type", "text/plain")], req.query["i"][0]))
+    out = raw_request(proxy.grip_port, b"GET /n?i=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+                      b"GET /n?i=2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 200") == 2, out
+    assert out.endswith(b"2"), out
 
 
 def test_path_beg_routing_most_specific_wins(start_proxy: ProxyFactory) -> None:
@@ -627,6 +646,92 @@ def test_bad_routes_file_at_startup_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, out
     assert f"{routes}:2" in out, out
     assert "nosuchoption" in out
+
+
+def test_answer_without_length_ends_when_the_origin_closes(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/small", Reply(200, [("Content-Type", "text/plain")], "small", length=False))
+    big = os.urandom(600_000)
+    origin.on("/big", Reply(200, [("Content-Type", "application/octet-stream")], big,
+                            length=False))  # fmt: skip
+    assert httpx.get(f"{proxy.url}/small", timeout=T).text == "small"
+    assert httpx.get(f"{proxy.url}/big", timeout=T).content == big
+
+
+def test_connection_serves_on_after_a_streamed_answer(proxy: Proxy, origin: Origin) -> None:
+    """A large answer is streamed (chunked) to the client; requests the client pipelined
+    meanwhile are answered after it, on the same connection."""
+    big = os.urandom(700_000)
+    origin.on("/big", Reply(200, [("Content-Type", "application/octet-stream")],
+                            chunks=[big[:350_000], big[350_000:]]))  # fmt: skip
+    origin.on("/small", Reply(200, [("Content-Type", "text/plain")], "small"))
+    with socket.create_connection(("127.0.0.1", proxy.grip_port), timeout=T) as s, \
+            s.makefile("rb") as f:  # fmt: skip
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\nGET /small HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_response(f)[::2] == (200, big)
+        assert read_response(f)[::2] == (200, b"small")
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_response(f)[::2] == (200, big)
+
+
+@BOTH
+def test_route_rewrites(start_any: Callable[..., AnyProxy], origin: Origin, kind: str) -> None:
+    origin.on("/*", Reply(200, body="ok"))
+    p = origin.port
+    proxy = start_any(kind, f"*,path_beg=/rem,path_rem=4 127.0.0.1:{p}\n"
+                            f"*,path_beg=/old,replace_beg=/new 127.0.0.1:{p}\n"
+                            f"*,path_beg=/ash,as_host=internal.test 127.0.0.1:{p}\n"
+                            f"*,path_beg=/th 127.0.0.1:{p},host=target.test\n"
+                            f"* 127.0.0.1:{p}\n")  # fmt: skip
+
+    def request(path: str) -> Req:
+        assert httpx.get(f"{proxy.url}{path}", headers={"Host": "client.test"},
+                         timeout=T).status_code == 200  # fmt: skip
+        return origin.requests[-1]
+
+    assert request("/rem/x?q=1").target == "/x?q=1"
+    assert request("/old/x").target == "/new/x"
+    ash = request("/ash/x")
+    assert (ash.target, ash.header("Host")) == ("/ash/x", "internal.test")
+    th = request("/th/x")
+    assert (th.target, th.header("Host")) == ("/th/x", "target.test")
+    assert request("/plain").header("Host") == "client.test"
+
+
+@BOTH
+def test_no_grip_route_is_a_plain_proxy(start_any: Callable[..., AnyProxy], origin: Origin,
+                                        kind: str) -> None:  # fmt: skip
+    proxy = start_any(kind, route(origin, "no_grip"))
+    origin.on("/x", hold("stream", "c", "not held"))
+    resp = httpx.get(f"{proxy.url}/x", headers={"Grip-Last": "c; last-id=1"}, timeout=T)
+    assert resp.status_code == 200
+    assert resp.text == "not held"
+    (req,) = origin.to("/x")
+    assert req.header("Grip-Sig") is None
+    assert req.header("Grip-Feature") is None
+
+
+UPSTREAM_KEY = "upstream-key-that-is-long-enough-for-hs256"
+
+
+@BOTH
+def test_trusted_upstream_proxy(start_any: Callable[..., AnyProxy], origin: Origin,
+                                kind: str) -> None:  # fmt: skip
+    """A request signed with ``upstream_key`` comes from a GRIP proxy in front: its Grip-*
+    headers reach the origin as they are, and the origin's instructions go back to it
+    unprocessed (Pushpin: ``passthrough = true`` for a trusted client)."""
+    proxy = start_any(kind, route(origin), {"upstream_key": UPSTREAM_KEY})
+    origin.on("/x", hold("stream", "c", "instructions for the proxy in front"))
+    sig = jwt.encode({"iss": "front", "exp": int(time.time()) + 600}, UPSTREAM_KEY)
+    resp = httpx.get(f"{proxy.url}/x", timeout=T,
+                     headers={"Grip-Sig": sig, "Grip-Last": "c; last-id=3"})  # fmt: skip
+    (req,) = origin.to("/x")
+    assert req.all("Grip-Sig") == [sig]
+    assert req.header("Grip-Last") == "c; last-id=3"
+    assert resp.status_code == 200
+    assert resp.text == "instructions for the proxy in front"
+    assert resp.headers.get("grip-hold") == "stream"
+    assert resp.headers.get("grip-channel") == "c"
+
 
 
 # ============================================================================================
@@ -902,6 +1007,114 @@ async def test_expose_headers(start_any: Callable[..., AnyProxy], origin: Origin
     assert "grip-expose-headers" not in resp.headers
 
 
+@BOTH
+async def test_hint_asks_the_origin_again(start_any: Callable[..., AnyProxy], origin: Origin,
+                                          kind: str) -> None:  # fmt: skip
+    proxy = start_any(kind, route(origin))
+    answers = iter([hold("response", "hint", "timeout")])
+    origin.on("/poll", lambda req: next(answers, Reply(200, [("Content-Type", "text/plain")],
+                                                       "fresh from the origin")))
+    hint = {"channel": "hint", "formats": {"http-response": {"action": "hint"}}}
+    resp = await poll_answered_by(proxy, "/poll", hint)
+    assert resp.text == "fresh from the origin"
+    assert len(origin.to("/poll")) == 2
+
+
+@BOTH
+async def test_stream_hint_fetches_the_next_link_now(
+    start_any: Callable[..., AnyProxy], origin: Origin, kind: str
+) -> None:
+    proxy = start_any(kind, route(origin))
+    origin.on("/s", hold("stream", "sh", "start\n",
+                         ("Grip-Link", "</more>; rel=next; timeout=120")))
+    origin.on("/more", Reply(200, [("Content-Type", "text/plain")], "more\n"))
+    async with streaming(f"{proxy.url}/s") as (_, body):
+        await body.expect(b"start\n")
+        for _ in range(int(T / 0.5)):
+            await asyncio.to_thread(proxy.publish, {"channel": "sh", "formats": {
+                "http-stream": {"action": "hint"}}})  # fmt: skip
+            with contextlib.suppress(AssertionError):
+                await body.expect(b"more\n", 0.5)
+                break
+        assert await body.end() == b"start\nmore\n"
+
+
+async def test_recover_endpoint_fetches_next_links(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/s", hold("stream", "rc", "start\n",
+                         ("Grip-Link", "</more>; rel=next; timeout=120")))
+    origin.on("/more", Reply(200, [("Content-Type", "text/plain")], "recovered\n"))
+    async with streaming(f"{proxy.url}/s") as (_, body):
+        await body.expect(b"start\n")
+        resp = await ahttp("POST", f"{proxy.control_url}/recover")
+        assert resp.status_code == 200
+        assert await body.end() == b"start\nrecovered\n"
+
+
+@BOTH
+async def test_body_patch(start_any: Callable[..., AnyProxy], origin: Origin, kind: str) -> None:
+    proxy = start_any(kind, route(origin))
+    origin.on("/poll", hold("response", "bp", '{"a":1,"b":[1]}\n', content_type="application/json"))
+    patch = {"channel": "bp", "formats": {"http-response": {"body-patch": [
+        {"op": "replace", "path": "/a", "value": 2}, {"op": "add", "path": "/b/-", "value": 3}]}}}
+    resp = await poll_answered_by(proxy, "/poll", patch)
+    assert resp.text == '{"a":2,"b":[1,3]}\n'
+    assert resp.headers["content-type"] == "application/json"
+
+
+async def test_many_long_polls_answered_by_one_publish(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/poll", hold("response", "many", "timeout"))
+    async with httpx.AsyncClient(timeout=T, limits=httpx.Limits(max_connections=100)) as client:
+        pending = [asyncio.ensure_future(client.get(f"{proxy.url}/poll?i={i}")) for i in range(60)]
+        await proxy.wait_held(60)
+        await asyncio.to_thread(proxy.publish, response_item("many", "all of you"))
+        answers = await asyncio.gather(*pending)
+    assert {r.text for r in answers} == {"all of you"}
+    await until(lambda: proxy.held() == 0, what="every long-poll let go")
+
+
+async def test_long_poll_connection_serves_on(proxy: Proxy, origin: Origin) -> None:
+    """A request pipelined behind a long-poll is answered after it; a publication after the
+    long-poll ended does not touch the connection."""
+    origin.on("/poll", hold("response", "lpc", "timeout"))
+    origin.on("/after", Reply(200, [("Content-Type", "text/plain")], "after"))
+    s = socket.create_connection(("127.0.0.1", proxy.grip_port), timeout=T)
+    with s, s.makefile("rb") as f:
+        s.sendall(b"GET /poll HTTP/1.1\r\nHost: h\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+        await proxy.wait_held(1)
+        await asyncio.to_thread(proxy.publish, response_item("lpc", "published"))
+        assert (await asyncio.to_thread(read_response, f))[::2] == (200, b"published")
+        assert (await asyncio.to_thread(read_response, f))[::2] == (200, b"after")
+        await asyncio.to_thread(proxy.publish, response_item("lpc", "too late"))
+        s.sendall(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await asyncio.to_thread(read_response, f))[::2] == (200, b"after")
+
+
+async def test_formats_for_the_other_mode_are_ignored(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/poll", hold("response", "mode", "timeout"))
+    origin.on("/s", hold("stream", "mode", "s\n"))
+    async with streaming(f"{proxy.url}/s") as (_, body), httpx.AsyncClient(timeout=T) as client:
+        await body.expect(b"s\n")
+        pending = asyncio.ensure_future(client.get(f"{proxy.url}/poll"))
+        await proxy.wait_held(2)
+        await asyncio.to_thread(proxy.publish, stream_item("mode", "for streams\n"))
+        await asyncio.to_thread(proxy.publish, response_item("mode", "for long-polls"))
+        assert (await pending).text == "for long-polls"
+        data = await body.expect(b"for streams\n")
+        await asyncio.to_thread(proxy.publish, stream_item("mode", "end\n"))
+        assert await body.expect(b"end\n") == data + b"end\n"
+
+
+async def test_subscriptions_per_connection_are_bounded(proxy: Proxy, origin: Origin) -> None:
+    names = [f"many-{i}" for i in range(25)]
+    origin.on("/s", hold("stream", ", ".join(names), "s\n"))
+    async with streaming(f"{proxy.url}/s") as (_, body):
+        await body.expect(b"s\n")
+        await asyncio.to_thread(proxy.publish, stream_item(names[24], "over the limit\n"))
+        await asyncio.to_thread(proxy.publish, stream_item(names[19], "within\n"))
+        assert await body.expect(b"within\n") == b"s\nwithin\n"
+
+
+
 # ============================================================================================
 # 3. The publish API
 # ============================================================================================
@@ -947,6 +1160,12 @@ async def test_publish_errors_publish_nothing(proxy: Proxy, origin: Origin) -> N
         proxy.publish(stream_item("e", "after\n"))
         data = await body.expect(b"after\n")
     assert data == b"s\nafter\n", "a bad batch published something"
+
+
+def test_publish_bad_channel_name(proxy: Proxy) -> None:
+    resp = proxy.publish(stream_item("bad\nname", "x"), check=False)
+    assert resp.status_code == 400
+    assert "channel" in resp.text
 
 
 def test_publish_body_limit_and_accept(start_proxy: ProxyFactory, origin: Origin) -> None:
@@ -1352,6 +1571,100 @@ async def test_ws_over_http_grip_sig_is_fresh_on_later_requests(
     exp_first = check_sig(first.header("Grip-Sig"))["exp"]
     exp_later = check_sig(later.header("Grip-Sig"))["exp"]
     assert exp_later > exp_first, "later requests reuse the Grip-Sig made at the handshake"
+
+
+async def test_ws_keep_alive_control_message(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin([("TEXT", 'c:{"type":"keep-alive","content":"ka","timeout":1}')]))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        assert await asyncio.wait_for(ws.recv(), T) == "ka"
+        assert await asyncio.wait_for(ws.recv(), T) == "ka"
+
+
+async def test_ws_set_meta_control_message(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin([("TEXT", 'c:{"type":"set-meta","name":"user","value":"bob"}')],
+                               lambda req: ws_reply([("TEXT", "m:ok")])))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        await ws.send("who am i")
+        assert await asyncio.wait_for(ws.recv(), T) == "ok"
+    (req,) = [r for r in origin.to("/ws") if texts(r)]
+    assert req.header("Meta-User") == "bob"
+
+
+async def test_ws_unsubscribe(ws_proxy: Proxy, origin: Origin) -> None:
+    def on_events(req: Req) -> Reply:
+        if texts(req) == [b"leave"]:
+            return ws_reply([("TEXT", 'c:{"type":"unsubscribe","channel":"u1"}'),
+                             ("TEXT", "m:left")])  # fmt: skip
+        return ws_reply([])
+
+    origin.on("/ws", ws_origin([("TEXT", 'c:{"type":"subscribe","channel":"u1"}'),
+                                ("TEXT", 'c:{"type":"subscribe","channel":"u2"}')], on_events))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        await ws.send("leave")
+        assert await asyncio.wait_for(ws.recv(), T) == "left"
+        ws_proxy.publish(ws_item("u1", content="not any more"))
+        ws_proxy.publish(ws_item("u2", content="still here"))
+        assert await asyncio.wait_for(ws.recv(), T) == "still here"
+
+
+async def test_ws_detach(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin([("TEXT", 'c:{"type":"subscribe","channel":"d"}'),
+                                ("TEXT", 'c:{"type":"detach"}')]))  # fmt: skip
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        await ws.send("nobody hears this")
+        ws_proxy.publish(ws_item("d", content="still delivered"))
+        assert await asyncio.wait_for(ws.recv(), T) == "still delivered"
+    await asyncio.sleep(1)
+    assert [r.events for r in origin.to("/ws")] == [[("OPEN", None)]]
+
+
+async def test_ws_session_and_send_delayed(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin(
+        [("TEXT", 'c:{"type":"session","id":"sess-1"}'),
+         ("TEXT", 'c:{"type":"send-delayed","content":"delayed","timeout":1}')],
+        lambda req: ws_reply([("TEXT", "m:ok")])))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        assert await asyncio.wait_for(ws.recv(), T) == "delayed"
+        await ws.send("x")
+        assert await asyncio.wait_for(ws.recv(), T) == "ok"
+    (req,) = [r for r in origin.to("/ws") if texts(r)]
+    assert req.header("Grip-Session-Id") == "sess-1"
+
+
+async def test_ws_client_gone_without_close_is_disconnect(ws_proxy: Proxy,
+                                                          origin: Origin) -> None:  # fmt: skip
+    origin.on("/ws", ws_origin([]))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        ws.transport.abort()
+    (gone,) = await seen(origin, lambda r: any(k == "DISCONNECT" for k, _ in r.events))
+    assert gone.header("Connection-Id") == origin.to("/ws")[0].header("Connection-Id")
+
+
+async def test_ws_ping_pong_and_binary(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin([], lambda req: ws_reply(
+        [("BINARY", b"m:" + c) for k, c in req.events if k == "BINARY" and c])))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        pong = await ws.ping(b"p")
+        await asyncio.wait_for(pong, T)
+        await ws.send(b"\x00\xff")
+        assert await asyncio.wait_for(ws.recv(), T) == b"\x00\xff"
+
+
+async def test_ws_route_sub_option(start_proxy: ProxyFactory, origin: Origin) -> None:
+    proxy = start_proxy(route(origin, target_options="over_http,sub=announcements"))
+    origin.on("/ws", ws_origin([]))
+    async with ws_connect(f"{proxy.ws_url}/ws") as ws:
+        proxy.publish(ws_item("announcements", content="to everyone"))
+        assert await asyncio.wait_for(ws.recv(), T) == "to everyone"
+
+
+async def test_ws_message_too_big(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin([]))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws", max_size=None) as ws:
+        await ws.send("x" * 70_000)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), T)
+    assert ws.close_code == 1009
 
 
 @BOTH
