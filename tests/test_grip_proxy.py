@@ -570,6 +570,46 @@ def test_pipelined_request_with_connection_close(proxy: Proxy, origin: Origin) -
     assert out.endswith(b"2"), out
 
 
+@BOTH
+def test_expect_100_continue(start_any: Callable[..., AnyProxy], origin: Origin,
+                             kind: str) -> None:  # fmt: skip
+    """A client that sends ``Expect: 100-continue`` waits for ``100 Continue`` before its
+    body (curl waits a second, some clients for good)."""
+    proxy = start_any(kind, route(origin))
+    origin.on("/up", lambda req: Reply(200, [("Content-Type", "text/plain")],
+                                       f"got {req.body.decode()}"))  # fmt: skip
+    port = int(proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s, s.makefile("rb") as f:
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\n\r\n")  # fmt: skip
+        try:
+            interim = f.readline()
+        except TimeoutError:
+            interim = b"(nothing within 5 s)"
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        assert f.readline() == b"\r\n"
+        s.sendall(b"hello")
+        assert read_response(f)[::2] == (200, b"got hello")
+
+
+def test_request_bodies_reach_the_origin(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/up", lambda req: Reply(200, [("Content-Type", "text/plain")],
+                                       hashlib.sha256(req.body).hexdigest()))  # fmt: skip
+    blob = os.urandom(2 * 1024 * 1024)
+    resp = httpx.put(f"{proxy.url}/up", content=blob, timeout=60)
+    assert resp.text == hashlib.sha256(blob).hexdigest()
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        yield b"part one, "
+        yield b"part two"
+
+    resp = httpx.post(f"{proxy.url}/up", content=chunked(), timeout=T)
+    assert resp.text == hashlib.sha256(b"part one, part two").hexdigest()
+    (req,) = [r for r in origin.to("/up") if r.method == "POST"]
+    assert req.header("Transfer-Encoding") is None
+    assert req.header("Content-Length") == "18"
+
+
 def test_path_beg_routing_most_specific_wins(start_proxy: ProxyFactory) -> None:
     origins = {name: Origin() for name in ("any", "api", "api2", "host", "hostapi")}
     try:
@@ -1113,6 +1153,36 @@ async def test_subscriptions_per_connection_are_bounded(proxy: Proxy, origin: Or
         await asyncio.to_thread(proxy.publish, stream_item(names[19], "within\n"))
         assert await body.expect(b"within\n") == b"s\nwithin\n"
 
+
+
+async def test_chunked_instruction_from_the_origin(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/s", lambda req: Reply(200, [("Content-Type", "text/plain"),
+                                            ("Grip-Hold", "stream"), ("Grip-Channel", "ch")],
+                                      chunks=[b"first part, ", b"second part\n"]))
+    async with streaming(f"{proxy.url}/s") as (_, body):
+        await body.expect(b"first part, second part\n")
+        await asyncio.to_thread(proxy.publish, stream_item("ch", "pub\n"))
+        assert await body.expect(b"pub\n") == b"first part, second part\npub\n"
+
+
+async def test_stream_hold_with_grip_status(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/s", hold("stream", "gs", "s\n", ("Grip-Status", "201 Made")))
+    async with streaming(f"{proxy.url}/s") as (resp, body):
+        assert (resp.status_code, resp.reason_phrase) == (201, "Made")
+        await body.expect(b"s\n")
+
+
+async def test_long_poll_client_gone_is_let_go(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/poll", hold("response", "bye", "timeout"))
+    async with httpx.AsyncClient(timeout=T) as client:
+        pending = asyncio.ensure_future(client.get(f"{proxy.url}/poll"))
+        await proxy.wait_held(1)
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    await until(lambda: proxy.held() == 0, what="the abandoned long-poll to be let go")
+    await asyncio.to_thread(proxy.publish, response_item("bye", "nobody"))
+    assert "Traceback" not in proxy.output()
 
 
 # ============================================================================================
@@ -1665,6 +1735,26 @@ async def test_ws_message_too_big(ws_proxy: Proxy, origin: Origin) -> None:
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), T)
     assert ws.close_code == 1009
+
+
+async def test_ws_subprotocol(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin([], headers=[("Sec-WebSocket-Protocol", "chat.v2")]))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws", subprotocols=["chat.v1", "chat.v2"]) as ws:
+        assert ws.subprotocol == "chat.v2"
+    opened = origin.to("/ws")[0]
+    assert opened.header("Sec-WebSocket-Protocol") == "chat.v1, chat.v2"
+
+
+async def test_ws_subscription_filters(ws_proxy: Proxy, origin: Origin) -> None:
+    origin.on("/ws", ws_origin(
+        [("TEXT", 'c:{"type":"subscribe","channel":"fx","filters":["skip-self"]}')],
+        headers=[("Set-Meta-User", "ann")]))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        ws_proxy.publish({"channel": "fx", "meta": {"sender": "ann"},
+                          "formats": {"ws-message": {"content": "from myself"}}})  # fmt: skip
+        ws_proxy.publish({"channel": "fx", "meta": {"sender": "bob"},
+                          "formats": {"ws-message": {"content": "from bob"}}})  # fmt: skip
+        assert await asyncio.wait_for(ws.recv(), T) == "from bob"
 
 
 @BOTH
