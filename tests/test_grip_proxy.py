@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -1913,3 +1914,27 @@ async def test_plain_websocket_route_origin_down(start_proxy: ProxyFactory,
         async with ws_connect(f"{proxy.ws_url}/x"):
             pass
     assert info.value.response.status_code == 502
+
+
+async def test_shutdown_ends_held_connections_cleanly(start_proxy: ProxyFactory,
+                                                      origin: Origin) -> None:  # fmt: skip
+    """SIGTERM: a stream ends with its last chunk, a long-poll gets the origin's own answer,
+    a WebSocket-over-HTTP client a 1001 close."""
+    origin.on("/s", hold("stream", "sd", "s\n"))
+    origin.on("/poll", hold("response", "sd", "the original answer"))
+    origin.on("/ws", ws_origin([]))
+    proxy = start_proxy(route(origin, "path_beg=/ws", "over_http") + route(origin))
+    async with streaming(f"{proxy.url}/s") as (_, body), httpx.AsyncClient(timeout=T) as client, \
+            ws_connect(f"{proxy.ws_url}/ws") as ws:  # fmt: skip
+        await body.expect(b"s\n")
+        pending = asyncio.ensure_future(client.get(f"{proxy.url}/poll"))
+        await proxy.wait_held(3)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert await body.end() == b"s\n"
+        assert body.error is None
+        resp = await pending
+        assert (resp.status_code, resp.text) == (200, "the original answer")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), T)
+    assert ws.close_code == 1001
+    assert await asyncio.to_thread(proxy.process.wait, 30) == 0
