@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fanout_stream
 import fanout_ws
+import grip_fanout
 import idle_memory
 import loadclient as lc
 
@@ -27,6 +28,7 @@ def main() -> int:
         ("fanout_ws", fanout_ws),
         ("fanout_stream", fanout_stream),
         ("idle_memory", idle_memory),
+        ("grip_fanout", grip_fanout),
     ):
         path = os.path.join(RESULTS, f"{name}.json")
         if not os.path.exists(path):
