@@ -1007,6 +1007,22 @@ async def test_next_link_is_fetched_with_grip_last(
 
 
 @BOTH
+async def test_next_links_resolve_against_the_last_link(
+    start_any: Callable[..., AnyProxy], origin: Origin, kind: str
+) -> None:
+    """A relative next link is relative to the URI that answered it (a browser's rule)."""
+    proxy = start_any(kind, route(origin))
+    origin.on("/a/start", hold("stream", "rel", "start\n",
+                               ("Grip-Link", "</b/page2>; rel=next; timeout=1")))  # fmt: skip
+    origin.on("/b/page2", hold("stream", "rel", "two\n",
+                               ("Grip-Link", "<page3>; rel=next; timeout=1")))  # fmt: skip
+    origin.on("/b/page3", Reply(200, [("Content-Type", "text/plain")], "three\n"))
+    origin.on("/a/page3", Reply(200, [("Content-Type", "text/plain")], "wrong page\n"))
+    resp = await ahttp("GET", f"{proxy.url}/a/start", timeout=30)
+    assert resp.text == "start\ntwo\nthree\n"
+
+
+@BOTH
 async def test_next_link_without_hold_streams_the_pages(
     start_any: Callable[..., AnyProxy], origin: Origin, kind: str
 ) -> None:
@@ -1756,6 +1772,24 @@ async def test_ws_subscription_filters(ws_proxy: Proxy, origin: Origin) -> None:
         ws_proxy.publish({"channel": "fx", "meta": {"sender": "bob"},
                           "formats": {"ws-message": {"content": "from bob"}}})  # fmt: skip
         assert await asyncio.wait_for(ws.recv(), T) == "from bob"
+
+
+async def test_ws_refresh_action(start_proxy: ProxyFactory, origin: Origin) -> None:
+    """``ws-message`` ``refresh``: the proxy asks the origin again (a request with no
+    events) and relays its answer.  (Pushpin 1.x answers this item 400 Invalid format.)"""
+    proxy = start_proxy(route(origin, target_options="over_http"))
+    origin.on("/ws", ws_origin([("TEXT", 'c:{"type":"subscribe","channel":"rf"}')],
+                               lambda req: ws_reply([("TEXT", "m:refreshed")])))  # fmt: skip
+    async with ws_connect(f"{proxy.ws_url}/ws") as ws:
+        for _ in range(int(T / 0.5)):
+            await asyncio.to_thread(proxy.publish, ws_item("rf", action="refresh"))
+            with contextlib.suppress(TimeoutError):
+                assert await asyncio.wait_for(ws.recv(), 0.5) == "refreshed"
+                break
+        else:
+            raise AssertionError("no refresh")
+    refreshes = [r for r in origin.to("/ws") if not r.events]
+    assert refreshes, [r.events for r in origin.to("/ws")]
 
 
 @BOTH
