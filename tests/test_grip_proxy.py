@@ -970,6 +970,39 @@ async def test_response_hold_prev_id_in_sequence_is_delivered(
     assert len(origin.to("/poll")) == 1
 
 
+async def test_stream_id_gap_fetches_the_next_link(proxy: Proxy, origin: Origin) -> None:
+    """In-sequence items are delivered and move the last id on; an item after a gap makes the
+    proxy fetch the next link at once, telling the origin the last id it delivered."""
+    origin.on("/s", hold("stream", "gap; prev-id=1", "s\n",
+                         ("Grip-Link", "</next>; rel=next; timeout=120")))  # fmt: skip
+    origin.on("/next", Reply(200, [("Content-Type", "text/plain")], "recovered\n"))
+    async with streaming(f"{proxy.url}/s") as (_, body):
+        await body.expect(b"s\n")
+        await asyncio.to_thread(proxy.publish,
+                                stream_item("gap", "two\n", id="2", **{"prev-id": "1"}),
+                                stream_item("gap", "three\n", id="3", **{"prev-id": "2"}))
+        await body.expect(b"three\n")
+        assert origin.to("/next") == []
+        await asyncio.to_thread(proxy.publish,
+                                stream_item("gap", "nine\n", id="9", **{"prev-id": "8"}))
+        assert await body.end() == b"s\ntwo\nthree\nrecovered\n"
+    (nxt,) = origin.to("/next")
+    assert nxt.all("Grip-Last") == ["gap; last-id=3"]
+
+
+async def test_no_seq_item_skips_sequencing(proxy: Proxy, origin: Origin) -> None:
+    origin.on("/poll", hold("response", "ns; prev-id=1", "timeout"))
+    async with httpx.AsyncClient(timeout=T) as client:
+        pending = asyncio.ensure_future(client.get(f"{proxy.url}/poll"))
+        await proxy.wait_held(1)
+        await asyncio.to_thread(proxy.publish, {
+            "channel": "ns", "id": "5", "prev-id": "4", "no-seq": True,
+            "formats": {"http-response": {"body": "out of order, but no-seq"}}})
+        resp = await pending
+    assert resp.text == "out of order, but no-seq"
+    assert len(origin.to("/poll")) == 1
+
+
 async def test_channel_prefix_from_the_route(start_proxy: ProxyFactory, origin: Origin) -> None:
     proxy = start_proxy(route(origin, "prefix=pre-"))
     origin.on("/s", hold("stream", "c", "s\n"))
