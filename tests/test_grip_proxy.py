@@ -1064,10 +1064,25 @@ async def test_next_link_without_hold_streams_the_pages(
     have had a link"); Clarion advertises link:next."""
     origin.on("/p1", Reply(200, [("Content-Type", "text/plain"),
                                  ("Grip-Link", "</p2>; rel=next; timeout=1")], "one\n"))
-    origin.on("/p2", Reply(200, [("Content-Type", "text/plain")], "two\n"))
+    origin.on("/p2", Reply(200, [("Content-Type", "text/plain"),
+                                 ("Grip-Link", "</p3>; rel=next; timeout=1")], "two\n"))
+    origin.on("/p3", Reply(200, [("Content-Type", "text/plain")], "three\n"))
     proxy = start_any(kind, route(origin))
     resp = await asyncio.to_thread(httpx.get, f"{proxy.url}/p1", timeout=30)
-    assert resp.text == "one\ntwo\n"
+    assert resp.text == "one\ntwo\nthree\n"
+
+
+@BOTH
+async def test_stream_next_link_answer_without_hold_keeps_paging(
+    start_any: Callable[..., AnyProxy], origin: Origin, kind: str
+) -> None:
+    proxy = start_any(kind, route(origin))
+    origin.on("/s", hold("stream", "pg", "s\n", ("Grip-Link", "</n1>; rel=next; timeout=1")))
+    origin.on("/n1", Reply(200, [("Content-Type", "text/plain"),
+                                 ("Grip-Link", "</n2>; rel=next; timeout=1")], "n1\n"))
+    origin.on("/n2", Reply(200, [("Content-Type", "text/plain")], "n2\n"))
+    resp = await ahttp("GET", f"{proxy.url}/s", timeout=30)
+    assert resp.text == "s\nn1\nn2\n"
 
 
 async def test_gone_link_is_posted_when_the_client_leaves(proxy: Proxy, origin: Origin) -> None:
