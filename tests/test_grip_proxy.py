@@ -1959,6 +1959,25 @@ async def test_client_gone_mid_stream(proxy: Proxy, origin: Origin) -> None:
     assert "Traceback" not in log and "handler failed" not in log, log
 
 
+async def test_client_that_does_not_read_is_cut_off(proxy: Proxy, origin: Origin) -> None:
+    """A stream client that stops reading is disconnected once its queue passes
+    ``client_queue_max_size``; the proxy does not buffer for it without bound."""
+    origin.on("/s", hold("stream", "slow", "s\n"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", proxy.grip_port))
+    with sock:
+        sock.sendall(b"GET /s HTTP/1.1\r\nHost: h\r\n\r\n")
+        await proxy.wait_held(1)
+        chunk = "x" * 60_000
+        for _ in range(200):  # 12 MB, far past the kernel's buffers and the 1 MB queue
+            await asyncio.to_thread(proxy.publish, stream_item("slow", chunk))
+            if proxy.held() == 0:
+                break
+        await until(lambda: proxy.held() == 0, what="the slow client to be cut off")
+    assert (await ahttp("GET", f"{proxy.hub_url}/health")).status_code == 200
+
+
 def test_oversized_instruct_body_is_502(start_proxy: ProxyFactory, origin: Origin) -> None:
     proxy = start_proxy(route(origin), "grip_max_instruct_body = 1000\n")
     origin.on("/big", hold("stream", "c", "z" * 5000))
