@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -60,6 +61,9 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     async def main() -> None:
         hub = Hub(config)
         await hub.start()
+        # Everything made so far (modules, config, the hub) lives as long as the process: keep
+        # it out of the cycle collector's full passes, which otherwise stall the loop.
+        gc.freeze()
         if hub.grip is not None:
             print(f"GRIP proxy on {hub.grip.address}, publish API on "
                   f"{hub.grip.control_address}/publish/", flush=True)

@@ -32,6 +32,7 @@ class Request:
     body: bytes
     client: str
     raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as sent, for proxying
+    keep_alive: bool = True
     _query: dict[str, list[str]] | None = None
 
     @property
@@ -136,6 +137,9 @@ class HttpProtocol(asyncio.Protocol):
         self.hub.http_connection_lost(self)
         if self.takeover is not None:
             self.takeover.connection_lost(exc)
+            # Takeovers point back at this protocol: without the cycle both go at once,
+            # not at the next full garbage collection.
+            self.takeover = None
         self._parser = None
 
     def data_received(self, data: bytes) -> None:
@@ -205,8 +209,8 @@ class HttpProtocol(asyncio.Protocol):
             body=b"".join(self._body),
             client=self._client,
             raw_headers=self._raw_headers,
+            keep_alive=parser.should_keep_alive(),
         )
-        self._keep_alive = parser.should_keep_alive()
         self._queue.append(request)
         if len(self._queue) > MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
@@ -233,6 +237,8 @@ class HttpProtocol(asyncio.Protocol):
         try:
             while self._queue and self.transport is not None and self.takeover is None:
                 request = self._queue.pop(0)
+                # Pipelined requests each say whether the connection stays open after them.
+                self._keep_alive = request.keep_alive
                 if len(self._queue) <= MAX_PIPELINED:
                     self.transport.resume_reading()
                 try:

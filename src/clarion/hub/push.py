@@ -8,13 +8,18 @@ from clarion.protocol import cursor as cursors
 from clarion.protocol import sse
 from clarion.protocol.grip import items as grip_items
 from clarion.protocol.grip import mapping as grip_mapping
-from clarion.protocol.websocket import text_frame
+from clarion.protocol.websocket import BINARY, PING, PONG, TEXT, encode_frame, text_frame
 
 # A publication made through the GRIP publish API carries its item (all formats) under this
 # tag, so GRIP subscribers on every node get the exact formats. Native clients never see it.
 GRIP_TAG = "_grip"
 # Set on GRIP items with no content for native clients (a close or hint action).
 GRIP_ONLY_TAG = "_grip_only"
+
+
+def grip_ws_opcode(fmt: grip_items.WsMessageFormat) -> int:
+    kind = fmt.type or ("binary" if fmt.is_binary else "text")
+    return {"binary": BINARY, "ping": PING, "pong": PONG}.get(kind, TEXT)
 
 
 def visible_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
@@ -35,6 +40,8 @@ class EncodedPush:
     __slots__ = (
         "_body",
         "_grip",
+        "_grip_stream",
+        "_grip_ws",
         "_sse",
         "_stream",
         "_ws",
@@ -63,6 +70,8 @@ class EncodedPush:
         self._stream: bytes | None = None
         self._body: bytes | None = None
         self._grip: grip_items.Item | None = None
+        self._grip_stream: bytes | bool | None = False  # False: not computed yet
+        self._grip_ws: bytes | bool | None = False
         self.pub: Publication | None = None
         self.grip_only = False
 
@@ -94,6 +103,35 @@ class EncodedPush:
                 item = grip_mapping.item_from_native(self.channel, pub.data)
             self._grip = item
         return item
+
+    @property
+    def grip_plain_stream(self) -> bytes | None:
+        """The ``http-stream`` content when every stream subscriber without filters gets
+        exactly it (a send, no content filters, no ids to track); else None."""
+        value = self._grip_stream
+        if value is False:
+            value = None
+            item = self.grip
+            fmt = item.formats.http_stream if item.formats is not None else None
+            if (fmt is not None and fmt.action == "send" and not fmt.content_filters
+                    and item.id is None and item.prev_id is None):
+                value = fmt.content_bytes
+            self._grip_stream = value
+        return value  # type: ignore[return-value]
+
+    @property
+    def grip_plain_ws(self) -> bytes | None:
+        """The whole WebSocket frame for ``ws-message`` under the same conditions."""
+        value = self._grip_ws
+        if value is False:
+            value = None
+            item = self.grip
+            fmt = item.formats.ws_message if item.formats is not None else None
+            if (fmt is not None and fmt.action == "send" and not fmt.content_filters
+                    and item.id is None and item.prev_id is None):
+                value = encode_frame(grip_ws_opcode(fmt), fmt.content_bytes)
+            self._grip_ws = value
+        return value  # type: ignore[return-value]
 
     @classmethod
     def presence_event(cls, channel: str, kind: bytes, info: ClientInfo) -> EncodedPush:

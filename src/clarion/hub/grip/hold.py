@@ -34,6 +34,8 @@ _ids = itertools.count(1)
 
 
 class Sub:
+    """One channel of a hold (or of a WebSocket-over-HTTP connection)."""
+
     __slots__ = ("content_filters", "filters", "name")
 
     def __init__(self, channel: Channel) -> None:
@@ -84,6 +86,8 @@ class GripHold(HeldConnection):
         "original",
         "proxy",
         "recovering",
+        "sent",
+        "single",
     )
 
     is_grip = True
@@ -103,6 +107,8 @@ class GripHold(HeldConnection):
         self.mode = inst.hold
         self.original = inst.response
         self.channels: dict[str, Sub] = {}
+        self.single: Sub | None = None  # the only channel, when there is one (most holds)
+        self.sent = False  # something went out since the last tick (idle keep-alives)
         self.last_ids: dict[str, str | None] = {}
         self.meta: dict[str, str] = {}
         self.keep_alive: KeepAlive | None = None
@@ -146,6 +152,7 @@ class GripHold(HeldConnection):
             self.hub.spawn(fanout.ensure_broker_subscription(full))
         for name in [n for n in self.last_ids if prefix + n not in wanted]:
             del self.last_ids[name]
+        self.single = next(iter(self.channels.values())) if len(self.channels) == 1 else None
         self.meta.update(inst.meta)
         self.keep_alive = inst.keep_alive
         self.ka_at = now
@@ -170,10 +177,21 @@ class GripHold(HeldConnection):
     # -- delivery -----------------------------------------------------------------------------
 
     def push(self, enc: EncodedPush) -> None:
-        if self.out.closing or self.mode is None:
-            return
-        sub = self.channels.get(enc.channel)
+        sub = self.single or self.channels.get(enc.channel)
         if sub is None:
+            return
+        if self.mode == "stream" and not sub.filters:
+            # The common case, kept short: the same bytes for every subscriber.
+            plain = enc.grip_plain_stream
+            if plain is not None:
+                if not self.out.closing:
+                    self.out.queue(plain)
+                    self.sent = True
+                return
+        self._push(enc, sub)
+
+    def _push(self, enc: EncodedPush, sub: Sub) -> None:
+        if self.out.closing or self.mode is None:
             return
         item = enc.grip
         formats = item.formats
@@ -207,7 +225,7 @@ class GripHold(HeldConnection):
             content = filtered
         if self.mode == "stream":
             self.out.queue(content)
-            self.activity = time.monotonic() if self.keep_alive else self.activity
+            self.sent = True
         else:
             assert isinstance(fmt, HttpResponseFormat)
             if fmt.body_patch is not None:
@@ -285,6 +303,7 @@ class GripHold(HeldConnection):
         for full in self.channels:
             fanout.remove_key(full, self.id)
         self.channels.clear()
+        self.single = None
         self.proxy.holds.discard(self)
 
     def data_received(self, data: bytes) -> None:
@@ -304,6 +323,9 @@ class GripHold(HeldConnection):
     def tick(self, now: float) -> None:
         if self.mode is None or self.out.closing:
             return
+        if self.sent:
+            self.sent = False
+            self.activity = now
         if self.mode == "response" and now >= self.deadline:
             self.timed_out()
             return

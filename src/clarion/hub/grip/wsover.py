@@ -23,7 +23,7 @@ from clarion.hub.grip.origin import Head
 from clarion.hub.held import HeldConnection
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
 from clarion.hub.outbound import Outbound
-from clarion.hub.push import EncodedPush
+from clarion.hub.push import EncodedPush, grip_ws_opcode
 from clarion.protocol import codes
 from clarion.protocol import websocket as wsp
 from clarion.protocol.grip import filters as grip_filters
@@ -104,10 +104,32 @@ class _Refused(GripError):
 
 
 class WsOverHttp(HeldConnection):
-    __slots__ = ("activity", "busy", "channels", "cid", "client_closed", "delayed", "detached",
-                 "forward", "host", "http", "id", "interval", "ka", "ka_at", "last_ids",
-                 "last_request", "meta", "pending", "prefix", "proxy", "reader",
-                 "seq_at_send", "session_id")
+    __slots__ = (
+        "activity",
+        "busy",
+        "channels",
+        "cid",
+        "client_closed",
+        "delayed",
+        "detached",
+        "forward",
+        "host",
+        "http",
+        "id",
+        "interval",
+        "ka",
+        "ka_at",
+        "last_ids",
+        "last_request",
+        "meta",
+        "pending",
+        "prefix",
+        "proxy",
+        "reader",
+        "sent",
+        "seq_at_send",
+        "session_id",
+    )
 
     is_grip = True
 
@@ -129,6 +151,7 @@ class WsOverHttp(HeldConnection):
         self.meta: dict[str, str] = {}
         self.prefix: str | None = None
         self.channels: dict[str, Sub] = {}
+        self.sent = False
         self.last_ids: dict[str, str | None] = {}
         self.pending: list[Event] = []
         self.busy = False
@@ -275,7 +298,7 @@ class WsOverHttp(HeldConnection):
             content = content[len(raw_prefix):]
         opcode = wsp.TEXT if kind == "TEXT" else wsp.BINARY
         self.out.queue(wsp.encode_frame(opcode, content))
-        self.activity = time.monotonic()
+        self.sent = True
 
     def _control(self, ctl: wsevents.Control, seq: int) -> None:
         prefix = self.forward.route.prefix
@@ -349,11 +372,15 @@ class WsOverHttp(HeldConnection):
     # -- publications -------------------------------------------------------------------------
 
     def push(self, enc: EncodedPush) -> None:
-        if self.out.closing:
-            return
         sub = self.channels.get(enc.channel)
-        if sub is None:
+        if sub is None or self.out.closing:
             return
+        if not sub.filters:
+            frame = enc.grip_plain_ws
+            if frame is not None:
+                self.out.queue(frame)
+                self.sent = True
+                return
         item = enc.grip
         fmt = item.formats.ws_message if item.formats is not None else None
         if fmt is None:
@@ -380,10 +407,8 @@ class WsOverHttp(HeldConnection):
             if filtered is None:
                 return
             content = filtered
-        opcode = {"binary": wsp.BINARY, "ping": wsp.PING, "pong": wsp.PONG}.get(
-            fmt.type or ("binary" if fmt.is_binary else "text"), wsp.TEXT)
-        self.out.queue(wsp.encode_frame(opcode, content))
-        self.activity = time.monotonic()
+        self.out.queue(wsp.encode_frame(grip_ws_opcode(fmt), content))
+        self.sent = True
 
     def _refresh(self) -> None:
         """``refresh``: ask the origin again, with no new events."""
@@ -471,6 +496,9 @@ class WsOverHttp(HeldConnection):
     def tick(self, now: float) -> None:
         if self.out.closing:
             return
+        if self.sent:
+            self.sent = False
+            self.activity = now
         if self.delayed is not None and now >= self.delayed[1]:
             self.out.queue(self.delayed[0])
             self.delayed = None
