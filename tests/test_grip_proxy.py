@@ -1691,6 +1691,25 @@ async def test_ws_origin_refuses_the_open(ws_proxy: Proxy, origin: Origin) -> No
     assert info.value.response.headers["X-Why"] == "no"
 
 
+async def test_ws_origin_answer_without_open_is_refused(ws_proxy: Proxy,
+                                                        origin: Origin) -> None:  # fmt: skip
+    origin.on("/ws", lambda req: ws_reply([("TEXT", "m:no open first")]))
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with ws_connect(f"{ws_proxy.ws_url}/ws"):
+            pass
+    assert info.value.response.status_code == 502
+
+
+async def test_ws_origin_disconnect_event_drops_the_client(ws_proxy: Proxy,
+                                                           origin: Origin) -> None:  # fmt: skip
+    origin.on("/ws", ws_origin([], lambda req: ws_reply([("DISCONNECT", None)])))
+    async with ws_connect(f"{ws_proxy.ws_url}/ws") as ws:
+        await ws.send("bye?")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), T)
+    assert ws.close_code == 1006  # dropped without a close frame
+
+
 async def test_ws_over_http_grip_sig_is_fresh_on_later_requests(
     ws_proxy: Proxy, origin: Origin
 ) -> None:
