@@ -4,6 +4,11 @@ The proxy is ``python -m clarion serve --grip-routes ROUTES --grip-port G --cont
 a subprocess; clients are httpx, raw sockets and the ``websockets`` library; the origin is an
 in-process threaded HTTP server each test scripts per path.  Waits are loops with generous
 deadlines (a noisy 2-core machine); the only timing assertion is a lower bound on Grip-Timeout.
+
+Sections: 1 forwarding, 2 instructions, 3 the publish API, 4 one channel space (native API and
+transports), 5 the hold window, 6 WebSocket-over-HTTP, 7 bad input.  Tests marked ``@BOTH``
+assert Pushpin's own behaviour and also run against a real Pushpin (tests/pushpin.py), which
+proves the expectation; they fail under CI=true when Pushpin is missing, else skip.
 """
 
 from __future__ import annotations
