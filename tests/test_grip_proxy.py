@@ -646,6 +646,23 @@ def test_path_beg_routing_most_specific_wins(start_proxy: ProxyFactory) -> None:
             o.stop()
 
 
+@BOTH
+async def test_proto_routes(start_any: Callable[..., AnyProxy], origin: Origin,
+                            kind: str) -> None:  # fmt: skip
+    """``proto=ws`` routes WebSockets only, ``proto=http`` plain HTTP only."""
+    http_origin = Origin()
+    try:
+        http_origin.on("/x", Reply(200, [("Content-Type", "text/plain")], "http origin"))
+        origin.on("/x", ws_origin([("TEXT", "m:ws origin")]))
+        proxy = start_any(kind, route(origin, "proto=ws", "over_http")
+                          + route(http_origin, "proto=http"))  # fmt: skip
+        assert (await ahttp("GET", f"{proxy.url}/x")).text == "http origin"
+        async with ws_connect(f"{proxy.ws_url}/x") as ws:
+            assert await asyncio.wait_for(ws.recv(), T) == "ws origin"
+    finally:
+        http_origin.stop()
+
+
 async def test_routes_file_hot_reload(start_proxy: ProxyFactory) -> None:
     a, b = Origin(), Origin()
     try:
