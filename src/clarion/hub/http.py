@@ -182,6 +182,16 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_size = 0
 
+    def on_headers_complete(self) -> None:
+        if self._headers.get("expect", "").lower() != "100-continue":
+            return
+        length = self._headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._max_body:
+            raise _TooLarge(413, f"request body larger than {self._max_body} bytes")
+        # The client waits for this before it sends the body.
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._count(len(url))
@@ -247,8 +257,9 @@ class HttpProtocol(asyncio.Protocol):
                     self.hub.log.exception("handler failed", path=request.path)
                     result = Response.error(500, "internal server error")
                 if isinstance(result, Takeover):
+                    # Requests pipelined behind it wait: a takeover that answers with plain
+                    # HTTP (a long-poll) gives the connection back through release().
                     self.takeover = result
-                    self._queue.clear()
                     return
                 self.write_response(result, request)
         finally:
@@ -269,7 +280,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if held:
             self.data_received(held)
-        elif self._queue and not self._running:
+        if self._queue and not self._running and self.takeover is None:
             self._running = True
             self.hub.spawn(self._serve())
 

@@ -79,6 +79,7 @@ class GripHold(HeldConnection):
         "ka_at",
         "keep_alive",
         "last_ids",
+        "link_base",
         "meta",
         "mode",
         "next_at",
@@ -113,6 +114,7 @@ class GripHold(HeldConnection):
         self.meta: dict[str, str] = {}
         self.keep_alive: KeepAlive | None = None
         self.next_link: Link | None = None
+        self.link_base = forward.path  # relative next links resolve against the last one
         self.gone_link: str | None = None
         now = time.monotonic()
         self.activity = now
@@ -233,15 +235,20 @@ class GripHold(HeldConnection):
                 if patched is None:
                     return
                 content = patched
-            self.respond(fmt.code, fmt.reason or "", fmt.header_pairs() or [
-                h for h in self.original.headers if h[0].lower() == "content-type"], content)
+            # The hold's own answer headers (CORS, caching) stay; published ones replace them.
+            published = fmt.header_pairs()
+            replaced = {k.lower() for k, _ in published}
+            headers = [h for h in self.original.headers if h[0].lower() not in replaced]
+            self.respond(fmt.code, fmt.reason or "", headers + published, content)
 
     def _patched(self, patch: list[Any]) -> bytes | None:
         """``body-patch``: a JSON Patch (RFC 6902) applied to the origin's own response."""
+        body = self.original.body
+        ending = b"\r\n" if body.endswith(b"\r\n") else b"\n" if body.endswith(b"\n") else b""
         try:
-            document = json.loads(self.original.body or b"null")
+            document = json.loads(body or b"null")
             return json.dumps(jsonpatch.apply_patch(document, patch),
-                              separators=(",", ":")).encode()
+                              separators=(",", ":")).encode() + ending
         except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             self.hub.log.warning("GRIP body-patch not applicable; message skipped",
                                  path=self.forward.path, error=str(exc))

@@ -307,7 +307,9 @@ class GripProxy:
             self.hub.log.warning("GRIP origin unavailable", path=request.path, error=str(exc))
             return _text(502, f"origin unavailable: {exc}\n")
         head = resp.head
-        if route.no_grip or target.untrusted or not grip_instruct.is_instruct(head.headers):
+        # A trusted upstream proxy does the holding itself: its answers pass through.
+        if route.no_grip or target.untrusted or trusted \
+                or not grip_instruct.is_instruct(head.headers):
             return await self.pass_through(resp, http, request)
         try:
             body = await resp.read(self.hub.config.grip_max_instruct_body,
@@ -323,6 +325,10 @@ class GripProxy:
     def begin(self, inst: grip_instruct.Instruct, fwd: Forward, http: HttpProtocol,
               seq: int) -> Response | Takeover:
         r = inst.response
+        if inst.hold is None and inst.next_link is not None:
+            # No hold but a next link: the answer is the first page of a stream whose next
+            # pages the proxy fetches (Pushpin does the same).
+            inst.hold = "stream"
         if inst.hold is None or http.transport is None:
             return Response(r.code, r.body, "", r.headers, r.reason)
         if self.hub.connection_count >= self.hub.config.max_connections:
@@ -365,7 +371,8 @@ class GripProxy:
         host = self.host_header_for(fwd)
         try:
             if hold.next_link is not None:
-                link = urljoin(fwd.path, hold.next_link.uri)
+                link = urljoin(hold.link_base, hold.next_link.uri)
+                hold.link_base = link
                 seq = self.recent.seq
                 resp, _ = await self.send(fwd, host, last, "GET", _path_of(link), b"")
             elif hold.mode == "response":
@@ -396,7 +403,11 @@ class GripProxy:
                 return
             if inst.response.body:
                 hold.out.queue(inst.response.body)
-            if inst.hold == "stream":
+                hold.sent = True
+            if inst.hold is None and inst.next_link is not None:
+                hold.next_link = inst.next_link  # another page to come
+                hold.next_at = time.monotonic() + inst.next_link.timeout
+            elif inst.hold == "stream":
                 hold.apply(inst)
                 hold.replay(seq, {c.name: c.prev_id for c in inst.channels})
             else:

@@ -17,6 +17,7 @@ from clarion.hub.push import EncodedPush
 
 PER_CHANNEL = 64
 MAX_AGE = 60.0  # Pushpin's id_cache_ttl
+MAX_CHANNELS = 10_000  # bounds memory when many channels carry native traffic
 
 
 class Recent:
@@ -31,6 +32,9 @@ class Recent:
         self.seq = seq = next(self._counter)
         entries = self._channels.get(channel)
         if entries is None:
+            if len(self._channels) >= MAX_CHANNELS:
+                # The channel that appeared first goes: its entries are the likeliest stale.
+                del self._channels[next(iter(self._channels))]
             entries = self._channels[channel] = deque(maxlen=PER_CHANNEL)
         entries.append((seq, time.monotonic(), enc))
 

@@ -110,7 +110,7 @@ async def open_tunnel(proxy: GripProxy, request: Request, http: HttpProtocol,
     lines = [f"GET {fwd.path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers)]
     upstream.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     try:
-        answer = await asyncio.wait_for(upstream.answered, proxy.pool.response_timeout)
+        await asyncio.wait_for(upstream.answered, proxy.pool.response_timeout)
     except (ConnectionError, TimeoutError) as exc:
         upstream.transport.close()
         return _text(502, f"origin WebSocket handshake failed: {exc}\n")
@@ -118,6 +118,9 @@ async def open_tunnel(proxy: GripProxy, request: Request, http: HttpProtocol,
     if transport is None:
         upstream.transport.close()
         return _text(400, "client went away\n")
+    # Everything the origin sent so far: its answer and any frames right behind it (they may
+    # have come in a later packet, after the answer was complete).
+    answer, upstream.head = upstream.head, b""
     transport.write(answer)
     tunnel = Tunnel(proxy, transport, upstream)
     if answer.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
