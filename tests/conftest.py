@@ -328,7 +328,8 @@ def grip_origin_factory(tmp_path: Path) -> Iterator[GripOriginFactory]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(control_uri: str, *, impl: str = "django_grip", port: int | None = None,
-              key: str = GRIP_KEY, eventstream: bool = False) -> GripOrigin:  # fmt: skip
+              key: str = GRIP_KEY, eventstream: bool = False,
+              server: str = "wsgi") -> GripOrigin:  # fmt: skip
         port = port or free_port()
         log = tmp_path / f"origin-{port}.log"
         db = tmp_path / f"origin-{port}.sqlite3" if eventstream else None
@@ -342,11 +343,17 @@ def grip_origin_factory(tmp_path: Path) -> Iterator[GripOriginFactory]:
                 raise RuntimeError(
                     "migrate failed:\n" + (migrate.stdout + migrate.stderr).decode(errors="replace")
                 )
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-               "--worker-class", "gthread", "--workers", "1", "--threads", "8",
-               "--timeout", "120", "--graceful-timeout", "5", "--access-logfile", "-",
-               "--no-control-socket",
-               "--chdir", str(TESTS_DIR), "grip_apps.wsgi:application"]  # fmt: skip
+        if server == "asgi":
+            # The same views under ASGI (uvicorn): sync views run in Django's thread pool.
+            cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+                   "--app-dir", str(TESTS_DIR), "--log-level", "info",
+                   "grip_apps.asgi:application"]  # fmt: skip
+        else:
+            cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                   "--worker-class", "gthread", "--workers", "1", "--threads", "8",
+                   "--timeout", "120", "--graceful-timeout", "5", "--access-logfile", "-",
+                   "--no-control-socket",
+                   "--chdir", str(TESTS_DIR), "grip_apps.wsgi:application"]  # fmt: skip
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     cwd=TESTS_DIR, start_new_session=True)  # fmt: skip

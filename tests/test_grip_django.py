@@ -62,10 +62,11 @@ def start_stack(
     impl: str,
     grip_proxy_factory: GripProxyFactory,
     grip_origin_factory: GripOriginFactory,
+    server: str = "wsgi",
 ) -> GripStack:
     origin_port = free_port()
     proxy = grip_proxy_factory(proxy_kind, origin_port, over_http=True)
-    origin = grip_origin_factory(proxy.control_uri, impl=impl, port=origin_port)
+    origin = grip_origin_factory(proxy.control_uri, impl=impl, port=origin_port, server=server)
     return GripStack(proxy, origin)
 
 
@@ -76,17 +77,21 @@ def show_logs(*parts: tuple[str, Callable[[], str]], tail: int = 12000) -> None:
             print(f"\n===== {name} (last {tail} chars)\n{output()[-tail:]}")
 
 
-@pytest.fixture(
-    params=[(p, i) for p in PROXIES for i in IMPLS], ids=lambda pi: f"{pi[0]}-{pi[1]}"
-)
+# clarion.django.grip also runs under ASGI (uvicorn); django-grip 3 is WSGI-only in practice.
+STACKS = [(p, i, "wsgi") for p in PROXIES for i in IMPLS] + [(p, "clarion", "asgi")
+                                                             for p in PROXIES]
+
+
+@pytest.fixture(params=STACKS, ids=lambda s: f"{s[0]}-{s[1]}" + ("-asgi" if s[2] == "asgi" else ""))
 def stack(
     request: pytest.FixtureRequest,
     grip_proxy_factory: GripProxyFactory,
     grip_origin_factory: GripOriginFactory,
 ) -> Iterator[GripStack]:
-    """A proxy (param 0) in front of tests/grip_apps with GRIP_IMPL (param 1)."""
-    proxy_kind, impl = request.param
-    s = start_stack(proxy_kind, impl, grip_proxy_factory, grip_origin_factory)
+    """A proxy (param 0) in front of tests/grip_apps with GRIP_IMPL (param 1) under a WSGI or
+    ASGI server (param 2)."""
+    proxy_kind, impl, server = request.param
+    s = start_stack(proxy_kind, impl, grip_proxy_factory, grip_origin_factory, server)
     yield s
     show_logs((f"{proxy_kind} proxy", s.proxy.output), (f"origin ({impl})", s.origin.output))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from clarion.broker.base import ClientInfo, Publication
 from clarion.protocol import client as proto
 from clarion.protocol import cursor as cursors
@@ -15,6 +17,9 @@ from clarion.protocol.websocket import BINARY, PING, PONG, TEXT, encode_frame, t
 GRIP_TAG = "_grip"
 # Set on GRIP items with no content for native clients (a close or hint action).
 GRIP_ONLY_TAG = "_grip_only"
+
+
+_F = TypeVar("_F", grip_items.HttpStreamFormat, grip_items.WsMessageFormat)
 
 
 def grip_ws_opcode(fmt: grip_items.WsMessageFormat) -> int:
@@ -104,18 +109,22 @@ class EncodedPush:
             self._grip = item
         return item
 
+    def _plain(self, fmt: _F | None) -> _F | None:
+        """``fmt`` if it is a plain send: no content filters, no ids to track."""
+        item = self.grip
+        if (fmt is None or fmt.action != "send" or fmt.content_filters
+                or item.id is not None or item.prev_id is not None):
+            return None
+        return fmt
+
     @property
     def grip_plain_stream(self) -> bytes | None:
         """The ``http-stream`` content when every stream subscriber without filters gets
         exactly it (a send, no content filters, no ids to track); else None."""
         value = self._grip_stream
         if value is False:
-            value = None
-            item = self.grip
-            fmt = item.formats.http_stream if item.formats is not None else None
-            if (fmt is not None and fmt.action == "send" and not fmt.content_filters
-                    and item.id is None and item.prev_id is None):
-                value = fmt.content_bytes
+            fmt = self._plain(self.grip.formats.http_stream if self.grip.formats else None)
+            value = fmt.content_bytes if fmt is not None else None
             self._grip_stream = value
         return value  # type: ignore[return-value]
 
@@ -124,12 +133,8 @@ class EncodedPush:
         """The whole WebSocket frame for ``ws-message`` under the same conditions."""
         value = self._grip_ws
         if value is False:
-            value = None
-            item = self.grip
-            fmt = item.formats.ws_message if item.formats is not None else None
-            if (fmt is not None and fmt.action == "send" and not fmt.content_filters
-                    and item.id is None and item.prev_id is None):
-                value = encode_frame(grip_ws_opcode(fmt), fmt.content_bytes)
+            ws = self._plain(self.grip.formats.ws_message if self.grip.formats else None)
+            value = encode_frame(grip_ws_opcode(ws), ws.content_bytes) if ws is not None else None
             self._grip_ws = value
         return value  # type: ignore[return-value]
 

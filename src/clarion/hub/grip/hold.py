@@ -28,6 +28,7 @@ from clarion.protocol.grip.items import HttpResponseFormat, HttpStreamFormat, It
 
 if TYPE_CHECKING:
     from clarion.hub.grip.proxy import Forward, GripProxy
+    from clarion.hub.logs import Logger
 
 CONTENT_FILTERS = ("build-id", "var-subst")
 _ids = itertools.count(1)
@@ -42,6 +43,18 @@ class Sub:
         self.name = channel.name
         self.filters = channel.filters
         self.content_filters = [f for f in channel.filters if f in CONTENT_FILTERS]
+
+    def filtered(self, content: bytes, item: Item, meta: dict[str, str],
+                 last_ids: dict[str, str | None], log: Logger) -> bytes | None:
+        """What this subscriber gets after its filters, or None to skip the message (a
+        filter that cannot run skips it too, and says why in the log)."""
+        if not self.filters:
+            return content
+        try:
+            return grip_filters.apply(self.filters, content, meta, item.meta, last_ids)
+        except GripError as exc:
+            log.warning("GRIP filter failed", channel=self.name, error=str(exc))
+            return None
 
 
 def response_bytes(code: int, reason: str, headers: list[tuple[str, str]], body: bytes,
@@ -213,18 +226,10 @@ class GripHold(HeldConnection):
             return
         if fmt.content_filters != sub.content_filters:
             return
-        content = (fmt.content_bytes if isinstance(fmt, HttpStreamFormat)
-                   else fmt.body_bytes)
-        if sub.filters:
-            try:
-                filtered = grip_filters.apply(sub.filters, content, self.meta, item.meta,
-                                              self.last_ids)
-            except GripError as exc:
-                self.hub.log.warning("GRIP filter failed", channel=enc.channel, error=str(exc))
-                return
-            if filtered is None:
-                return
-            content = filtered
+        content = sub.filtered(fmt.content_bytes if isinstance(fmt, HttpStreamFormat)
+                               else fmt.body_bytes, item, self.meta, self.last_ids, self.hub.log)
+        if content is None:
+            return
         if self.mode == "stream":
             self.out.queue(content)
             self.sent = True

@@ -26,7 +26,6 @@ from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush, grip_ws_opcode
 from clarion.protocol import codes
 from clarion.protocol import websocket as wsp
-from clarion.protocol.grip import filters as grip_filters
 from clarion.protocol.grip import wsevents
 from clarion.protocol.grip.instruct import FILTERS, Channel
 from clarion.protocol.grip.wsevents import Event
@@ -396,17 +395,9 @@ class WsOverHttp(HeldConnection):
             return
         if item.id is not None:
             self.last_ids[sub.name] = item.id
-        content = fmt.content_bytes
-        if sub.filters:
-            try:
-                filtered = grip_filters.apply(sub.filters, content, self.meta, item.meta,
-                                              self.last_ids)
-            except GripError as exc:
-                self.hub.log.warning("GRIP filter failed", channel=enc.channel, error=str(exc))
-                return
-            if filtered is None:
-                return
-            content = filtered
+        content = sub.filtered(fmt.content_bytes, item, self.meta, self.last_ids, self.hub.log)
+        if content is None:
+            return
         self.out.queue(wsp.encode_frame(grip_ws_opcode(fmt), content))
         self.sent = True
 
