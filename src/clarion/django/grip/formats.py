@@ -71,12 +71,9 @@ class HttpStreamFormat:
         return "http-stream"
 
     def export(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.action and self.action != "send":
-            out["action"] = self.action
+        out = _start(self.action, self.content_filters)
+        if "action" in out:
             return out
-        if self.content_filters is not None:
-            out["content-filters"] = list(self.content_filters)
         if self.content is None:
             raise ValueError("content not set")
         is_text, value = _text_or_b64(self.content)
@@ -103,12 +100,9 @@ class HttpResponseFormat:
         return "http-response"
 
     def export(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.action and self.action != "send":
-            out["action"] = self.action
+        out = _start(self.action, self.content_filters)
+        if "action" in out:
             return out
-        if self.content_filters is not None:
-            out["content-filters"] = list(self.content_filters)
         if self.code is not None:
             out["code"] = self.code
         if self.reason:
@@ -159,6 +153,13 @@ class WebSocketMessageFormat:
             out["content"] = (self.content if isinstance(self.content, str)
                               else self.content.decode("utf-8"))
         return out
+
+
+def _start(action: str | None, content_filters: list[str] | None) -> dict[str, Any]:
+    """What every format's export begins with: an action other than send says it all."""
+    if action and action != "send":
+        return {"action": action}
+    return {} if content_filters is None else {"content-filters": list(content_filters)}
 
 
 def _jsonable(value: Any) -> Any:
