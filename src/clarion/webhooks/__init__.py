@@ -1,0 +1,1 @@
+"""Outgoing webhooks: the outbox, signing, delivery and the address policy."""
