@@ -35,19 +35,10 @@ from clarion.errors import GripError, PublishError
 from clarion.protocol.grip import instruct as wire
 from clarion.protocol.grip import sig, wsevents
 from clarion.protocol.grip.items import parse_publish
+import django_env
 from conftest import free_port
 
-if not settings.configured:
-    settings.configure(
-        SECRET_KEY="django-grip-unit-tests-secret-key-long-enough",
-        ALLOWED_HOSTS=["*"],
-        ROOT_URLCONF=__name__,
-        MIDDLEWARE=[],
-        INSTALLED_APPS=["clarion.django"],
-        DATABASES={},
-        USE_TZ=True,
-    )
-    django.setup()
+django_env.configure()
 
 KEY = "changeme"
 PROXIES = [{"key": KEY, "control_uri": "http://127.0.0.1:5561"}]

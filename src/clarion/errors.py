@@ -65,3 +65,23 @@ class BrokerError(ClarionError):
 class PublishError(ClarionError):
     """Publishing to a GRIP proxy or publish server failed (it was unreachable, or answered
     with an error status). The message names the server, the status and the channels."""
+
+
+class WebhookError(ClarionError):
+    """A webhook could not be built, signed, addressed or delivered."""
+
+
+class SignatureError(WebhookError):
+    """A webhook's signature headers are missing, malformed, stale or do not verify.
+
+    Raised by :func:`clarion.webhooks.verify` on the receiving side; the message says which."""
+
+
+class AddressRejected(WebhookError):
+    """A listener URL is not allowed: bad scheme, credentials, plain HTTP under an HTTPS-only
+    policy, or a host that is (or resolves only to) a private, loopback, link-local, multicast
+    or reserved address outside ``ALLOWED_NETWORKS``. The message names the address and rule."""
+
+
+class PayloadTooLarge(WebhookError):
+    """An event's JSON body is larger than the configured ``MAX_PAYLOAD``; nothing was written."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 
 
 class ClarionConfig(AppConfig):  # type: ignore[misc]  # Django ships no type information
@@ -10,3 +11,12 @@ class ClarionConfig(AppConfig):  # type: ignore[misc]  # Django ships no type in
     label = "clarion"
     verbose_name = "Clarion"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from clarion.django.hooks import OPERATIONAL, hooks
+        from clarion.django.store import register_sqlite_match
+
+        connection_created.connect(register_sqlite_match, dispatch_uid="clarion.sqlite_match")
+        for hook in OPERATIONAL:
+            if hook.name not in hooks:
+                hooks.register(hook)

@@ -1,0 +1,366 @@
+"""Field matchers for listener filters: durian's six, plus comparisons, membership and logic.
+
+A listener's filter maps field names to matchers; an event matches when every field's matcher
+accepts the event's value. Matchers are stored as JSON (``{"op": "startswith", "value": "J"}``),
+never pickled, so the database can evaluate them: PostgreSQL runs the same rules in the
+``clarion_match`` SQL function (see the migrations), SQLite calls :func:`matches` through a
+registered function. The Python here is the definition both follow.
+
+Equality is JSON equality: ``1 == 1.0`` but ``True != 1``. Strings compare by code point (as
+PostgreSQL's "C" collation does). A comparison between different types is simply false.
+``Like`` is a regular expression searched anywhere in the string; on PostgreSQL it runs on the
+database's own engine, so patterns are limited to the syntax both share (checked on creation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_MISSING = object()
+_PYTHON_ONLY_REGEX = re.compile(r"\(\?P[<=]|\(\?#|\\[ZAbB]?[gNu]|\(\?[aLu]")
+
+
+class Matcher:
+    op: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def test(self, present: bool, value: Any) -> bool:
+        raise NotImplementedError
+
+    def __and__(self, other: Matcher) -> Matcher:
+        return And(self, other)
+
+    def __or__(self, other: Matcher) -> Matcher:
+        return Or(self, other)
+
+    def __invert__(self) -> Matcher:
+        return Not(self)
+
+    def __eq__(self, other: object) -> bool:
+        # durian's matchers compared with ==; here that compares matchers, not values.
+        return isinstance(other, Matcher) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_json()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_json()!r})"
+
+
+class Any_(Matcher):
+    """Matches anything, even a field that is absent."""
+
+    op = "any"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": "any"}
+
+    def test(self, present: bool, value: Any) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "Any()"
+
+
+class _Valued(Matcher):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "value": self.value}
+
+    def test(self, present: bool, value: Any) -> bool:
+        return present and self.check(value)
+
+    def check(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value!r})"
+
+
+class Is(_Valued):
+    """Strict equality."""
+
+    op = "is"
+
+    def check(self, value: Any) -> bool:
+        return json_equal(value, self.value)
+
+
+class _Text(_Valued):
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"{type(self).__name__} takes a string, not {type(value).__name__}")
+        super().__init__(value)
+
+    def check(self, value: Any) -> bool:
+        return isinstance(value, str) and self.check_text(value)
+
+    def check_text(self, value: str) -> bool:
+        raise NotImplementedError
+
+
+class Startswith(_Text):
+    op = "startswith"
+
+    def check_text(self, value: str) -> bool:
+        return value.startswith(self.value)
+
+
+class Endswith(_Text):
+    op = "endswith"
+
+    def check_text(self, value: str) -> bool:
+        return value.endswith(self.value)
+
+
+class Like(_Text):
+    """A regular expression, searched anywhere in the string (anchor it with ^ and $)."""
+
+    op = "like"
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        try:
+            self._re = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"Like({value!r}) is not a valid regular expression: {exc}") from None
+        if _PYTHON_ONLY_REGEX.search(value):
+            raise ValueError(
+                f"Like({value!r}) uses syntax only Python's re knows (named groups, comments, "
+                "\\N, \\u, \\g, inline a/L/u flags); filters must also run in the database"
+            )
+
+    def check_text(self, value: str) -> bool:
+        return self._re.search(value) is not None
+
+
+class Contains(_Valued):
+    """A substring of a string, or an element of a list."""
+
+    op = "contains"
+
+    def check(self, value: Any) -> bool:
+        if isinstance(value, str):
+            return isinstance(self.value, str) and self.value in value
+        if isinstance(value, list):
+            return any(json_equal(v, self.value) for v in value)
+        return False
+
+
+class In(Matcher):
+    """The value is one of the given values."""
+
+    op = "in"
+
+    def __init__(self, *values: Any) -> None:
+        if len(values) == 1 and isinstance(values[0], list | tuple | set | frozenset):
+            values = tuple(values[0])
+        self.values = list(values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": "in", "values": self.values}
+
+    def test(self, present: bool, value: Any) -> bool:
+        return present and any(json_equal(value, v) for v in self.values)
+
+
+class _Compare(_Valued):
+    def __init__(self, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(f"{type(self).__name__} compares numbers or strings")
+        super().__init__(value)
+
+    def check(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int | float) and isinstance(self.value, int | float):
+            return self.compare(value, self.value)
+        if isinstance(value, str) and isinstance(self.value, str):
+            return self.compare(value, self.value)
+        return False
+
+    def compare(self, a: Any, b: Any) -> bool:
+        raise NotImplementedError
+
+
+class Gt(_Compare):
+    op = "gt"
+
+    def compare(self, a: Any, b: Any) -> bool:
+        return bool(a > b)
+
+
+class Gte(_Compare):
+    op = "gte"
+
+    def compare(self, a: Any, b: Any) -> bool:
+        return bool(a >= b)
+
+
+class Lt(_Compare):
+    op = "lt"
+
+    def compare(self, a: Any, b: Any) -> bool:
+        return bool(a < b)
+
+
+class Lte(_Compare):
+    op = "lte"
+
+    def compare(self, a: Any, b: Any) -> bool:
+        return bool(a <= b)
+
+
+class Exists(Matcher):
+    """The field is present (``Exists(False)``: absent). A null value is present."""
+
+    op = "exists"
+
+    def __init__(self, value: bool = True) -> None:
+        self.value = bool(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": "exists", "value": self.value}
+
+    def test(self, present: bool, value: Any) -> bool:
+        return present is self.value
+
+
+class And(Matcher):
+    op = "and"
+
+    def __init__(self, *args: Matcher) -> None:
+        self.args = [as_matcher(a) for a in args]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "args": [a.to_json() for a in self.args]}
+
+    def test(self, present: bool, value: Any) -> bool:
+        return all(a.test(present, value) for a in self.args)
+
+
+class Or(And):
+    op = "or"
+
+    def test(self, present: bool, value: Any) -> bool:
+        return any(a.test(present, value) for a in self.args)
+
+
+class Not(Matcher):
+    op = "not"
+
+    def __init__(self, arg: Matcher) -> None:
+        self.arg = as_matcher(arg)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": "not", "arg": self.arg.to_json()}
+
+    def test(self, present: bool, value: Any) -> bool:
+        return not self.arg.test(present, value)
+
+
+class Fields(Matcher):
+    """Conditions on the fields of a nested object (durian's deep matching)."""
+
+    op = "fields"
+
+    def __init__(self, conditions: Mapping[str, Any]) -> None:
+        self.conditions = compile_filter(conditions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": "fields", "match": {k: m.to_json() for k, m in self.conditions.items()}}
+
+    def test(self, present: bool, value: Any) -> bool:
+        return present and isinstance(value, dict) and matches(self.conditions, value)
+
+
+# The durian name is ``Any``; the class is ``Any_`` only so typing.Any stays usable here.
+Any = Any_  # noqa: N816
+
+_OPS: dict[str, type[Matcher]] = {
+    cls.op: cls for cls in (Any_, Is, Startswith, Endswith, Like, Contains, In, Gt, Gte, Lt,
+                            Lte, Exists, And, Or, Not, Fields)
+}
+
+
+def as_matcher(value: Any) -> Matcher:
+    """A matcher as given, a dict as nested field conditions, anything else as ``Is(value)``."""
+    if isinstance(value, Matcher):
+        return value
+    if isinstance(value, dict):
+        return Fields(value)
+    return Is(value)
+
+
+def compile_filter(conditions: Mapping[str, Any]) -> dict[str, Matcher]:
+    return {str(k): as_matcher(v) for k, v in conditions.items()}
+
+
+def from_json(spec: Mapping[str, Any]) -> Matcher:
+    """Rebuild a matcher from its stored form; ValueError names what is wrong."""
+    if not isinstance(spec, Mapping) or "op" not in spec:
+        raise ValueError(f"a matcher is an object with an 'op', not {spec!r}")
+    op = spec["op"]
+    cls = _OPS.get(op)
+    if cls is None:
+        raise ValueError(f"unknown matcher op {op!r}; known: {', '.join(sorted(_OPS))}")
+    try:
+        if cls is Any_:
+            return Any_()
+        if cls is In:
+            return In(list(spec["values"]))
+        if cls is Exists:
+            return Exists(spec.get("value", True))
+        if cls in (And, Or):
+            return cls(*(from_json(a) for a in spec["args"]))
+        if cls is Not:
+            return Not(from_json(spec["arg"]))
+        if cls is Fields:
+            return Fields({k: from_json(v) for k, v in spec["match"].items()})
+        return cls(spec["value"])  # type: ignore[call-arg]
+    except KeyError as exc:
+        raise ValueError(f"matcher {op!r} needs {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def filter_from_json(stored: Mapping[str, Any]) -> dict[str, Matcher]:
+    return {k: from_json(v) for k, v in stored.items()}
+
+
+def filter_to_json(conditions: Mapping[str, Matcher]) -> dict[str, Any]:
+    return {k: m.to_json() for k, m in conditions.items()}
+
+
+def matches(conditions: Mapping[str, Matcher], data: Mapping[str, Any]) -> bool:
+    for name, matcher in conditions.items():
+        value = data.get(name, _MISSING)
+        if not matcher.test(value is not _MISSING, None if value is _MISSING else value):
+            return False
+    return True
+
+
+def matches_json(stored: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    return matches(filter_from_json(stored), data)
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+__all__ = [
+    "And", "Any", "Contains", "Endswith", "Exists", "Fields", "Gt", "Gte", "In", "Is", "Like",
+    "Lt", "Lte", "Matcher", "Not", "Or", "Startswith", "matches",
+]

@@ -1,0 +1,187 @@
+"""Webhook tables: listeners (endpoints), the event outbox, deliveries and their attempts.
+
+An :class:`Event` row is the outbox: it is written by ``Hook.send`` in the caller's transaction,
+so it commits or rolls back with the change that caused it. A worker later fans each event out
+into one :class:`Delivery` per matching :class:`Listener`, and every try is an :class:`Attempt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Listener(models.Model):  # type: ignore[misc]
+    hook = models.CharField("event type", max_length=200, db_index=True)
+    url = models.URLField("URL", max_length=2048)
+    match = models.JSONField("filter", default=dict, blank=True,
+                             help_text="Field conditions an event must meet (see clarion.django.match).")
+    secret = models.CharField("signing secret", max_length=200)
+    previous_secrets = models.JSONField(default=list, blank=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.CASCADE, related_name="clarion_listeners")
+    description = models.CharField(max_length=500, blank=True)
+    headers = models.JSONField("extra request headers", default=dict, blank=True)
+    active = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=200, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    first_failure_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rate_limit = models.PositiveIntegerField("rate limit (per second)", null=True, blank=True)
+    rl_tokens = models.FloatField(null=True, blank=True, editable=False)
+    rl_updated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    fifo = models.BooleanField("strict order", default=False,
+                               help_text="Send one delivery at a time, in event order.")
+    retry_schedule = models.JSONField(null=True, blank=True,
+                                      help_text="Seconds between attempts; empty for the default.")
+    timeout = models.FloatField("request timeout (s)", null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "clarion_listener"
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["hook", "active"], name="clarion_listener_hook")]
+
+    def __str__(self) -> str:
+        return f"{self.hook} → {self.url}"
+
+    def __repr__(self) -> str:  # never the secret
+        return f"<Listener {self.pk} {self.hook} {self.url}>"
+
+    def signing_secrets(self, now: Any = None) -> list[str]:
+        """The current secret, then earlier ones still inside their rotation grace period."""
+        at = (now or timezone.now()).timestamp()
+        keep = [self.secret]
+        keep.extend(old["secret"] for old in self.previous_secrets or [] if old["expires"] > at)
+        return keep
+
+
+class Event(models.Model):  # type: ignore[misc]
+    msg_id = models.CharField("webhook-id", max_length=64, unique=True)
+    hook = models.CharField("event type", max_length=200, db_index=True)
+    payload = models.TextField(help_text="The exact JSON body every listener receives.")
+    data = models.JSONField(default=dict, help_text="The fields listeners filter on.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.CASCADE, related_name="clarion_events")
+    retry_schedule = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "clarion_event"
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["id"], name="clarion_event_undispatched",
+                         condition=models.Q(dispatched_at__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hook} {self.msg_id}"
+
+
+class Delivery(models.Model):  # type: ignore[misc]
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    listener = models.ForeignKey(Listener, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    manual = models.BooleanField(default=False, help_text="The next attempt is a manual resend.")
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "clarion_delivery"
+        ordering = ["-id"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "listener"], name="clarion_delivery_once"),
+        ]
+        indexes = [
+            models.Index(fields=["next_attempt_at"], name="clarion_delivery_due",
+                         condition=models.Q(status="pending")),
+            models.Index(fields=["listener", "status", "ended_at"],
+                         name="clarion_delivery_listener"),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} ({self.status})"
+
+
+class Attempt(models.Model):  # type: ignore[misc]
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveSmallIntegerField()
+    manual = models.BooleanField(default=False)
+    url = models.CharField(max_length=2048)
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=10)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=list, blank=True)
+    response_body = models.TextField(blank=True, help_text="The first 20,000 bytes; base64 if "
+                                     "not UTF-8 (see body_base64).")
+    body_base64 = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "clarion_attempt"
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["delivery", "number"], name="clarion_attempt_delivery")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of delivery {self.delivery_id}: {self.outcome}"
+
+
+class ApiKey(models.Model):  # type: ignore[misc]
+    """A key for the subscriptions API. Only a hash is kept; the key is shown once."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                              related_name="clarion_api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "clarion_api_key"
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name or self.owner})"
+
+    @classmethod
+    def issue(cls, owner: Any, name: str = "") -> tuple[ApiKey, str]:
+        """Create a key; returns the row and the key itself (``ck_<prefix>_<secret>``)."""
+        prefix = secrets.token_hex(6)
+        raw = f"ck_{prefix}_{secrets.token_urlsafe(32)}"
+        key = cls.objects.create(owner=owner, name=name, prefix=prefix, key_hash=_digest(raw))
+        return key, raw
+
+    @classmethod
+    def authenticate(cls, raw: str) -> ApiKey | None:
+        parts = raw.split("_", 2)
+        if len(parts) != 3 or parts[0] != "ck":
+            return None
+        key = cls.objects.select_related("owner").filter(prefix=parts[1], revoked=False).first()
+        if key is None or not secrets.compare_digest(key.key_hash, _digest(raw)):
+            return None
+        return key
+
+
+def _digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()

@@ -1,0 +1,84 @@
+"""One attempt: sign the body, send it over a transport, and judge the answer.
+
+The signature's timestamp is the attempt's own (every retry is signed anew, as the spec wants,
+so a receiver's tolerance window applies to the attempt, not to the event). Errors never leave
+``attempt``: whatever happens becomes an :class:`AttemptResult` with an outcome and a reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import lru_cache
+
+from clarion.errors import AddressRejected, WebhookError
+from clarion.webhooks.addresses import AddressPolicy
+from clarion.webhooks.retry import Outcome, RetryPolicy, classify, parse_retry_after
+from clarion.webhooks.signing import SigningKey, signature_headers
+from clarion.webhooks.store import AttemptResult, Job
+from clarion.webhooks.transport import Request, Transport
+
+DEFAULT_TIMEOUT = 15.0
+
+
+@lru_cache(maxsize=4096)
+def _key(secret: str) -> SigningKey:
+    return SigningKey.parse(secret)
+
+
+class Sender:
+    def __init__(
+        self,
+        transport: Transport,
+        policy: AddressPolicy,
+        retry: RetryPolicy | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.transport = transport
+        self.policy = policy
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.clock = clock
+
+    async def attempt(self, job: Job) -> AttemptResult:
+        started = self.clock()
+        t0 = time.perf_counter()
+        timeout = job.timeout or self.timeout
+        status: int | None = None
+        headers: list[tuple[str, str]] = []
+        body = b""
+        error = ""
+        retry_after: float | None = None
+        try:
+            target = self.policy.parse_url(job.url)
+            signed = signature_headers(
+                job.message_id, int(started), job.body, [_key(s) for s in job.secrets]
+            )
+            request_headers = [("Content-Type", "application/json"), *signed.items()]
+            request_headers.extend(job.headers)
+            response = await self.transport.send(Request(target, request_headers, job.body, timeout))
+        except TimeoutError:
+            outcome = Outcome.OVERLOAD
+            error = f"timed out after {timeout:g} s"
+        except AddressRejected as exc:
+            outcome = Outcome.FAILURE
+            error = str(exc)
+        except (WebhookError, OSError) as exc:
+            outcome = Outcome.FAILURE
+            error = str(exc) or type(exc).__name__
+        else:
+            status = response.status
+            headers = response.headers
+            body = response.body
+            outcome = classify(status)
+            if 300 <= status < 400:
+                error = f"redirect to {response.header('location') or '?'} not followed"
+            if outcome is not Outcome.SUCCESS:
+                retry_after = parse_retry_after(response.header("retry-after"), started)
+        duration_ms = round((time.perf_counter() - t0) * 1000)
+        policy = RetryPolicy.from_schedule(job.schedule, self.retry)
+        next_in = None if job.manual else policy.delay(job.attempt, outcome, retry_after)
+        return AttemptResult(job, started, duration_ms, outcome, status, headers, body, error,
+                             next_in)

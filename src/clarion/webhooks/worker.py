@@ -1,0 +1,155 @@
+"""The delivery loop: fan out new events, claim due deliveries, send them, record the results.
+
+Sends run concurrently on the event loop, up to ``concurrency`` at once; every store call runs on
+one thread of the worker's own, so the database work of a batch (one claim, one record) overlaps
+the network work of the others. When nothing is due the worker blocks in ``store.wait`` until the
+store says new work may exist (PostgreSQL ``NOTIFY``) or the next retry falls due, so an idle
+worker costs no queries.
+
+Shutdown is bounded: ``stop()`` ends claiming, lets the attempts in flight finish for at most
+``shutdown_timeout`` seconds and records them; whatever was cut short comes back after its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from prometheus_client import Counter, Histogram
+
+from clarion.webhooks.sender import Sender
+from clarion.webhooks.store import AttemptResult, Job, Store
+
+log = logging.getLogger("clarion.webhooks")
+
+T = TypeVar("T")
+
+ATTEMPTS = Counter("clarion_webhook_attempts", "Webhook attempts made", ["outcome"])
+ATTEMPT_SECONDS = Histogram(
+    "clarion_webhook_attempt_seconds", "Duration of webhook attempts",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    batch: int = 500
+    concurrency: int = 1000
+    lease: float | None = None  # default: the request timeout + 10 s
+    disable_after: float = 5 * 86400.0
+    retention: float | None = 90 * 86400.0
+    cleanup_interval: float = 3600.0
+    idle_wait: float = 30.0  # the longest wait without a wake-up (a safety net for lost NOTIFYs)
+    exit_when_idle: bool = False
+    shutdown_timeout: float = 20.0
+
+
+class Worker:
+    def __init__(self, store: Store, sender: Sender, config: WorkerConfig | None = None) -> None:
+        self.store = store
+        self.sender = sender
+        self.config = config or WorkerConfig()
+        self.lease = self.config.lease or sender.timeout + 10.0
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="clarion-db")
+        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="clarion-wait")
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._results: list[AttemptResult] = []
+        self._progress = asyncio.Event()
+        self._stopping = False
+        self.delivered = 0  # attempts recorded, for callers that report
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._progress.set()
+        self.store.wake()
+
+    async def run(self) -> None:
+        cfg = self.config
+        next_cleanup = time.monotonic() + 60.0
+        try:
+            while not self._stopping:
+                dispatched = await self._call(self.store.dispatch, cfg.batch)
+                room = cfg.concurrency - len(self._in_flight)
+                jobs: list[Job] = []
+                if room >= min(cfg.batch, cfg.concurrency) // 2:
+                    jobs = await self._call(self.store.claim, min(cfg.batch, room), self.lease)
+                    for job in jobs:
+                        self._spawn(job)
+                await self._flush()
+                if jobs or dispatched >= cfg.batch:
+                    continue
+                if self._in_flight:
+                    self._progress.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._progress.wait(), 0.05)
+                    continue
+                if dispatched:
+                    continue
+                if cfg.retention and time.monotonic() >= next_cleanup:
+                    removed = await self._call(self.store.cleanup, cfg.retention)
+                    if removed:
+                        log.info("removed %d events older than the retention period", removed)
+                    next_cleanup = time.monotonic() + cfg.cleanup_interval
+                due = await self._call(self.store.next_due)
+                if due == 0:
+                    continue
+                if cfg.exit_when_idle:
+                    break
+                timeout = cfg.idle_wait if due is None else min(due, cfg.idle_wait)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._waiter, self.store.wait, timeout
+                )
+        finally:
+            await self._drain()
+
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.create_task(self._one(job))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _one(self, job: Job) -> None:
+        result = await self.sender.attempt(job)
+        ATTEMPTS.labels(result.outcome.value).inc()
+        ATTEMPT_SECONDS.observe(result.duration_ms / 1000)
+        if result.error:
+            log.info("delivery %d attempt %d to %s: %s", job.delivery_id, job.attempt, job.url,
+                     result.error)
+        self._results.append(result)
+        if len(self._results) >= 50 or len(self._in_flight) <= 1:
+            self._progress.set()
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        await self._call(self.store.record, batch, self.config.disable_after)
+        self.delivered += len(batch)
+
+    async def _drain(self) -> None:
+        try:
+            if self._in_flight:
+                _, pending = await asyncio.wait(
+                    set(self._in_flight), timeout=self.config.shutdown_timeout
+                )
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    log.warning("%d attempts cut short at shutdown; they are retried after "
+                                "their lease (%g s)", len(pending), self.lease)
+                    await asyncio.wait(pending)
+            await self._flush()
+        finally:
+            self._db.shutdown(wait=True)
+            self.store.wake()
+            self._waiter.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                await self.sender.transport.aclose()

@@ -1,0 +1,230 @@
+"""Shared pieces of the webhook tests: the databases, a real receiver, worker runners.
+
+The receiver is a real HTTP server on a real socket (stdlib ``ThreadingHTTPServer``); every
+request whose path has a secret registered is verified with the ``standardwebhooks`` reference
+library, and a request that fails verification is recorded as such (tests assert none did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import standardwebhooks
+
+import django_env
+from conftest import in_ci
+
+django_env.configure()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connections  # noqa: E402
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+TABLES = ("clarion_attempt", "clarion_delivery", "clarion_event", "clarion_listener",
+          "clarion_api_key", "people_person", "auth_user")
+
+
+def _admin() -> psycopg.Connection[Any]:
+    return psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def webhook_databases() -> Iterator[None]:
+    name = os.environ["CLARION_TEST_PG_DB"]
+    try:
+        admin = _admin()
+    except psycopg.OperationalError as exc:
+        if in_ci():
+            raise
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    sqlite = Path(os.environ["CLARION_TEST_SQLITE"])
+    sqlite.unlink(missing_ok=True)
+    call_command("migrate", verbosity=0)
+    call_command("migrate", database="sqlite", verbosity=0)
+    yield
+    connections.close_all()
+    with _admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    sqlite.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def clean_db(webhook_databases: None) -> Iterator[None]:
+    """Empty tables before each test (both databases)."""
+    with connections["default"].cursor() as cur:
+        cur.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    with connections["sqlite"].cursor() as cur:
+        for table in TABLES:
+            cur.execute(f"DELETE FROM {table}")
+    yield
+    connections.close_all()
+
+
+# -- the receiver -----------------------------------------------------------------------------
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    verified: bool | None  # None: no secret registered for the path
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    port: int = 0
+    requests: list[Received] = field(default_factory=list)
+    secrets: dict[str, list[str]] = field(default_factory=dict)
+    # path -> callable(Received) -> (status, headers, body, delay seconds)
+    behaviour: dict[str, Callable[[Received], tuple[int, dict[str, str], bytes, float]]] = field(
+        default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def on(self, path: str, *answers: int | tuple[int, dict[str, str]],
+           delay: float = 0.0) -> None:
+        """Answer requests to ``path`` with these statuses in turn (the last one repeats)."""
+        queue = list(answers)
+
+        def answer(_: Received) -> tuple[int, dict[str, str], bytes, float]:
+            item = queue.pop(0) if len(queue) > 1 else queue[0]
+            status, headers = item if isinstance(item, tuple) else (item, {})
+            return status, headers, b"", delay
+
+        self.behaviour[path] = answer
+
+    def at(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
+
+    def wait_for(self, count: int, path: str | None = None, timeout: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.at(path) if path else list(self.requests)
+            if len(got) >= count:
+                return got
+            time.sleep(0.02)
+        got = self.at(path) if path else list(self.requests)
+        raise AssertionError(f"receiver got {len(got)} of {count} requests to {path or 'any'}")
+
+    def assert_all_verified(self) -> None:
+        bad = [r for r in self.requests if r.verified is False]
+        assert not bad, f"{len(bad)} requests failed standardwebhooks verification"
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            verified = None
+            path = self.path.split("?")[0]
+            for secret in receiver.secrets.get(path, []):
+                try:
+                    standardwebhooks.Webhook(secret).verify(body, headers)
+                except standardwebhooks.WebhookVerificationError:
+                    verified = False if verified is None else verified
+                else:
+                    verified = True
+                    break
+            received = Received(path, headers, body, time.time(), verified)
+            with receiver.lock:
+                receiver.requests.append(received)
+            answer = receiver.behaviour.get(path)
+            status, extra, out, delay = answer(received) if answer else (200, {}, b"ok", 0.0)
+            if delay:
+                time.sleep(delay)
+            try:
+                self.send_response(status)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+            except OSError:
+                pass  # the sender gave up (timeout) and closed
+
+    return Handler
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(rec))
+    server.daemon_threads = True
+    rec.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield rec
+    server.shutdown()
+    server.server_close()
+
+
+# -- running workers --------------------------------------------------------------------------
+
+def run_worker(*, database: str = "default", timeout: float = 60.0, **conf: Any) -> int:
+    """Run a worker in this process until nothing is due; returns attempts made."""
+    from django.test import override_settings
+
+    from clarion.django import worker as django_worker
+
+    webhooks = {"ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"], "DATABASE": database, **conf}
+    with override_settings(CLARION={"WEBHOOKS": webhooks}):
+        w = django_worker.build(exit_when_idle=True)
+
+    async def go() -> None:
+        await asyncio.wait_for(w.run(), timeout)
+
+    # The worker's database thread opens its own connections; close them when done.
+    try:
+        asyncio.run(go())
+    finally:
+        w.store.close()
+    return w.delivered
+
+
+def worker_env(**conf: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "webhook_apps.settings"
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["CLARION_TEST_WEBHOOKS"] = json.dumps(conf)
+    return env
+
+
+def spawn_worker(*args: str, **conf: Any) -> subprocess.Popen[bytes]:
+    """``python -m django clarion_worker`` in a subprocess, against the test databases."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", "clarion_worker", *args],
+        env=worker_env(**conf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
