@@ -16,6 +16,7 @@ def configure() -> None:
     if settings.configured:
         return
     os.environ.setdefault("CLARION_TEST_PG_DB", f"clarion_tests_{os.getpid()}")
-    os.environ.setdefault("CLARION_TEST_SQLITE", f"/tmp/clarion-webhook-tests-{os.getpid()}.sqlite3")
+    os.environ.setdefault(
+        "CLARION_TEST_SQLITE", f"/tmp/clarion-webhook-tests-{os.getpid()}.sqlite3")
     os.environ["DJANGO_SETTINGS_MODULE"] = "webhook_apps.settings"
     django.setup()

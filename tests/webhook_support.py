@@ -121,7 +121,9 @@ class Receiver:
         with self.lock:
             return [r for r in self.requests if r.path == path]
 
-    def wait_for(self, count: int, path: str | None = None, timeout: float = 30.0) -> list[Received]:
+    def wait_for(
+        self, count: int, path: str | None = None, timeout: float = 30.0
+    ) -> list[Received]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.at(path) if path else list(self.requests)
@@ -143,7 +145,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             return
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}

@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, router, transaction
@@ -104,7 +104,7 @@ class ListenerBuilder:
 class Hook:
     """A kind of event. Subclass it or instantiate it with keyword attributes."""
 
-    name: ClassVar[str] | str = ""
+    name: str = ""
     verbose_name: str = ""
     provides_args: Iterable[str] | None = None
     retry_schedule: Iterable[float] | None = None  # overrides the global schedule for this hook

@@ -15,8 +15,8 @@ database's own engine, so patterns are limited to the syntax both share (checked
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping
-from typing import Any
 
 _MISSING = object()
 _PYTHON_ONLY_REGEX = re.compile(r"\(\?P[<=]|\(\?#|\\[ZAbB]?[gNu]|\(\?[aLu]")
@@ -25,10 +25,10 @@ _PYTHON_ONLY_REGEX = re.compile(r"\(\?P[<=]|\(\?#|\\[ZAbB]?[gNu]|\(\?[aLu]")
 class Matcher:
     op: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         raise NotImplementedError
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         raise NotImplementedError
 
     def __and__(self, other: Matcher) -> Matcher:
@@ -56,10 +56,10 @@ class Any_(Matcher):
 
     op = "any"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         return {"op": "any"}
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return True
 
     def __repr__(self) -> str:
@@ -67,16 +67,16 @@ class Any_(Matcher):
 
 
 class _Valued(Matcher):
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: typing.Any) -> None:
         self.value = value
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         return {"op": self.op, "value": self.value}
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return present and self.check(value)
 
-    def check(self, value: Any) -> bool:
+    def check(self, value: typing.Any) -> bool:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -88,7 +88,7 @@ class Is(_Valued):
 
     op = "is"
 
-    def check(self, value: Any) -> bool:
+    def check(self, value: typing.Any) -> bool:
         return json_equal(value, self.value)
 
 
@@ -98,7 +98,7 @@ class _Text(_Valued):
             raise TypeError(f"{type(self).__name__} takes a string, not {type(value).__name__}")
         super().__init__(value)
 
-    def check(self, value: Any) -> bool:
+    def check(self, value: typing.Any) -> bool:
         return isinstance(value, str) and self.check_text(value)
 
     def check_text(self, value: str) -> bool:
@@ -145,7 +145,7 @@ class Contains(_Valued):
 
     op = "contains"
 
-    def check(self, value: Any) -> bool:
+    def check(self, value: typing.Any) -> bool:
         if isinstance(value, str):
             return isinstance(self.value, str) and self.value in value
         if isinstance(value, list):
@@ -158,25 +158,25 @@ class In(Matcher):
 
     op = "in"
 
-    def __init__(self, *values: Any) -> None:
+    def __init__(self, *values: typing.Any) -> None:
         if len(values) == 1 and isinstance(values[0], list | tuple | set | frozenset):
             values = tuple(values[0])
         self.values = list(values)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         return {"op": "in", "values": self.values}
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return present and any(json_equal(value, v) for v in self.values)
 
 
 class _Compare(_Valued):
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: typing.Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError(f"{type(self).__name__} compares numbers or strings")
         super().__init__(value)
 
-    def check(self, value: Any) -> bool:
+    def check(self, value: typing.Any) -> bool:
         if isinstance(value, bool):
             return False
         if isinstance(value, int | float) and isinstance(self.value, int | float):
@@ -185,35 +185,35 @@ class _Compare(_Valued):
             return self.compare(value, self.value)
         return False
 
-    def compare(self, a: Any, b: Any) -> bool:
+    def compare(self, a: typing.Any, b: typing.Any) -> bool:
         raise NotImplementedError
 
 
 class Gt(_Compare):
     op = "gt"
 
-    def compare(self, a: Any, b: Any) -> bool:
+    def compare(self, a: typing.Any, b: typing.Any) -> bool:
         return bool(a > b)
 
 
 class Gte(_Compare):
     op = "gte"
 
-    def compare(self, a: Any, b: Any) -> bool:
+    def compare(self, a: typing.Any, b: typing.Any) -> bool:
         return bool(a >= b)
 
 
 class Lt(_Compare):
     op = "lt"
 
-    def compare(self, a: Any, b: Any) -> bool:
+    def compare(self, a: typing.Any, b: typing.Any) -> bool:
         return bool(a < b)
 
 
 class Lte(_Compare):
     op = "lte"
 
-    def compare(self, a: Any, b: Any) -> bool:
+    def compare(self, a: typing.Any, b: typing.Any) -> bool:
         return bool(a <= b)
 
 
@@ -225,10 +225,10 @@ class Exists(Matcher):
     def __init__(self, value: bool = True) -> None:
         self.value = bool(value)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         return {"op": "exists", "value": self.value}
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return present is self.value
 
 
@@ -238,17 +238,17 @@ class And(Matcher):
     def __init__(self, *args: Matcher) -> None:
         self.args = [as_matcher(a) for a in args]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         return {"op": self.op, "args": [a.to_json() for a in self.args]}
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return all(a.test(present, value) for a in self.args)
 
 
 class Or(And):
     op = "or"
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return any(a.test(present, value) for a in self.args)
 
 
@@ -258,10 +258,10 @@ class Not(Matcher):
     def __init__(self, arg: Matcher) -> None:
         self.arg = as_matcher(arg)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         return {"op": "not", "arg": self.arg.to_json()}
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return not self.arg.test(present, value)
 
 
@@ -270,18 +270,18 @@ class Fields(Matcher):
 
     op = "fields"
 
-    def __init__(self, conditions: Mapping[str, Any]) -> None:
+    def __init__(self, conditions: Mapping[str, typing.Any]) -> None:
         self.conditions = compile_filter(conditions)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, typing.Any]:
         return {"op": "fields", "match": {k: m.to_json() for k, m in self.conditions.items()}}
 
-    def test(self, present: bool, value: Any) -> bool:
+    def test(self, present: bool, value: typing.Any) -> bool:
         return present and isinstance(value, dict) and matches(self.conditions, value)
 
 
 # The durian name is ``Any``; the class is ``Any_`` only so typing.Any stays usable here.
-Any = Any_  # noqa: N816
+Any = Any_
 
 _OPS: dict[str, type[Matcher]] = {
     cls.op: cls for cls in (Any_, Is, Startswith, Endswith, Like, Contains, In, Gt, Gte, Lt,
@@ -289,7 +289,7 @@ _OPS: dict[str, type[Matcher]] = {
 }
 
 
-def as_matcher(value: Any) -> Matcher:
+def as_matcher(value: typing.Any) -> Matcher:
     """A matcher as given, a dict as nested field conditions, anything else as ``Is(value)``."""
     if isinstance(value, Matcher):
         return value
@@ -298,11 +298,11 @@ def as_matcher(value: Any) -> Matcher:
     return Is(value)
 
 
-def compile_filter(conditions: Mapping[str, Any]) -> dict[str, Matcher]:
+def compile_filter(conditions: Mapping[str, typing.Any]) -> dict[str, Matcher]:
     return {str(k): as_matcher(v) for k, v in conditions.items()}
 
 
-def from_json(spec: Mapping[str, Any]) -> Matcher:
+def from_json(spec: Mapping[str, typing.Any]) -> Matcher:
     """Rebuild a matcher from its stored form; ValueError names what is wrong."""
     if not isinstance(spec, Mapping) or "op" not in spec:
         raise ValueError(f"a matcher is an object with an 'op', not {spec!r}")
@@ -330,15 +330,15 @@ def from_json(spec: Mapping[str, Any]) -> Matcher:
         raise ValueError(str(exc)) from None
 
 
-def filter_from_json(stored: Mapping[str, Any]) -> dict[str, Matcher]:
+def filter_from_json(stored: Mapping[str, typing.Any]) -> dict[str, Matcher]:
     return {k: from_json(v) for k, v in stored.items()}
 
 
-def filter_to_json(conditions: Mapping[str, Matcher]) -> dict[str, Any]:
+def filter_to_json(conditions: Mapping[str, Matcher]) -> dict[str, typing.Any]:
     return {k: m.to_json() for k, m in conditions.items()}
 
 
-def matches(conditions: Mapping[str, Matcher], data: Mapping[str, Any]) -> bool:
+def matches(conditions: Mapping[str, Matcher], data: Mapping[str, typing.Any]) -> bool:
     for name, matcher in conditions.items():
         value = data.get(name, _MISSING)
         if not matcher.test(value is not _MISSING, None if value is _MISSING else value):
@@ -346,11 +346,11 @@ def matches(conditions: Mapping[str, Matcher], data: Mapping[str, Any]) -> bool:
     return True
 
 
-def matches_json(stored: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+def matches_json(stored: Mapping[str, typing.Any], data: Mapping[str, typing.Any]) -> bool:
     return matches(filter_from_json(stored), data)
 
 
-def json_equal(a: Any, b: Any) -> bool:
+def json_equal(a: typing.Any, b: typing.Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, list) and isinstance(b, list):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,8 +20,9 @@ from django.utils import timezone
 class Listener(models.Model):  # type: ignore[misc]
     hook = models.CharField("event type", max_length=200, db_index=True)
     url = models.URLField("URL", max_length=2048)
-    match = models.JSONField("filter", default=dict, blank=True,
-                             help_text="Field conditions an event must meet (see clarion.django.match).")
+    match = models.JSONField(
+        "filter", default=dict, blank=True,
+        help_text="Field conditions an event must meet (see clarion.django.match).")
     secret = models.CharField("signing secret", max_length=200)
     previous_secrets = models.JSONField(default=list, blank=True, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
@@ -60,6 +62,55 @@ class Listener(models.Model):  # type: ignore[misc]
         keep.extend(old["secret"] for old in self.previous_secrets or [] if old["expires"] > at)
         return keep
 
+    def rotate_secret(self, grace: float | None = None, kind: str | None = None) -> str:
+        """A new signing secret; the old one keeps signing too for ``grace`` seconds
+        (``ROTATION_GRACE``, a day by default), so receivers can switch without a gap."""
+        from clarion.django.conf import webhook_settings
+        from clarion.webhooks.signing import generate_secret
+
+        conf = webhook_settings()
+        grace = conf.ROTATION_GRACE if grace is None else grace
+        now = timezone.now().timestamp()
+        kept = [old for old in self.previous_secrets or [] if old["expires"] > now]
+        if grace > 0:
+            kept.insert(0, {"secret": self.secret, "expires": now + grace})
+        self.previous_secrets = kept[:MAX_OLD_SECRETS]
+        self.secret = generate_secret(kind or conf.SECRET_KIND)  # type: ignore[arg-type]
+        self.save(update_fields=["secret", "previous_secrets", "updated_at"])
+        return str(self.secret)
+
+    def enable(self) -> None:
+        """Enable again, with a fresh failure clock. Deliveries failed meanwhile stay failed:
+        ``recover(since)`` sends them."""
+        self.active = True
+        self.disabled_reason = ""
+        self.disabled_at = None
+        self.first_failure_at = None
+        self.save(update_fields=["active", "disabled_reason", "disabled_at", "first_failure_at",
+                                 "updated_at"])
+
+    def disable(self, reason: str = "disabled by hand") -> None:
+        from clarion.django.store import disable_listener
+
+        disable_listener(self, reason)
+
+    def recover(self, since: Any) -> int:
+        """Send again, once each, every delivery to this listener that failed since ``since``
+        (at most ``RECOVER_WINDOW``, 14 days, back). Returns how many."""
+        from clarion.django.conf import webhook_settings
+
+        earliest = timezone.now() - timedelta(seconds=webhook_settings().RECOVER_WINDOW)
+        if since < earliest:
+            raise ValueError(f"recovery reaches back at most to {earliest.isoformat()}")
+        db = self._state.db or "default"
+        count: int = Delivery.objects.using(db).filter(
+            listener=self, status=Delivery.Status.FAILED, created_at__gte=since,
+        ).update(status=Delivery.Status.PENDING, manual=True, ended_at=None,
+                 next_attempt_at=timezone.now())
+        if count:
+            wake_workers(db)
+        return count
+
 
 class Event(models.Model):  # type: ignore[misc]
     msg_id = models.CharField("webhook-id", max_length=64, unique=True)
@@ -85,7 +136,7 @@ class Event(models.Model):  # type: ignore[misc]
 
 
 class Delivery(models.Model):  # type: ignore[misc]
-    class Status(models.TextChoices):
+    class Status(models.TextChoices):  # type: ignore[misc]
         PENDING = "pending"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
@@ -119,6 +170,15 @@ class Delivery(models.Model):  # type: ignore[misc]
 
     def __str__(self) -> str:
         return f"delivery {self.pk} ({self.status})"
+
+    def resend(self) -> None:
+        """One more attempt now, whatever the state; a failed manual attempt is not retried."""
+        db = self._state.db or "default"
+        Delivery.objects.using(db).filter(pk=self.pk).update(
+            status=Delivery.Status.PENDING, manual=True, ended_at=None,
+            next_attempt_at=timezone.now())
+        self.refresh_from_db(using=db)
+        wake_workers(db)
 
 
 class Attempt(models.Model):  # type: ignore[misc]
@@ -180,7 +240,24 @@ class ApiKey(models.Model):  # type: ignore[misc]
         key = cls.objects.select_related("owner").filter(prefix=parts[1], revoked=False).first()
         if key is None or not secrets.compare_digest(key.key_hash, _digest(raw)):
             return None
-        return key
+        found: ApiKey = key
+        return found
+
+
+MAX_OLD_SECRETS = 10  # Svix keeps ten
+
+
+def wake_workers(using: str) -> None:
+    """Tell idle workers there is work: NOTIFY on PostgreSQL (sent when the transaction
+    commits), and any in-process worker once it commits."""
+    from django.db import connections, transaction
+
+    from clarion.django.hooks import _wake
+
+    if connections[using].vendor == "postgresql":
+        with connections[using].cursor() as cur:
+            cur.execute("SELECT pg_notify('clarion_webhooks', '')")
+    transaction.on_commit(_wake, using=using)
 
 
 def _digest(raw: str) -> str:

@@ -98,7 +98,7 @@ class DjangoStore:
             if not events:
                 return 0
             now = timezone.now()
-            rows = []
+            rows: list[Delivery] = []
             for event in events:
                 candidates = Listener.objects.using(db).filter(hook=event.hook, active=True)
                 if event.owner_id is not None:
@@ -281,12 +281,13 @@ class DjangoStore:
         db = self.using
         if Event.objects.using(db).filter(dispatched_at__isnull=True).exists():
             return 0.0
-        first = (Delivery.objects.using(db)
-                 .filter(status=Delivery.Status.PENDING, listener__active=True)
-                 .aggregate(at=Min("next_attempt_at"))["at"])
+        first: datetime | None = (Delivery.objects.using(db)
+                                  .filter(status=Delivery.Status.PENDING, listener__active=True)
+                                  .aggregate(at=Min("next_attempt_at"))["at"])
         if first is None:
             return None
-        return max(0.0, (first - timezone.now()).total_seconds())
+        wait: float = (first - timezone.now()).total_seconds()
+        return max(0.0, wait)
 
     def wait(self, timeout: float) -> bool:
         woken = self._wake.wait(timeout)

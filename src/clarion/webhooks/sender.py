@@ -58,7 +58,8 @@ class Sender:
             )
             request_headers = [("Content-Type", "application/json"), *signed.items()]
             request_headers.extend(job.headers)
-            response = await self.transport.send(Request(target, request_headers, job.body, timeout))
+            request = Request(target, request_headers, job.body, timeout)
+            response = await self.transport.send(request)
         except TimeoutError:
             outcome = Outcome.OVERLOAD
             error = f"timed out after {timeout:g} s"
