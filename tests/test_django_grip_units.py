@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import django
 import pytest
-from django.conf import settings
 from django.http import HttpResponse, HttpResponseNotModified
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
+
+import django_env
 
 # Imported before settings exist: importing clarion.django.grip reads no settings.
 from clarion.django import grip
@@ -35,7 +35,6 @@ from clarion.errors import GripError, PublishError
 from clarion.protocol.grip import instruct as wire
 from clarion.protocol.grip import sig, wsevents
 from clarion.protocol.grip.items import parse_publish
-import django_env
 from conftest import free_port
 
 django_env.configure()

@@ -1,4 +1,4 @@
-"""``clarion`` on the command line: serve, demo, publish."""
+"""``clarion`` on the command line: serve, demo, worker, manage, publish."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
                                  "log_level": args.log_level}
     for name in ("grip_routes", "grip_host", "grip_port", "control_host", "control_port"):
         overrides[name] = getattr(args, name, None)
+    webhooks_db = getattr(args, "webhooks_db", None)
     if demo:
         overrides["demo"] = True
     config = load_config(args.config, overrides=overrides)
@@ -60,6 +61,9 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
 
     async def main() -> None:
         hub = Hub(config)
+        worker_task = None
+        if webhooks_db:
+            worker_task = _embed_webhooks(hub, webhooks_db)
         await hub.start()
         # Everything made so far (modules, config, the hub) lives as long as the process: keep
         # it out of the cycle collector's full passes, which otherwise stall the loop.
@@ -72,11 +76,69 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
                   f"Publish from a shell:  CLARION_API_KEY={config.api_key} clarion publish "
                   f"chat:lobby '{{\"text\": \"hello from the CLI\", \"user\": \"cli\"}}'",
                   flush=True)
-        await hub.serve_until_stopped()
+        if webhooks_db:
+            print(f"Webhooks API and dashboard on {hub.address}/webhooks/ "
+                  f"(database {webhooks_db}; add a user with: clarion manage --db "
+                  f"{webhooks_db} createsuperuser)", flush=True)
+        try:
+            await hub.serve_until_stopped()
+        finally:
+            if worker_task is not None:
+                worker_task.stop()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(main())
     return 0
+
+
+def _embed_webhooks(hub: Any, db: str) -> Any:
+    """Serve the built-in webhook app under /webhooks/ and run a delivery worker alongside."""
+    from clarion.django import embedded
+    from clarion.django import hooks as django_hooks
+    from clarion.django import worker as django_worker
+    from clarion.hub.wsgi import WsgiMount
+
+    embedded.configure(db)
+    hub.router.add_prefix("/webhooks/", WsgiMount(embedded.wsgi_app(), host=hub.config.host,
+                                                   port=hub.config.port))
+    worker = django_worker.build()
+    django_hooks._wakers.append(worker.store.wake)
+    task = asyncio.get_running_loop().create_task(worker.run())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return worker
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _django(args)
+    from clarion.django import worker
+
+    made = worker.run(exit_when_idle=args.exit_when_idle, concurrency=args.concurrency)
+    print(f"clarion worker: {made} attempts made", flush=True)
+    return 0
+
+
+def _manage(args: argparse.Namespace) -> int:
+    _django(args)
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["clarion manage", *args.args])
+    return 0
+
+
+def _django(args: argparse.Namespace) -> None:
+    """Django from ``--settings``/``$DJANGO_SETTINGS_MODULE``, else the built-in SQLite app."""
+    settings_module = args.settings or os.environ.get("DJANGO_SETTINGS_MODULE")
+    try:
+        import django
+    except ImportError:
+        raise ConfigError("webhooks need Django: pip install 'clarion[django]'") from None
+    if settings_module and not args.db:
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+        django.setup()
+        return
+    from clarion.django import embedded
+
+    embedded.configure(args.db or embedded.DEFAULT_DB)
 
 
 def _options(opts: dict[str, Any]) -> Any:
@@ -142,6 +204,24 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--control-host", help="publish API address (default 127.0.0.1)")
             g.add_argument("--control-port", type=int,
                            help="publish API port (default 5561)")
+            w = p.add_argument_group("webhooks without a Django project")
+            w.add_argument("--webhooks-db", metavar="FILE",
+                           help="SQLite file; serves the webhook API and dashboard under "
+                                "/webhooks/ and runs a delivery worker")
+
+    for name, help_text in (("worker", "deliver webhooks (the worker)"),
+                            ("manage", "run a Django management command on the webhook app")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--settings", help="Django settings module (default "
+                                          "$DJANGO_SETTINGS_MODULE, else the built-in app)")
+        p.add_argument("--db", help="SQLite file of the built-in app (default "
+                                    "clarion-webhooks.sqlite3)")
+        if name == "worker":
+            p.add_argument("--exit-when-idle", action="store_true",
+                           help="exit once nothing is due")
+            p.add_argument("--concurrency", type=int, help="attempts in flight at once")
+        else:
+            p.add_argument("args", nargs=argparse.REMAINDER, help="command and its arguments")
 
     p = sub.add_parser("publish", help="publish DATA (JSON) into CHANNEL through the API")
     p.add_argument("channel")
@@ -159,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args, demo=args.demo)
         if args.command == "demo":
             return _serve(args, demo=True)
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "manage":
+            return _manage(args)
         return _publish(args)
     except ConfigError as exc:
         print(f"clarion: {exc}", file=sys.stderr)

@@ -1,0 +1,86 @@
+"""A built-in Django configuration for running the webhook app without a Django project.
+
+``clarion serve --webhooks-db FILE``, ``clarion worker --db FILE`` and ``clarion manage`` use it,
+so FastAPI or Flask applications get the subscriptions API, the dashboard and durable delivery
+by talking HTTP to Clarion. Storage is one SQLite file (WAL mode: the dashboard reads while the
+worker writes); the secret key lives next to it, created on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "clarion-webhooks.sqlite3"
+PREFIX = "webhooks/"
+
+
+def _secret_key(db: Path) -> str:
+    env = os.environ.get("CLARION_SECRET_KEY")
+    if env:
+        return env
+    path = db.with_suffix(db.suffix + ".key")
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, Any] | None = None,
+              migrate: bool = True) -> None:
+    """Configure Django for the built-in app (once per process) and bring the database up to
+    date. ``webhooks`` is ``CLARION['WEBHOOKS']``."""
+    import django
+    from django.conf import settings
+
+    path = Path(db).resolve()
+    if not settings.configured:
+        settings.configure(
+            SECRET_KEY=_secret_key(path),
+            DEBUG=False,
+            ALLOWED_HOSTS=["*"],
+            USE_TZ=True,
+            ROOT_URLCONF="clarion.django.embedded_urls",
+            INSTALLED_APPS=[
+                "django.contrib.contenttypes", "django.contrib.auth",
+                "django.contrib.sessions", "django.contrib.messages", "clarion.django",
+            ],
+            MIDDLEWARE=[
+                "django.contrib.sessions.middleware.SessionMiddleware",
+                "django.middleware.common.CommonMiddleware",
+                "django.middleware.csrf.CsrfViewMiddleware",
+                "django.contrib.auth.middleware.AuthenticationMiddleware",
+                "django.contrib.messages.middleware.MessageMiddleware",
+            ],
+            TEMPLATES=[{
+                "BACKEND": "django.template.backends.django.DjangoTemplates",
+                "APP_DIRS": True,
+                "OPTIONS": {"context_processors": [
+                    "django.template.context_processors.request",
+                    "django.contrib.auth.context_processors.auth",
+                    "django.contrib.messages.context_processors.messages",
+                ]},
+            }],
+            DATABASES={"default": {
+                "ENGINE": "django.db.backends.sqlite3", "NAME": str(path),
+                "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+            }},
+            DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+            STATIC_URL=f"/{PREFIX}static/",
+            LOGIN_URL=f"/{PREFIX}accounts/login/",
+            LOGIN_REDIRECT_URL=f"/{PREFIX}",
+            CLARION={"WEBHOOKS": webhooks or {}},
+        )
+        django.setup()
+    if migrate:
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+
+
+def wsgi_app() -> Any:
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()
