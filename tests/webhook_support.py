@@ -207,11 +207,7 @@ def run_worker(*, database: str = "default", timeout: float = 60.0, **conf: Any)
     async def go() -> None:
         await asyncio.wait_for(w.run(), timeout)
 
-    # The worker's database thread opens its own connections; close them when done.
-    try:
-        asyncio.run(go())
-    finally:
-        w.store.close()
+    asyncio.run(go())  # the worker closes its own connections (its database thread's)
     return w.delivered
 
 

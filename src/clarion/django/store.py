@@ -487,6 +487,8 @@ class PostgresStore(DjangoStore):
                     self._drain(conn)
                     return True
             except Exception as exc:  # noqa: BLE001  # a lost LISTEN connection: reconnect later
+                if self._stop:
+                    return True  # closed under us at shutdown
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._close_listener()
                 return super().wait(min(timeout, 1.0))
@@ -524,6 +526,7 @@ class PostgresStore(DjangoStore):
                 self._listen = None
 
     def close(self) -> None:
+        self._stop = True
         self._close_listener()
         super().close()
 

@@ -41,10 +41,7 @@ async def serve(worker: Worker) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, worker.stop)
-    try:
-        await worker.run()
-    finally:
-        worker.store.close()
+    await worker.run()
 
 
 def run(*, exit_when_idle: bool = False, concurrency: int | None = None,

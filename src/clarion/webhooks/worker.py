@@ -148,6 +148,10 @@ class Worker:
                     await asyncio.wait(pending)
             await self._flush()
         finally:
+            self.store.wake()
+            # The store's connections belong to the database thread: close them there.
+            with contextlib.suppress(Exception):
+                await self._call(self.store.close)
             self._db.shutdown(wait=True)
             self.store.wake()
             self._waiter.shutdown(wait=False)
