@@ -106,14 +106,17 @@ class Receiver:
         return f"http://{host}:{self.port}{path}"
 
     def on(self, path: str, *answers: int | tuple[int, dict[str, str]],
-           delay: float = 0.0) -> None:
-        """Answer requests to ``path`` with these statuses in turn (the last one repeats)."""
+           delay: float = 0.0, body: bytes = b"") -> None:
+        """Answer requests to ``path`` with these statuses in turn (the last one repeats),
+        each with ``body`` (empty by default)."""
         queue = list(answers)
+        lock = threading.Lock()
 
         def answer(_: Received) -> tuple[int, dict[str, str], bytes, float]:
-            item = queue.pop(0) if len(queue) > 1 else queue[0]
+            with lock:
+                item = queue.pop(0) if len(queue) > 1 else queue[0]
             status, headers = item if isinstance(item, tuple) else (item, {})
-            return status, headers, b"", delay
+            return status, headers, body, delay
 
         self.behaviour[path] = answer
 
@@ -209,6 +212,34 @@ def run_worker(*, database: str = "default", timeout: float = 60.0, **conf: Any)
 
     asyncio.run(go())  # the worker closes its own connections (its database thread's)
     return w.delivered
+
+
+def settle(*, database: str = "default", horizon: float = 10.0, timeout: float = 120.0,
+           **conf: Any) -> int:
+    """Run in-process workers until no pending delivery falls due within ``horizon`` seconds
+    (sleeping until each retry is due); returns the attempts made in all."""
+    from django.db.models import Min
+    from django.utils import timezone
+
+    from clarion.django.models import Delivery, Event
+
+    deadline = time.monotonic() + timeout
+    made = 0
+    while True:
+        made += run_worker(database=database, timeout=timeout, **conf)
+        if Event.objects.using(database).filter(dispatched_at__isnull=True).exists():
+            continue
+        first = (Delivery.objects.using(database)
+                 .filter(status=Delivery.Status.PENDING, listener__active=True)
+                 .aggregate(at=Min("next_attempt_at"))["at"])
+        if first is None:
+            return made
+        wait = (first - timezone.now()).total_seconds()
+        if wait > horizon:
+            return made
+        if time.monotonic() + wait > deadline:
+            raise AssertionError(f"deliveries still pending after {timeout} s")
+        time.sleep(max(wait, 0) + 0.02)
 
 
 def worker_env(**conf: Any) -> dict[str, str]:
