@@ -23,6 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from clarion.django.conf import webhook_settings
 
 MAX_BODY = 1024 * 1024  # request bodies above 1 MiB get 413 (events are capped lower anyway)
+MAX_DRAIN = 16 * MAX_BODY
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Writing last_used_at on every request would turn each GET into a write; a minute is precise
 # enough to tell a used key from a forgotten one.
@@ -126,6 +127,7 @@ def read_json(request: HttpRequest, *, required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object; 413 above :data:`MAX_BODY`, 400 if malformed."""
     length = request.META.get("CONTENT_LENGTH") or ""
     if length.isdigit() and int(length) > MAX_BODY:
+        _drain(request, int(length))
         raise ApiError(413, f"the request body is over {MAX_BODY} bytes")
     # Read at most one byte past the limit: a chunked body has no Content-Length to check.
     raw = request.body if hasattr(request, "_body") else request.read(MAX_BODY + 1)
@@ -144,6 +146,15 @@ def read_json(request: HttpRequest, *, required: bool = True) -> dict[str, Any]:
     return value
 
 
+def _drain(request: HttpRequest, length: int) -> None:
+    """Read and drop a refused body (up to :data:`MAX_DRAIN`): a server that closes with unread
+    bytes makes the kernel reset the connection, and the client never sees the 413."""
+    if length > MAX_DRAIN:
+        return
+    while request.read(64 * 1024):
+        pass
+
+
 def database() -> str:
     return webhook_settings().DATABASE
 
@@ -155,9 +166,10 @@ def endpoint(public: bool = False, **handlers: Handler) -> Callable[..., HttpRes
     """A view dispatching on the method (``get=…, post=…``) to ``handler(request, caller,
     **url_kwargs)``; 405 with ``Allow`` for other methods. CSRF is checked in
     :func:`authenticate` for session callers only, hence ``csrf_exempt``."""
-    allowed = sorted(m.upper() for m in handlers)
-    if "GET" in allowed and "HEAD" not in allowed:
-        allowed.append("HEAD")
+    allowed = {m.upper() for m in handlers}
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    allow = ", ".join(sorted(allowed))
 
     def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
         method = request.method or "GET"
@@ -165,8 +177,8 @@ def endpoint(public: bool = False, **handlers: Handler) -> Callable[..., HttpRes
                                                    else None)
         try:
             if handler is None:
-                raise ApiError(405, f"{method} is not allowed here; use {', '.join(allowed)}",
-                               headers={"Allow": ", ".join(allowed)})
+                raise ApiError(405, f"{method} is not allowed here; use {allow}",
+                               headers={"Allow": allow})
             if public:
                 return handler(request, **kwargs)
             return handler(request, authenticate(request), **kwargs)
