@@ -11,17 +11,15 @@ from typing import Any
 
 import pytest
 import standardwebhooks
+from django.db import transaction
+from django.test import override_settings
 
+from clarion.django.match import Startswith
+from clarion.django.models import Delivery, Event, Listener
+from clarion.errors import AddressRejected, PayloadTooLarge
+from webhook_apps.people.hooks import MyHook, PersonHook
+from webhook_apps.people.models import Person
 from webhook_support import Receiver, clean_db, receiver, run_worker, webhook_databases
-
-from django.db import transaction  # noqa: E402
-from django.test import override_settings  # noqa: E402
-
-from clarion.django.match import Startswith  # noqa: E402
-from clarion.django.models import Delivery, Event, Listener  # noqa: E402
-from clarion.errors import AddressRejected, PayloadTooLarge  # noqa: E402
-from webhook_apps.people.hooks import MyHook, PersonHook  # noqa: E402
-from webhook_apps.people.models import Person  # noqa: E402
 
 __all__ = ["clean_db", "receiver", "webhook_databases"]
 
@@ -53,7 +51,7 @@ def test_durian_example_end_to_end(clean_db: None, receiver: Receiver, db: str) 
     joe = save_listener(receiver, PersonHook(), "/joe", db, name="Joe")
     js = save_listener(receiver, PersonHook(), "/j", db, name=Startswith("J"))
     everyone = save_listener(receiver, PersonHook(), "/all", db)
-    mine = save_listener(receiver, MyHook(), "/my", db)
+    save_listener(receiver, MyHook(), "/my", db)
     assert Listener.objects.using(db).count() == 4
     assert joe.match == {"name": {"op": "is", "value": "Joe"}}
     assert js.match == {"name": {"op": "startswith", "value": "J"}}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from hypothesis import given

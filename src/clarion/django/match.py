@@ -14,12 +14,22 @@ database's own engine, so patterns are limited to the syntax both share (checked
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from collections.abc import Mapping
+from decimal import Decimal
 
 _MISSING = object()
-_PYTHON_ONLY_REGEX = re.compile(r"\(\?P[<=]|\(\?#|\\[ZAbB]?[gNu]|\(\?[aLu]")
+_PYTHON_ONLY_REGEX = re.compile(
+    r"\(\?P[<=]|\(\?#|\\[ZAbB]?[gNu]|\(\?[aLu]"
+    # Python syntax PostgreSQL cannot compile (an error there stops dispatch for every hook) or
+    # reads differently: atomic groups, possessive quantifiers, conditional groups, scoped or
+    # m/s/a/L/u inline flags, \b and \B (backspace and backslash there), POSIX classes inside
+    # brackets ([[:alpha:]] is a set of characters in Python), and {,n}.
+    r"|\(\?>|(?<!\\)[*+?}]\+|\(\?\(|\(\?[aiLmsux-]*[aLmsu]|\(\?[aiLmsux-]+:"
+    r"|\\[bB]|\[[^\]\\]*\[[:=.]|(?<!\\)\{,"
+)
 
 
 class Matcher:
@@ -132,8 +142,10 @@ class Like(_Text):
             raise ValueError(f"Like({value!r}) is not a valid regular expression: {exc}") from None
         if _PYTHON_ONLY_REGEX.search(value):
             raise ValueError(
-                f"Like({value!r}) uses syntax only Python's re knows (named groups, comments, "
-                "\\N, \\u, \\g, inline a/L/u flags); filters must also run in the database"
+                f"Like({value!r}) uses syntax only Python's re knows, or that PostgreSQL reads "
+                "differently (named groups, comments, \\N, \\u, \\g, \\b, \\B, atomic groups, "
+                "possessive quantifiers, inline a/L/m/s/u flags, [[:class:]], {,n}); filters "
+                "must also run in the database"
             )
 
     def check_text(self, value: str) -> bool:
@@ -180,6 +192,8 @@ class _Compare(_Valued):
         if isinstance(value, bool):
             return False
         if isinstance(value, int | float) and isinstance(self.value, int | float):
+            if _mixed(value, self.value):
+                return self.compare(_as_written(value), _as_written(self.value))
             return self.compare(value, self.value)
         if isinstance(value, str) and isinstance(self.value, str):
             return self.compare(value, self.value)
@@ -350,9 +364,24 @@ def matches_json(stored: Mapping[str, typing.Any], data: Mapping[str, typing.Any
     return matches(filter_from_json(stored), data)
 
 
+def _as_written(value: typing.Any) -> typing.Any:
+    """A number as JSON carries it (and PostgreSQL compares it): a float by its shortest repr,
+    so that 1e23 equals 100000000000000000000000 and not the binary float's exact value."""
+    if isinstance(value, float) and math.isfinite(value):
+        return Decimal(repr(value))
+    return value
+
+
+def _mixed(a: typing.Any, b: typing.Any) -> bool:
+    """An int and a float (not bools): compared as written, not by binary value."""
+    return isinstance(a, int | float) and isinstance(b, int | float) and type(a) is not type(b)
+
+
 def json_equal(a: typing.Any, b: typing.Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
+    if _mixed(a, b):
+        return bool(_as_written(a) == _as_written(b))
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
