@@ -14,11 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
-from django.contrib.auth.models import User
 
-from clarion.django.models import ApiKey, Delivery, Event
+import django_env
 from conftest import _stop, _wait_until, free_port
-from webhook_support import (
+
+django_env.configure()  # before anything imports Django models
+
+from django.contrib.auth.models import User  # noqa: E402
+
+from clarion.django.models import ApiKey, Delivery, Event  # noqa: E402
+from webhook_support import (  # noqa: E402
     TESTS,
     Receiver,
     clean_db,
