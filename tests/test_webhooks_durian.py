@@ -2,6 +2,7 @@
 and on SQLite; rolled-back changes deliver nothing; the address policy and payload limits as
 listeners are saved and events sent."""
 
+# ruff: noqa: E402  (Django is configured before the imports that need it)
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,11 @@ from typing import Any
 
 import pytest
 import standardwebhooks
+
+import django_env
+
+django_env.configure()
+
 from django.db import transaction
 from django.test import override_settings
 

@@ -6,6 +6,7 @@ exactly the answer of the pure-Python definition, for every matcher, on any JSON
 filters and events are written as rows, dispatched, and the Delivery rows compared with Python.
 """
 
+# ruff: noqa: E402  (Django is configured before the imports that need it)
 from __future__ import annotations
 
 import json
@@ -13,6 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+import django_env
+
+django_env.configure()
+
 from django.db import connections
 from django.utils import timezone
 from hypothesis import HealthCheck, example, given, settings
