@@ -305,6 +305,12 @@ def test_request_errors(alice: Api, receiver: Receiver) -> None:
     errors(alice.post("/subscriptions", json=[1, 2]), 400)
     errors(alice.post("/subscriptions", content=b""), 400)
     errors(alice.post("/subscriptions", content=b" " * (1024 * 1024 + 1)), 413)
+    # Chunked bodies (no Content-Length) are read, and capped, too.
+    chunks = [b" "] * 3 + [b" " * (256 * 1024)] * 4
+    errors(alice.post("/subscriptions", content=iter(chunks)), 413)
+    r = alice.post("/subscriptions", content=iter([b'{"hook": "myhook", ', b'"url": "%s"}' % (
+        url.encode())]))
+    assert r.status_code == 201, r.text
     errors(alice.get("/subscriptions", params={"limit": "x"}), 400)
     errors(alice.get("/subscriptions", params={"active": "maybe"}), 400)
     errors(alice.get("/subscriptions/999999"), 404)

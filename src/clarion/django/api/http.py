@@ -129,8 +129,19 @@ def read_json(request: HttpRequest, *, required: bool = True) -> dict[str, Any]:
     if length.isdigit() and int(length) > MAX_BODY:
         _drain(request, int(length))
         raise ApiError(413, f"the request body is over {MAX_BODY} bytes")
-    # Read at most one byte past the limit: a chunked body has no Content-Length to check.
-    raw = request.body if hasattr(request, "_body") else request.read(MAX_BODY + 1)
+    environ = getattr(request, "environ", {})
+    if hasattr(request, "_body"):
+        raw = request.body
+    elif not length and environ.get("wsgi.input_terminated"):
+        # A chunked body under WSGI: Django reads no body without a Content-Length, but a
+        # server that sets wsgi.input_terminated (gunicorn) ends the stream where the body does.
+        stream = environ["wsgi.input"]
+        raw = stream.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            _drain(stream, MAX_DRAIN)
+    else:
+        # At most one byte past the limit (under ASGI, Django has read the body already).
+        raw = request.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"the request body is over {MAX_BODY} bytes")
     if not raw.strip():
@@ -146,13 +157,15 @@ def read_json(request: HttpRequest, *, required: bool = True) -> dict[str, Any]:
     return value
 
 
-def _drain(request: HttpRequest, length: int) -> None:
+def _drain(stream: Any, length: int) -> None:
     """Read and drop a refused body (up to :data:`MAX_DRAIN`): a server that closes with unread
     bytes makes the kernel reset the connection, and the client never sees the 413."""
-    if length > MAX_DRAIN:
-        return
-    while request.read(64 * 1024):
-        pass
+    left = MAX_DRAIN
+    while length <= MAX_DRAIN and left > 0:
+        chunk = stream.read(64 * 1024)
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def database() -> str:
