@@ -224,3 +224,45 @@ def test_api_keys_page(server: str, clean_db: None, browser: Any) -> None:
     assert api.get("/webhooks/api/subscriptions", headers={
         "Authorization": f"Bearer {raw}", "Cookie": ""}).status == 401
     page.context.close()
+
+
+def test_admin_pages(server: str, clean_db: None, receiver: Receiver) -> None:
+    """The Django admin lists listeners without their secrets, shows deliveries with their
+    attempts inline, and its actions work (no browser needed: plain HTTP with a session)."""
+    import httpx
+
+    root, _ = user("root", staff=True)
+    listener = hooks.get_hook("myhook").listener(url=receiver.url("/adm")).save(owner=root)
+    hooks.get_hook("myhook").send(None, name="Joe")
+    worker()
+    receiver.wait_for(1, "/adm")
+    with httpx.Client(base_url=server, timeout=30) as http:
+        http.get("/admin/login/")
+        r = http.post("/admin/login/?next=/admin/", data={
+            "username": "root", "password": "pw-root",
+            "csrfmiddlewaretoken": http.cookies["csrftoken"]})
+        assert r.status_code == 302, r.text
+        for path in ["/admin/clarion/listener/", f"/admin/clarion/listener/{listener.pk}/change/",
+                     "/admin/clarion/event/", "/admin/clarion/delivery/",
+                     "/admin/clarion/apikey/"]:
+            page = http.get(path)
+            assert page.status_code == 200, path
+            assert listener.secret not in page.text, path
+        delivery = listener.deliveries.get()
+        page = http.get(f"/admin/clarion/delivery/{delivery.pk}/change/")
+        assert page.status_code == 200 and "attempt" in page.text.lower()
+        r = http.post("/admin/clarion/listener/", data={
+            "action": "rotate_secrets", "_selected_action": [listener.pk],
+            "csrfmiddlewaretoken": http.cookies["csrftoken"]})
+        assert r.status_code == 302
+        assert Listener.objects.get().secret != listener.secret
+        r = http.post("/admin/clarion/listener/", data={
+            "action": "disable_listeners", "_selected_action": [listener.pk],
+            "csrfmiddlewaretoken": http.cookies["csrftoken"]})
+        assert r.status_code == 302 and Listener.objects.get().active is False
+        r = http.post("/admin/clarion/delivery/", data={
+            "action": "resend", "_selected_action": [delivery.pk],
+            "csrfmiddlewaretoken": http.cookies["csrftoken"]})
+        assert r.status_code == 302
+        delivery.refresh_from_db()
+        assert delivery.status == "pending" and delivery.manual is True
