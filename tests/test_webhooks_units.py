@@ -289,8 +289,6 @@ def test_settings_bad_networks_and_schedule_fail_when_used() -> None:
         conf.retry()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: conf.webhook_settings does not check LEASE, "
-                   "RETENTION, HTTPS_ONLY or DATABASE; a bad value passes and fails later")
 @pytest.mark.parametrize("webhooks", [
     {"LEASE": "30"}, {"RETENTION": "90 days"}, {"HTTPS_ONLY": "no"}, {"DATABASE": 0},
 ])

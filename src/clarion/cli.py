@@ -61,9 +61,9 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
 
     async def main() -> None:
         hub = Hub(config)
-        worker_task = None
+        embedded = None
         if webhooks_db:
-            worker_task = _embed_webhooks(hub, webhooks_db)
+            embedded = _embed_webhooks(hub, webhooks_db)
         await hub.start()
         # Everything made so far (modules, config, the hub) lives as long as the process: keep
         # it out of the cycle collector's full passes, which otherwise stall the loop.
@@ -83,8 +83,10 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
         try:
             await hub.serve_until_stopped()
         finally:
-            if worker_task is not None:
-                worker_task.stop()
+            if embedded is not None:
+                worker, task = embedded
+                worker.stop()
+                await asyncio.wait_for(task, 30)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(main())
@@ -104,14 +106,25 @@ def _embed_webhooks(hub: Any, db: str) -> Any:
     worker = django_worker.build()
     django_hooks._wakers.append(worker.store.wake)
     task = asyncio.get_running_loop().create_task(worker.run())
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    return worker
+
+    def ended(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            print(f"clarion: the webhook worker stopped: {t.exception()!r}", file=sys.stderr,
+                  flush=True)
+            hub.stop()
+
+    task.add_done_callback(ended)
+    return worker, task
 
 
 def _worker(args: argparse.Namespace) -> int:
     _django(args)
     from clarion.django import worker
 
+    if args.metrics_port:
+        import prometheus_client
+
+        prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1")
     made = worker.run(exit_when_idle=args.exit_when_idle, concurrency=args.concurrency)
     print(f"clarion worker: {made} attempts made", flush=True)
     return 0
@@ -220,6 +233,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--exit-when-idle", action="store_true",
                            help="exit once nothing is due")
             p.add_argument("--concurrency", type=int, help="attempts in flight at once")
+            p.add_argument("--metrics-port", type=int,
+                           help="serve Prometheus /metrics on 127.0.0.1:PORT")
         else:
             p.add_argument("args", nargs=argparse.REMAINDER, help="command and its arguments")
 

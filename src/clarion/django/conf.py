@@ -82,6 +82,14 @@ def webhook_settings() -> WebhookSettings:
             if isinstance(value, str) or not isinstance(value, list | tuple):
                 raise ImproperlyConfigured(f"{where} must be a list")
             value = tuple(value)
+        if key in ("LEASE", "RETENTION") and value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise ImproperlyConfigured(f"{where} must be a positive number of seconds or None")
+        if key == "HTTPS_ONLY" and not isinstance(value, bool):
+            raise ImproperlyConfigured(f"{where} must be True or False")
+        if key == "DATABASE" and value not in settings.DATABASES:
+            raise ImproperlyConfigured(f"{where} must name one of DATABASES: "
+                                       f"{sorted(settings.DATABASES)}")
         if key == "SECRET_KIND" and value not in ("hmac", "ed25519"):
             raise ImproperlyConfigured(f"{where} must be 'hmac' or 'ed25519'")
         values[key] = value

@@ -84,6 +84,7 @@ class ListenerBuilder:
         from clarion.django.models import Listener
 
         opts = {**self.options, **options}
+        using = opts.pop("using", None)
         url = opts.pop("url", self.url)
         if not url:
             raise ValueError("a listener needs a url")
@@ -97,7 +98,7 @@ class ListenerBuilder:
             **opts,
         )
         listener.full_clean(exclude=["url", "secret"])
-        listener.save(using=opts.get("using") or conf.DATABASE)
+        listener.save(using=using or conf.DATABASE)
         return listener
 
 
@@ -167,7 +168,8 @@ class Hook:
 
         conf = webhook_settings()
         owner = self.owner_for(sender, fields)
-        data = json.loads(json.dumps(self.prepare_payload(sender, **fields), cls=DjangoJSONEncoder))
+        encoded = json.dumps(self.prepare_payload(sender, **fields), cls=DjangoJSONEncoder)
+        data = json.loads(encoded)
         msg_id = new_message_id()
         now = datetime.now(UTC)
         body = json.dumps(self.build_body(data, msg_id, now), cls=DjangoJSONEncoder,
@@ -180,6 +182,9 @@ class Hook:
             )
         db = using or conf.DATABASE
         schedule = list(self.retry_schedule) if self.retry_schedule is not None else None
+        if "\\u0000" in encoded:
+            # PostgreSQL's jsonb cannot hold NUL: filters see U+FFFD; the body keeps the NUL.
+            data = json.loads(encoded.replace("\\u0000", "\\ufffd"))
         event = Event.objects.using(db).create(
             msg_id=msg_id, hook=self.name, payload=body, data=data, retry_schedule=schedule,
             owner_id=owner.pk if isinstance(owner, models.Model) else owner,

@@ -137,7 +137,7 @@ class Like(_Text):
     def __init__(self, value: str) -> None:
         super().__init__(value)
         try:
-            self._re = re.compile(value)
+            re.compile(value)
         except re.error as exc:
             raise ValueError(f"Like({value!r}) is not a valid regular expression: {exc}") from None
         if _PYTHON_ONLY_REGEX.search(value):
@@ -147,9 +147,33 @@ class Like(_Text):
                 "possessive quantifiers, inline a/L/m/s/u flags, [[:class:]], {,n}); filters "
                 "must also run in the database"
             )
+        # PostgreSQL's engine reads the stored pattern: "." matches a newline, "$" only the
+        # very end, and \d \s \w are ASCII classes. Python evaluates it the same way.
+        self._re = re.compile(_end_anchors(value), re.DOTALL | re.ASCII)
 
     def check_text(self, value: str) -> bool:
         return self._re.search(value) is not None
+
+
+def _end_anchors(pattern: str) -> str:
+    r"""``$`` outside brackets as ``\Z``: the end of the string, never before a last newline."""
+    out = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]" or pattern[i - 1] == "["
+        elif c == "[":
+            in_class = True
+        elif c == "$":
+            c = r"\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 class Contains(_Valued):

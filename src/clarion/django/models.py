@@ -172,11 +172,14 @@ class Delivery(models.Model):  # type: ignore[misc]
         return f"delivery {self.pk} ({self.status})"
 
     def resend(self) -> None:
-        """One more attempt now, whatever the state; a failed manual attempt is not retried."""
+        """One more attempt now. A delivery that has ended gets a single manual attempt (not
+        retried if it fails); one still retrying just moves its next attempt to now."""
         db = self._state.db or "default"
-        Delivery.objects.using(db).filter(pk=self.pk).update(
-            status=Delivery.Status.PENDING, manual=True, ended_at=None,
-            next_attempt_at=timezone.now())
+        now = timezone.now()
+        rows = Delivery.objects.using(db).filter(pk=self.pk)
+        if not rows.filter(status=Delivery.Status.PENDING).update(next_attempt_at=now):
+            rows.update(status=Delivery.Status.PENDING, manual=True, ended_at=None,
+                        next_attempt_at=now)
         self.refresh_from_db(using=db)
         wake_workers(db)
 

@@ -42,10 +42,13 @@ def _json(value: Any) -> Any:
 
 
 def _body_text(body: bytes) -> tuple[str, bool]:
-    try:
-        return body.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return base64.b64encode(body).decode("ascii"), True
+    # A capture cut inside a multi-byte character is still text: drop the partial character.
+    for cut in range(4):
+        try:
+            return body[: len(body) - cut].decode("utf-8"), False
+        except UnicodeDecodeError:
+            continue
+    return base64.b64encode(body).decode("ascii"), True
 
 
 def _at(ts: float) -> datetime:
@@ -72,7 +75,11 @@ def _schedule(*values: Any) -> tuple[float, ...] | None:
     for value in values:
         value = _json(value)
         if value is not None:
-            return tuple(float(v) for v in value)
+            try:
+                return tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                log.warning("ignoring a retry schedule that is not a list of seconds: %r", value)
+                return None
     return None
 
 
@@ -101,7 +108,10 @@ class DjangoStore:
             rows: list[Delivery] = []
             for event in events:
                 candidates = Listener.objects.using(db).filter(hook=event.hook, active=True)
-                if event.owner_id is not None:
+                if event.hook.startswith(OPERATIONAL_PREFIX):
+                    # about one owner's listener: never to anyone else (nor app-wide ones)
+                    candidates = candidates.filter(owner_id=event.owner_id)
+                elif event.owner_id is not None:
                     candidates = candidates.filter(Q(owner_id=None) | Q(owner_id=event.owner_id))
                 if vendor == "sqlite":
                     ids = list(candidates.extra(
@@ -152,8 +162,9 @@ class DjangoStore:
             if not due:
                 return []
             now = timezone.now()
+            longest = max(lease, *((d.listener.timeout or 0) + 10 for d in due))
             Delivery.objects.using(db).filter(id__in=[d.id for d in due]).update(
-                next_attempt_at=now + timedelta(seconds=lease)
+                next_attempt_at=now + timedelta(seconds=longest)
             )
             jobs = [self._job(d, now.timestamp()) for d in due]
             return self._rate_limit(jobs, {d.listener_id: d.listener.rate_limit for d in due})
@@ -342,6 +353,8 @@ class PostgresStore(DjangoStore):
                   SELECT ev.id, l.id, 'pending', 0, now(), false, '', now()
                   FROM ev JOIN clarion_listener l ON l.hook = ev.hook AND l.active
                     AND (ev.owner_id IS NULL OR l.owner_id IS NULL OR l.owner_id = ev.owner_id)
+                    AND (ev.hook NOT LIKE 'clarion.%%'
+                         OR l.owner_id IS NOT DISTINCT FROM ev.owner_id)
                     AND clarion_match(l."match", ev.data)
                   ORDER BY ev.id, l.id
                   ON CONFLICT DO NOTHING
@@ -367,7 +380,8 @@ class PostgresStore(DjangoStore):
                         AND p.status = 'pending' AND p.id < d.id))
                   ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE OF d SKIP LOCKED
                 )
-                UPDATE clarion_delivery d SET next_attempt_at = now() + make_interval(secs => %s)
+                UPDATE clarion_delivery d SET next_attempt_at = now() + make_interval(
+                  secs => GREATEST(%s, coalesce(l.timeout, 0) + 10))
                 FROM c, clarion_event e, clarion_listener l
                 WHERE d.id = c.id AND e.id = d.event_id AND l.id = d.listener_id
                 RETURNING d.id, d.listener_id, d.attempts, d.manual, e.msg_id, e.hook, e.payload,

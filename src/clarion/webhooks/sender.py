@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
-from clarion.errors import AddressRejected, WebhookError
+from clarion.errors import AddressRejected, ConfigError, WebhookError
 from clarion.webhooks.addresses import AddressPolicy
 from clarion.webhooks.retry import Outcome, RetryPolicy, classify, parse_retry_after
 from clarion.webhooks.signing import SigningKey, signature_headers
@@ -79,7 +79,10 @@ class Sender:
             if outcome is not Outcome.SUCCESS:
                 retry_after = parse_retry_after(response.header("retry-after"), started)
         duration_ms = round((time.perf_counter() - t0) * 1000)
-        policy = RetryPolicy.from_schedule(job.schedule, self.retry)
+        try:
+            policy = RetryPolicy.from_schedule(job.schedule, self.retry)
+        except ConfigError:
+            policy = self.retry  # a broken override must not stall the delivery
         next_in = None if job.manual else policy.delay(job.attempt, outcome, retry_after)
         return AttemptResult(job, started, duration_ms, outcome, status, headers, body, error,
                              next_in)

@@ -1,7 +1,7 @@
 """The contract between the delivery worker and where deliveries live.
 
 The worker never touches a database; it calls a :class:`Store`. The Django app's store
-(``clarion.django.webhooks.store``) implements it on the ORM's tables, with PostgreSQL's
+(``clarion.django.store``) implements it on the ORM's tables, with PostgreSQL's
 ``FOR UPDATE SKIP LOCKED`` and ``LISTEN/NOTIFY`` where available. A store's methods are
 blocking: the worker runs them on one thread of its own, so a store may hold a connection per
 thread, as Django's do.

@@ -85,6 +85,12 @@ class Worker:
                     for job in jobs:
                         self._spawn(job)
                 await self._flush()
+                if cfg.retention and time.monotonic() >= next_cleanup:
+                    # Housekeeping runs on schedule even when the worker is never idle.
+                    removed = await self._call(self.store.cleanup, cfg.retention)
+                    if removed:
+                        log.info("removed %d events older than the retention period", removed)
+                    next_cleanup = time.monotonic() + cfg.cleanup_interval
                 if jobs or dispatched >= cfg.batch:
                     continue
                 if self._in_flight:
@@ -94,11 +100,6 @@ class Worker:
                     continue
                 if dispatched:
                     continue
-                if cfg.retention and time.monotonic() >= next_cleanup:
-                    removed = await self._call(self.store.cleanup, cfg.retention)
-                    if removed:
-                        log.info("removed %d events older than the retention period", removed)
-                    next_cleanup = time.monotonic() + cfg.cleanup_interval
                 due = await self._call(self.store.next_due)
                 if due == 0:
                     continue

@@ -55,7 +55,13 @@ BEGIN
     p := spec->>'value';
     IF op = 'startswith' THEN RETURN left(s, length(p)) = p; END IF;
     IF op = 'endswith' THEN RETURN length(p) = 0 OR right(s, length(p)) = p; END IF;
-    RETURN s ~ p;
+    -- Like() refuses patterns the two engines read differently; a bad one that slips in
+    -- (written to the table by hand) matches nothing instead of failing the whole fan-out.
+    BEGIN
+      RETURN s ~ p;
+    EXCEPTION WHEN invalid_regular_expression THEN
+      RETURN false;
+    END;
   END IF;
   IF op IN ('gt', 'gte', 'lt', 'lte') THEN
     IF jsonb_typeof(val) = 'number' AND jsonb_typeof(spec->'value') = 'number' THEN

@@ -19,12 +19,18 @@ class Command(BaseCommand):  # type: ignore[misc]
                             help="exit once nothing is due (for scripts and tests)")
         parser.add_argument("--concurrency", type=int, default=None,
                             help="attempts in flight at once (default CONCURRENCY, 1000)")
+        parser.add_argument("--metrics-port", type=int, default=None,
+                            help="serve Prometheus /metrics on 127.0.0.1:PORT")
         parser.add_argument("--database", default=None,
                             help="database alias (default CLARION['WEBHOOKS']['DATABASE'])")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["verbosity"] > 1:
             logging.getLogger("clarion.webhooks").setLevel(logging.INFO)
+        if options["metrics_port"]:
+            import prometheus_client
+
+            prometheus_client.start_http_server(options["metrics_port"], addr="127.0.0.1")
         made = worker.run(exit_when_idle=options["exit_when_idle"],
                           concurrency=options["concurrency"], using=options["database"])
         if options["verbosity"]:
