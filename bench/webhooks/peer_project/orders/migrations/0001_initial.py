@@ -1,0 +1,17 @@
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies: list[tuple[str, str]] = []
+    operations = [
+        migrations.CreateModel(
+            name="Order",
+            fields=[
+                ("id", models.AutoField(auto_created=True, primary_key=True, serialize=False,
+                                        verbose_name="ID")),
+                ("n", models.IntegerField()),
+                ("sent_at", models.FloatField()),
+            ],
+        ),
+    ]
