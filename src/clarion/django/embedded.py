@@ -69,7 +69,7 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
             }},
             DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
             STATIC_URL=f"/{PREFIX}static/",
-            LOGIN_URL=f"/{PREFIX}accounts/login/",
+            LOGIN_URL=f"/{PREFIX}login/",
             LOGIN_REDIRECT_URL=f"/{PREFIX}",
             CLARION={"WEBHOOKS": webhooks or {}},
         )

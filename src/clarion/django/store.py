@@ -112,7 +112,7 @@ class DjangoStore:
                     # about one owner's listener: never to anyone else (nor app-wide ones)
                     candidates = candidates.filter(owner_id=event.owner_id)
                 elif event.owner_id is not None:
-                    candidates = candidates.filter(Q(owner_id=None) | Q(owner_id=event.owner_id))
+                    candidates = candidates.filter(owner_id=event.owner_id)
                 if vendor == "sqlite":
                     ids = list(candidates.extra(
                         where=['clarion_match("clarion_listener"."match", %s)'],
@@ -352,7 +352,7 @@ class PostgresStore(DjangoStore):
                     next_attempt_at, manual, last_error, created_at)
                   SELECT ev.id, l.id, 'pending', 0, now(), false, '', now()
                   FROM ev JOIN clarion_listener l ON l.hook = ev.hook AND l.active
-                    AND (ev.owner_id IS NULL OR l.owner_id IS NULL OR l.owner_id = ev.owner_id)
+                    AND (ev.owner_id IS NULL OR l.owner_id = ev.owner_id)
                     AND (ev.hook NOT LIKE 'clarion.%%'
                          OR l.owner_id IS NOT DISTINCT FROM ev.owner_id)
                     AND clarion_match(l."match", ev.data)

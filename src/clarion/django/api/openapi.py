@@ -152,7 +152,7 @@ SCHEMAS: dict[str, Any] = {
         "data": {"type": "object", "description": "the event's fields; only the hook's "
                                                   "provides_args are kept"},
         "owner": {"type": "integer", "description": "staff only: deliver only to this user's "
-                                                    "(and unowned) subscriptions"},
+                                                    "subscriptions"},
     }},
     "Event": {"type": "object", "properties": {
         "id": {"type": "integer"}, "msg_id": {"type": "string"}, "type": {"type": "string"},

@@ -249,8 +249,7 @@ def resend(request: HttpRequest, caller: Caller, pk: int) -> HttpResponse:
 
 def send_event(request: HttpRequest, caller: Caller) -> HttpResponse:
     """Staff send to every listener (or to one owner's with ``"owner": <user id>``); anyone
-    else's events reach only their own listeners (and unowned ones, as events sent from code
-    with an owner do)."""
+    else's events reach only their own listeners."""
     data = read_json(request)
     _unknown(data, frozenset({"type", "data", "owner"}))
     try:
