@@ -46,6 +46,11 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     for name in ("grip_routes", "grip_host", "grip_port", "control_host", "control_port"):
         overrides[name] = getattr(args, name, None)
     webhooks_db = getattr(args, "webhooks_db", None)
+    if webhooks_db:
+        from clarion.django import embedded
+
+        embedded.configure(webhooks_db)  # migrations run here, before the event loop
+        embedded.register_types(args.webhook_types or "")
     if demo:
         overrides["demo"] = True
     config = load_config(args.config, overrides=overrides)
@@ -100,7 +105,6 @@ def _embed_webhooks(hub: Any, db: str) -> Any:
     from clarion.django import worker as django_worker
     from clarion.hub.wsgi import WsgiMount
 
-    embedded.configure(db)
     hub.router.add_prefix("/webhooks/", WsgiMount(embedded.wsgi_app(), host=hub.config.host,
                                                    port=hub.config.port))
     worker = django_worker.build()
@@ -221,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
             w.add_argument("--webhooks-db", metavar="FILE",
                            help="SQLite file; serves the webhook API and dashboard under "
                                 "/webhooks/ and runs a delivery worker")
+            w.add_argument("--webhook-types", metavar="A,B",
+                           help="event types (hook names) that API clients may send and "
+                                "subscribe to, comma-separated")
 
     for name, help_text in (("worker", "deliver webhooks (the worker)"),
                             ("manage", "run a Django management command on the webhook app")):

@@ -8,10 +8,13 @@ worker writes); the secret key lives next to it, created on first use.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
+
+from clarion.errors import ConfigError
 
 DEFAULT_DB = "clarion-webhooks.sqlite3"
 PREFIX = "webhooks/"
@@ -36,6 +39,8 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
     from django.conf import settings
 
     path = Path(db).resolve()
+    if webhooks is None:
+        webhooks = _env_webhooks()
     if not settings.configured:
         settings.configure(
             SECRET_KEY=_secret_key(path),
@@ -78,6 +83,30 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
+
+
+def _env_webhooks() -> dict[str, Any]:
+    """``CLARION_WEBHOOKS``: the ``CLARION['WEBHOOKS']`` dict as JSON, e.g.
+    ``{"ALLOWED_NETWORKS": ["10.0.0.0/8"], "HTTPS_ONLY": true}``."""
+    raw = os.environ.get("CLARION_WEBHOOKS", "")
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"CLARION_WEBHOOKS must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("CLARION_WEBHOOKS must be a JSON object")
+    return value
+
+
+def register_types(names: str) -> None:
+    """Event types for applications that are not Python: plain hooks, every field passes."""
+    from clarion.django.hooks import Hook, hooks
+
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        if name not in hooks:
+            hooks.register(Hook(name=name))
 
 
 def wsgi_app() -> Any:
