@@ -512,7 +512,7 @@ class PostgresStore(DjangoStore):
     @staticmethod
     def _drain(conn: Any) -> None:
         # Several commits may have notified; one wake-up covers them all.
-        for _ in conn.notifies(timeout=0, stop_after=1000):
+        for _ in conn.notifies(timeout=0.001, stop_after=1000):  # 0 would mean "forever"
             pass
 
     def _listener(self) -> Any:
