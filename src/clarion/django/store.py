@@ -497,7 +497,11 @@ class PostgresStore(DjangoStore):
             if left <= 0:
                 return False
             try:
+                got = False
                 for _ in conn.notifies(timeout=min(left, 0.5), stop_after=1):
+                    got = True
+                if got:
+                    # Outside the loop: the generator holds the connection's lock until it ends.
                     self._drain(conn)
                     return True
             except Exception as exc:  # noqa: BLE001  # a lost LISTEN connection: reconnect later
