@@ -217,9 +217,6 @@ def test_sigkilled_sqlite_worker_loses_nothing(clean_db: None, receiver: Receive
           f"{sum(o[0] != 'success' for o in outcomes)} failed attempts")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: PostgresStore.wait calls _drain (conn.notifies) "
-                   "inside the conn.notifies() loop, which holds the connection's lock: the "
-                   "waiter thread deadlocks on the first NOTIFY and the worker stalls for good")
 @pytest.mark.timeout(120)
 def test_idle_worker_is_woken_by_notify_and_stops_on_sigterm(clean_db: None,
                                                               receiver: Receiver) -> None:

@@ -8,6 +8,7 @@ library, and a request that fails verification is recorded as such (tests assert
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import subprocess
@@ -44,6 +45,23 @@ def _admin() -> psycopg.Connection[Any]:
 
 @pytest.fixture(scope="session")
 def webhook_databases() -> Iterator[None]:
+    """Create and migrate both databases once per test process.
+
+    Several test modules import this fixture, and pytest keeps one session fixture per module
+    that defines it: without the guard each module would drop the database under the open
+    connections of the others."""
+    global _databases_ready
+    if not _databases_ready:
+        _create_databases()
+        _databases_ready = True
+        atexit.register(_drop_databases)
+    yield
+
+
+_databases_ready = False
+
+
+def _create_databases() -> None:
     name = os.environ["CLARION_TEST_PG_DB"]
     try:
         admin = _admin()
@@ -58,11 +76,13 @@ def webhook_databases() -> Iterator[None]:
     sqlite.unlink(missing_ok=True)
     call_command("migrate", verbosity=0)
     call_command("migrate", database="sqlite", verbosity=0)
-    yield
+
+
+def _drop_databases() -> None:
     connections.close_all()
     with _admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    sqlite.unlink(missing_ok=True)
+        admin.execute(f'DROP DATABASE IF EXISTS "{os.environ["CLARION_TEST_PG_DB"]}" WITH (FORCE)')
+    Path(os.environ["CLARION_TEST_SQLITE"]).unlink(missing_ok=True)
 
 
 @pytest.fixture
