@@ -10,14 +10,23 @@ queued in Redis), then start the worker(s) and count receiver requests; deliveri
 from the first delivery to the last.  Clarion: 1 and 2 ``python -m django clarion_worker
 --exit-when-idle`` processes.  django-webhook: ``celery worker --pool prefork -c 1`` and ``-c 2``
 (one Celery worker, 1 or 2 pool processes, ``--without-heartbeat --without-gossip
---without-mingle``).
+--without-mingle``), with ``CELERY_DB_REUSE_MAX`` set so its pool processes keep their
+database connection (Celery's default opens one per task: ``--peer-as-shipped``).
+django-webhook's own settings are its defaults (an audit ``WebhookEvent`` row per delivery,
+topic lookups cached per process for a minute).
+
+Reported with each configuration: worker CPU (process trees, from the first delivery on),
+CPU of the PostgreSQL backends of the benchmark's database (only when the same backends
+lived through the run), the receiver's CPU and the whole machine's (other work on this shared
+box shows up there).
 
 Latency (light load): worker(s) running and idle (warmed up by one event), then one event per
 transaction / one save at ``--latency-rate`` per second for ``--latency-seconds``;
 event-to-first-attempt = receiver arrival - ``sent_at`` (time.time() just before the send/save).
 
-PostgreSQL at 127.0.0.1:5432 (user postgres, trust): databases ``clarion_bench`` and
-``djwebhook_bench`` (+ ``*_tpl`` migrated templates) are dropped and re-created by each run.
+PostgreSQL at 127.0.0.1:5432 (user postgres, trust): databases ``clarion_bench_<pid>`` and
+``djwebhook_bench_<pid>`` are copied from a migrated ``*_tpl`` template for each configuration
+and dropped at the end (leftovers of killed runs are dropped by the next run).
 Redis: a private ``redis-server`` on a free port (else ``--redis-url``).
 
     python bench/webhook_delivery.py            # full: 50,000 Clarion / 3,000 peer events
@@ -46,8 +55,9 @@ import loadclient as lc
 WH_DIR = os.path.join(common.BENCH_DIR, "webhooks")
 PEER_DIR = os.path.join(WH_DIR, "peer_project")
 CLARION_DIR = os.path.join(WH_DIR, "clarion_project")
-CLARION_DB = "clarion_bench"
-PEER_DB = "djwebhook_bench"
+# per run (pid suffix): concurrent runs, or other work on the shared server, cannot clobber them
+CLARION_DB = f"clarion_bench_{os.getpid()}"
+PEER_DB = f"djwebhook_bench_{os.getpid()}"
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 TARGET_DPS = 5000  # deliveries/s with one Clarion worker process
@@ -119,27 +129,45 @@ def own_cpu(pid: int) -> float | None:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def pg_backend_cpu(db: str) -> float:
-    """CPU seconds of the live PostgreSQL backends connected to database ``db`` (other
-    projects' tests share this server: only our databases' backends are counted)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    mark = f" {db} ".encode()
-    total = 0.0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as fh:
-                cmd = fh.read()
-            if not cmd.startswith(b"postgres: ") or mark not in cmd:
+class PgCpu:
+    """CPU seconds of the PostgreSQL backends connected to database ``db`` (other projects'
+    tests share this server: only our database's backends are counted).  ``sample()`` notes
+    each backend's CPU; a backend's share is its last sample minus its first, so backends
+    that close before the end still count (up to their last sample)."""
+
+    def __init__(self, db: str) -> None:
+        self.mark = f" {db} ".encode()
+        self.seen: dict[int, list[float]] = {}  # pid -> [first, last]
+        self.initial: set[int] | None = None
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> None:
+        now: set[int] = set()
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
                 continue
-            with open(f"/proc/{d}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as fh:
+                    cmd = fh.read()
+                if not cmd.startswith(b"postgres: ") or self.mark not in cmd:
+                    continue
+                with open(f"/proc/{d}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            v = (int(fields[11]) + int(fields[12])) / self.tick
+            self.seen.setdefault(int(d), [v, v])[1] = v
+            now.add(int(d))
+        if self.initial is None:
+            self.initial = now
+
+    def seconds(self) -> float:
+        return sum(last - first for first, last in self.seen.values())
+
+    def started(self) -> int:
+        """Backends that appeared after the first sample (their CPU before it is missed)."""
+        return len(set(self.seen) - (self.initial or set()))
 
 
 async def quiet_machine(r: dict[str, Any], log: Any, wait: float) -> None:
@@ -302,6 +330,8 @@ async def wait_for(
     start = time.time()
     last_n, last_change, exited_at = -1, start, None
     cpu: dict[str, Any] = {"first": None, "final": {}, "machine_first": None}
+    pg = PgCpu(db) if db else None
+    next_pg = 0.0
 
     def tree_cpu() -> dict[int, float]:
         out = {}
@@ -314,7 +344,9 @@ async def wait_for(
 
     def done(st: dict[str, Any], why: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
         cpu["receiver_final"] = st.get("cpu_s")
-        cpu["pg_final"] = pg_backend_cpu(db) if db else None
+        if pg is not None and cpu["first"] is not None:
+            pg.sample()
+            cpu["pg_s"], cpu["pg_started"] = pg.seconds(), pg.started()
         cpu["final"] = tree_cpu()
         cpu["machine_final"] = lc.machine_cpu()
         cpu["time_final"] = time.time()
@@ -328,7 +360,9 @@ async def wait_for(
             cpu["machine_first"] = lc.machine_cpu()
             cpu["time_first"] = now
             cpu["receiver_first"] = st.get("cpu_s")
-            cpu["pg_first"] = pg_backend_cpu(db) if db else None
+        if pg is not None and cpu["first"] is not None and now >= next_pg:
+            pg.sample()  # every 0.25 s: a scan of /proc costs a few ms
+            next_pg = now + 0.25
         if st["unique"] >= n:
             return done(st, "ok")
         if st["unique"] != last_n:
@@ -361,11 +395,12 @@ def cpu_figures(cpu: dict[str, Any], procs: list[Proc], delivered: int) -> dict[
     span = (cpu.get("time_final") or 0) - (cpu.get("time_first") or 0)
     if rf is not None and rl is not None and span > 0:
         out["receiver_cpu_pct_delivering"] = round((rl - rf) / span * 100, 1)
-    pf, pl = cpu.get("pg_first"), cpu.get("pg_final")
-    if pf is not None and pl is not None and span > 0:
-        out["postgres_cpu_pct_delivering"] = round((pl - pf) / span * 100, 1)
+    pg = cpu.get("pg_s")
+    if pg is not None and span > 0:
+        out["postgres_cpu_pct_delivering"] = round(pg / span * 100, 1)
+        out["postgres_backends_started"] = cpu.get("pg_started")
         if delivered:
-            out["postgres_cpu_ms_per_delivery"] = round((pl - pf) / delivered * 1000, 3)
+            out["postgres_cpu_ms_per_delivery"] = round(pg / delivered * 1000, 3)
     if span > 0:
         for k in ("worker_cpu_s_delivering",):
             if k in out:
@@ -441,6 +476,23 @@ def recreate_db(name: str, template: str | None = None) -> None:
     pg_exec(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}{tpl}")
 
 
+def drop_stale_dbs() -> list[str]:
+    """Drop the databases of earlier runs that were killed before cleaning up."""
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as c:
+        names = [row[0] for row in c.execute(
+            "SELECT datname FROM pg_database WHERE datname ~ "
+            "'^(clarion_bench|djwebhook_bench)_[0-9]+(_tpl)?$'")]  # fmt: skip
+    stale = []
+    for name in names:
+        pid = int(name.removesuffix("_tpl").rsplit("_", 1)[1])
+        if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            stale.append(name)
+    drop_db(*stale)
+    return stale
+
+
 def drop_db(*names: str) -> None:
     with contextlib.suppress(Exception):
         pg_exec(*(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)" for n in names))
@@ -456,14 +508,14 @@ async def migrate_template(side: str, env: dict[str, str], cwd: str, tpl: str) -
     return None
 
 
-def side_env(side: str, db: str, redis_url: str = "") -> dict[str, str]:
+def side_env(side: str, db: str, redis_url: str = "", reuse: int = 0) -> dict[str, str]:
     base = os.environ.get("PYTHONPATH", "")
     if side == "clarion":
         d = {"DJANGO_SETTINGS_MODULE": "clarion_bench.settings", "CLARION_BENCH_DB": db,
              "PYTHONPATH": CLARION_DIR + (os.pathsep + base if base else "")}  # fmt: skip
     else:
         d = {"DJANGO_SETTINGS_MODULE": "djwh_bench.settings", "DJWH_BENCH_DB": db,
-             "DJWH_BENCH_BROKER": redis_url,
+             "DJWH_BENCH_BROKER": redis_url, "DJWH_BENCH_DB_REUSE_MAX": str(reuse or ""),
              "PYTHONPATH": PEER_DIR + (os.pathsep + base if base else "")}  # fmt: skip
     return {**os.environ, **d, "PYTHONUNBUFFERED": "1"}
 
@@ -584,6 +636,8 @@ async def run_clarion(rx: Receiver, args: argparse.Namespace, log: Any) -> dict[
                     {p.name + " (latency)": p.log_tail(60) for p in workers})  # fmt: skip
                 r["worker_stacks"] = {p.name: await py_spy_dump(p.pid)
                                       for p in workers if p.alive()}  # fmt: skip
+        except Exception as e:  # noqa: BLE001  # one configuration's failure, reported
+            r["error"] = f"{type(e).__name__}: {e}"
         finally:
             for p in workers:
                 p.stop()
@@ -602,7 +656,8 @@ async def run_peer(rx: Receiver, redis: Redis, args: argparse.Namespace, log: An
         log(f"  !! django-webhook not available: {why}")
         return {"error": why}
     tpl = PEER_DB + "_tpl"
-    env = side_env("django-webhook", PEER_DB, redis.url or "")
+    reuse = 0 if args.peer_as_shipped else 1_000_000
+    env = side_env("django-webhook", PEER_DB, redis.url or "", reuse)
     err = await migrate_template("django-webhook", side_env("django-webhook", tpl, redis.url or ""),
                                  PEER_DIR, tpl)  # fmt: skip
     if err:
@@ -612,7 +667,7 @@ async def run_peer(rx: Receiver, redis: Redis, args: argparse.Namespace, log: An
     n = args.peer_events
     for c in args.workers:
         key = f"djwebhook-{c}"
-        r: dict[str, Any] = {"processes": c, "pool": "prefork"}
+        r: dict[str, Any] = {"processes": c, "pool": "prefork", "db_reuse_max": reuse}
         res[key] = r
         await quiet_machine(r, log, 5 if args.quick else 20)
         t0 = time.time()
@@ -652,6 +707,8 @@ async def run_peer(rx: Receiver, redis: Redis, args: argparse.Namespace, log: An
                 r.setdefault("worker_log", {})[worker.name + " (latency)"] = worker.log_tail(60)
                 if worker.alive():
                     r["worker_stacks"] = {worker.name: await py_spy_dump(worker.pid)}
+        except Exception as e:  # noqa: BLE001  # one configuration's failure, reported
+            r["error"] = f"{type(e).__name__}: {e}"
         finally:
             if worker is not None:
                 worker.stop()
@@ -693,6 +750,8 @@ async def main(args: argparse.Namespace) -> int:
           f"({args.events:,} Clarion / {args.peer_events:,} django-webhook events pre-loaded; "
           f"latency {args.latency_rate:g}/s for {args.latency_seconds:g} s)")  # fmt: skip
     await common.note_background(results)
+    with contextlib.suppress(Exception):
+        results["dropped_stale_dbs"] = drop_stale_dbs()
     rx = Receiver()
     redis = Redis(args.redis_url)
     try:
@@ -750,7 +809,7 @@ def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         met = ("yes" if cp <= TARGET_P50_MS else "NO") if cp is not None else "n/a"
         rows.append([f"webhook event->first attempt p50 / p99 ms @ {rate:g}/s, {w} worker"
                      f"{'s' if w > 1 else ''}", _pp(c), f"django-webhook celery -c {w}", _pp(p),
-                     f"{p['p50_ms'] / cp:.1f}x lower p50" if cp and p.get("p50_ms") else "-",
+                     _p50_ratio(cp, p.get("p50_ms")),
                      f"p50 <= {TARGET_P50_MS} ms", met])  # fmt: skip
     problems: list[str] = []
     for side in ("clarion", "django-webhook"):
@@ -785,7 +844,9 @@ def print_report(results: dict[str, Any]) -> None:
             f"{lc.fmt_num(tp.get('unique'))}/{lc.fmt_num(tp.get('events'))}" if tp else "-",
             f"{tp['start_to_last_s']:.1f}" if tp.get("start_to_last_s") is not None else "-",
             lc.fmt_num(g(r, "worker_cpu_ms_per_delivery"), 2),
-            _pct(g(r, "worker_cpu_pct_delivering")), _pct(g(r, "postgres_cpu_pct_delivering")),
+            _pct(g(r, "worker_cpu_pct_delivering")),
+            _pct(g(r, "postgres_cpu_pct_delivering"))
+            + ("*" if (g(r, "postgres_backends_started") or 0) > 4 else ""),
             f"{g(r, 'machine_cpu_delivering', 'busy_pct') or 0:.0f}%"
             if r.get("machine_cpu_delivering") else "-",
         ])  # fmt: skip
@@ -796,12 +857,21 @@ def print_report(results: dict[str, Any]) -> None:
          "start->last s", "worker CPU ms/delivery", "worker CPU", "PG CPU", "machine busy"],
         matrix,
     )  # fmt: skip
+    if any((g(_row(results, k), "postgres_backends_started") or 0) > 4 for k, _, _ in CONFIGS):
+        print("* new PostgreSQL backends during the run (a connection per task): their CPU "
+              "before the first sample is missed\n")  # fmt: skip
     rows, problems = report_rows(results)
     lc.print_table("Webhook delivery vs targets", HEADER, rows)
     if problems:
         print("Problems seen:")
         for p in problems:
             print("  -", p)
+
+
+def _p50_ratio(ours: float | None, peer: float | None) -> str:
+    if not ours or not peer:
+        return "-"
+    return f"{peer / ours:.1f}x lower" if ours <= peer else f"{ours / peer:.1f}x higher"
 
 
 def _pct(v: Any) -> str:
@@ -845,6 +915,12 @@ def cli() -> None:
     ap.add_argument("--latency-rate", type=float, default=50.0)
     ap.add_argument("--latency-seconds", type=float)
     ap.add_argument("--timeout", type=float, default=240, help="max seconds per throughput run")
+    ap.add_argument(
+        "--peer-as-shipped",
+        action="store_true",
+        help="leave Celery's default of a new DB connection per task (default: the peer's "
+        "workers keep theirs, CELERY_DB_REUSE_MAX)",
+    )
     ap.add_argument("--redis-url", help="use this Redis (FLUSHDB'd!) instead of a private one")
     ap.add_argument("--keep-db", action="store_true", help="leave the bench databases behind")
     args = ap.parse_args()

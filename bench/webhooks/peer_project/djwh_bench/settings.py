@@ -36,6 +36,12 @@ DJANGO_WEBHOOK = {"MODELS": ["orders.Order"]}
 CELERY_BROKER_URL = os.environ.get("DJWH_BENCH_BROKER", "redis://127.0.0.1:6379/15")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes every DB connection before and after each task unless
+# CELERY_DB_REUSE_MAX is set (then once per that many tasks): a new PostgreSQL backend per
+# webhook.  The benchmark sets it (DJWH_BENCH_DB_REUSE_MAX) to give the peer its best case;
+# `webhook_delivery.py --peer-as-shipped` leaves Celery's default.
+if os.environ.get("DJWH_BENCH_DB_REUSE_MAX"):
+    CELERY_DB_REUSE_MAX = int(os.environ["DJWH_BENCH_DB_REUSE_MAX"])
 
 LOGGING = {
     "version": 1,
