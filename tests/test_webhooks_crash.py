@@ -182,8 +182,11 @@ def test_two_workers_share_postgresql(clean_db: None, receiver: Receiver) -> Non
     duplicates = check_received(receiver, expected)
     outcomes = sorted(set(Attempt.objects.values_list("outcome", flat=True)))
     print(f"\n{outputs}; {duplicates} duplicates; attempt outcomes {outcomes}")
-    # Without crashes nor expired leases, SKIP LOCKED hands every delivery to one worker.
-    assert duplicates == 0
+    # SKIP LOCKED hands every delivery to one worker: a request arrives twice only when an
+    # attempt failed or timed out (a loaded receiver can take longer than TIMEOUT to answer,
+    # after having received the request) and was retried; never two workers at once.
+    retried = Attempt.objects.exclude(outcome="success").count()
+    assert duplicates <= retried, (duplicates, retried)
     assert set(Delivery.objects.values_list("status", flat=True)) == {"succeeded"}
 
 
