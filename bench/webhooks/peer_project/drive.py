@@ -18,9 +18,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djwh_bench.settings")
 
 import django
+import pacing  # bench/webhooks/pacing.py
 
 django.setup()
 
@@ -52,20 +54,12 @@ def preload(n: int, first: int) -> dict[str, object]:
 
 
 def paced(rate: float, seconds: float, first: int) -> dict[str, object]:
-    count = int(rate * seconds)
-    start = time.perf_counter()
-    late = 0.0
-    for k in range(count):
-        due = start + k / rate
-        wait = due - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
-        else:
-            late = max(late, -wait)
-        Order.objects.create(n=first + k, sent_at=time.time())
-    took = time.perf_counter() - start
-    return {"saved": count, "seconds": round(took, 3), "rate": round(count / took, 1),
-            "max_late_ms": round(late * 1000, 1)}  # fmt: skip
+    def save(n: int) -> None:
+        Order.objects.create(n=n, sent_at=time.time())
+
+    result = pacing.paced(rate, seconds, first, save)
+    result["saved"] = result.pop("sent")
+    return result
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ into one :class:`Delivery` per matching :class:`Listener`, and every try is an :
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -57,10 +58,8 @@ class Listener(models.Model):  # type: ignore[misc]
 
     def signing_secrets(self, now: Any = None) -> list[str]:
         """The current secret, then earlier ones still inside their rotation grace period."""
-        at = (now or timezone.now()).timestamp()
-        keep = [self.secret]
-        keep.extend(old["secret"] for old in self.previous_secrets or [] if old["expires"] > at)
-        return keep
+        return list(valid_secrets(self.secret, self.previous_secrets,
+                                  (now or timezone.now()).timestamp()))
 
     def rotate_secret(self, grace: float | None = None, kind: str | None = None) -> str:
         """A new signing secret; the old one keeps signing too for ``grace`` seconds
@@ -248,6 +247,14 @@ class ApiKey(models.Model):  # type: ignore[misc]
 
 
 MAX_OLD_SECRETS = 10  # Svix keeps ten
+
+
+def valid_secrets(secret: str, previous: Any, now: float) -> tuple[str, ...]:
+    """The current secret, then earlier ones whose grace period (``expires``, unix time) has
+    not ended. ``previous`` is the stored list, or its JSON text as a raw query returns it."""
+    if isinstance(previous, str | bytes):
+        previous = json.loads(previous)
+    return (secret, *(old["secret"] for old in previous or [] if old["expires"] > now))
 
 
 def wake_workers(using: str) -> None:

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from clarion.django import match as _match
 from clarion.django.hooks import ATTEMPTS_EXHAUSTED, LISTENER_DISABLED
-from clarion.django.models import Attempt, Delivery, Event, Listener
+from clarion.django.models import Attempt, Delivery, Event, Listener, valid_secrets
 from clarion.webhooks.retry import Outcome
 from clarion.webhooks.store import AttemptResult, Job
 
@@ -59,12 +59,6 @@ def _status(result: AttemptResult) -> str:
     if result.outcome is Outcome.SUCCESS:
         return Delivery.Status.SUCCEEDED
     return Delivery.Status.PENDING if result.next_attempt_in is not None else Delivery.Status.FAILED
-
-
-def _secrets(secret: str, previous: Any, now: float) -> tuple[str, ...]:
-    keep = [secret]
-    keep.extend(p["secret"] for p in _json(previous) or [] if p["expires"] > now)
-    return tuple(keep)
 
 
 def _headers(value: Any) -> tuple[tuple[str, str], ...]:
@@ -175,7 +169,7 @@ class DjangoStore:
             delivery_id=d.id, listener_id=d.listener_id, attempt=d.attempts + 1,
             message_id=event.msg_id, hook=event.hook, url=listener.url,
             body=event.payload.encode(),
-            secrets=_secrets(listener.secret, listener.previous_secrets, now),
+            secrets=valid_secrets(listener.secret, listener.previous_secrets, now),
             schedule=_schedule(listener.retry_schedule, event.retry_schedule),
             timeout=listener.timeout, manual=d.manual, headers=_headers(listener.headers),
         )
@@ -400,7 +394,7 @@ class PostgresStore(DjangoStore):
                 jobs.append(Job(
                     delivery_id=did, listener_id=lid, attempt=attempts + 1, message_id=msg_id,
                     hook=hook, url=url, body=payload.encode(),
-                    secrets=_secrets(secret, previous, float(now)),
+                    secrets=valid_secrets(secret, previous, float(now)),
                     schedule=_schedule(l_schedule, ev_schedule), timeout=timeout,
                     manual=manual, headers=_headers(headers),
                 ))
