@@ -301,14 +301,28 @@ def test_like_refuses_patterns_postgresql_reads_differently(pattern: str) -> Non
 
 
 @pytest.mark.parametrize("pattern", [
-    "(?i)j", "(?x) J o e", r"\++", "a+?", "[+*]", "a{2,3}", "(?:ab)+", "(?=J)", "(?<=J)o",
-    "(?<!x)o", r"\d+\.\d", "^J.*e$", r"(a)\1", r"\Aa\Z", "[:a]", r"\{,", r"\w\W\s\S",
+    "(?i)j", r"\++", "a+?", "[+*]", "a{2,3}", "(?:ab)+", r"\d+\.\d", "^J.*e$", r"\Aa\Z",
+    "[:a]", r"\{,", r"\w\W\s\S",
 ])
 def test_like_patterns_both_engines_share_are_allowed_and_agree(empty: None,
                                                                  pattern: str) -> None:
     spec = {"x": m.Like(pattern).to_json()}
     check([spec], [{"x": v} for v in ("Joe", "joe", "J o e", "++", "aa", "a", "aab", "1.5",
                                       "[", ":", "{,", "x_o", "", "a b", "é")])
+
+
+@pytest.mark.parametrize("pattern", ["(?x) J o e", "(?=J)", "(?<=J)o", "(?<!x)o", r"(a)\1"])
+def test_like_refuses_what_needs_backtracking(pattern: str) -> None:
+    # Both engines know these, but they cannot be matched in linear time (RE2 refuses them):
+    # a tenant's pattern must not hold the worker, and the GIL, for seconds.
+    with pytest.raises(ValueError, match="linear time"):
+        m.Like(pattern)
+
+
+def test_like_is_linear_on_a_catastrophic_pattern() -> None:
+    # Python's re takes minutes on this; RE2 answers at once.
+    assert not m.Like("(a+)+$").check_text("a" * 100_000 + "b")
+    assert m.Like("^(a|aa)+$").check_text("a" * 100_000)
 
 
 @pytest.mark.parametrize("pattern,text", [("a.b", "a\nb"), ("a$", "a\n"), ("^.+$", "a\nb")])

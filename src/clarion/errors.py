@@ -13,6 +13,13 @@ class ConfigError(ClarionError):
     """The configuration (file, environment or flags) is invalid; the message names the key."""
 
 
+class DecryptionError(ConfigError):
+    """A value Clarion stored encrypted (a listener's signing secret) is not decryptable with
+    any configured key: the key that encrypted it was removed, or the settings are wrong. The
+    message names the setting to fix (``CLARION['ENCRYPTION_KEYS']`` or
+    ``SECRET_KEY_FALLBACKS``); it never contains the value or a key."""
+
+
 class FrameError(ClarionError):
     """Bytes on the wire that do not follow the transport's framing (WebSocket, HTTP)."""
 
@@ -85,3 +92,9 @@ class AddressRejected(WebhookError):
 
 class PayloadTooLarge(WebhookError):
     """An event's JSON body is larger than the configured ``MAX_PAYLOAD``; nothing was written."""
+
+
+class LimitError(WebhookError, ValueError):
+    """A value a tenant chose (a header, a retry schedule, a timeout, a filter) is outside what
+    Clarion accepts; the message says which bound and by how much. A ``ValueError`` too, so
+    callers that validate values by that rule keep working."""

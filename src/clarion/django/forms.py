@@ -15,6 +15,7 @@ from clarion.django import match as _match
 from clarion.django.conf import webhook_settings
 from clarion.django.hooks import Hook, hooks
 from clarion.errors import AddressRejected
+from clarion.webhooks import limits
 
 CONDITIONS = [
     ("any", "anything"),
@@ -59,7 +60,8 @@ class MatchRowForm(forms.Form):  # type: ignore[misc]
 
     field = forms.CharField(required=False, max_length=200)
     condition = forms.ChoiceField(choices=CONDITIONS, initial="any")
-    value = forms.CharField(required=False, max_length=2000, help_text=VALUE_HELP)
+    value = forms.CharField(required=False, max_length=limits.MAX_FILTER_BYTES // 8,
+                            help_text=VALUE_HELP)
 
     def __init__(self, *args: Any, fixed_field: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -101,11 +103,13 @@ class MatchRowForm(forms.Form):  # type: ignore[misc]
 
 
 class ListenerForm(forms.Form):  # type: ignore[misc]
-    url = forms.CharField(label="URL", max_length=2048,
+    url = forms.CharField(label="URL", max_length=limits.MAX_URL_LENGTH,
                           widget=forms.URLInput(attrs={"placeholder": "https://…"}))
-    description = forms.CharField(required=False, max_length=500)
-    rate_limit = forms.IntegerField(label="Rate limit (per second)", required=False, min_value=1)
-    timeout = forms.FloatField(label="Timeout (s)", required=False, min_value=0.1, max_value=300)
+    description = forms.CharField(required=False, max_length=limits.MAX_DESCRIPTION)
+    rate_limit = forms.IntegerField(label="Rate limit (per second)", required=False,
+                                    min_value=1, max_value=limits.MAX_RATE_LIMIT)
+    timeout = forms.FloatField(label="Timeout (s)", required=False, min_value=limits.MIN_TIMEOUT,
+                               max_value=limits.MAX_TIMEOUT)
     fifo = forms.BooleanField(label="Strict order (one at a time)", required=False)
 
     def clean_url(self) -> str:

@@ -14,13 +14,19 @@ database's own engine, so patterns are limited to the syntax both share (checked
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import typing
 from collections.abc import Mapping
 from decimal import Decimal
 
+import re2
+
+from clarion.webhooks import limits
+
 _MISSING = object()
+_RE2_MAX_MEM = 1 << 20  # per compiled pattern; RE2's default is 8 MiB
 _PYTHON_ONLY_REGEX = re.compile(
     r"\(\?P[<=]|\(\?#|\\[ZAbB]?[gNu]|\(\?[aLu]"
     # Python syntax PostgreSQL cannot compile (an error there stops dispatch for every hook) or
@@ -136,6 +142,7 @@ class Like(_Text):
 
     def __init__(self, value: str) -> None:
         super().__init__(value)
+        limits.check_pattern(value)
         try:
             re.compile(value)
         except re.error as exc:
@@ -147,30 +154,50 @@ class Like(_Text):
                 "possessive quantifiers, inline a/L/m/s/u flags, [[:class:]], {,n}); filters "
                 "must also run in the database"
             )
-        # PostgreSQL's engine reads the stored pattern: "." matches a newline, "$" only the
-        # very end, and \d \s \w are ASCII classes. Python evaluates it the same way.
-        self._re = re.compile(_end_anchors(value), re.DOTALL | re.ASCII)
+        self._re = _linear(value)
 
     def check_text(self, value: str) -> bool:
         return self._re.search(value) is not None
 
 
-def _end_anchors(pattern: str) -> str:
-    r"""``$`` outside brackets as ``\Z``: the end of the string, never before a last newline."""
+@functools.lru_cache(maxsize=1024)
+def _linear(pattern: str) -> typing.Any:
+    """The pattern compiled by RE2, whose matching time is linear in the input: a tenant's
+    filter can never backtrack for seconds while the worker holds the GIL (Python's ``re``
+    did, freezing every connection of the process). RE2 refuses what needs backtracking
+    (back-references, look-around), which PostgreSQL's engine would also run slowly.
+
+    RE2's own reading is PostgreSQL's: "." matches a newline (``dot_nl``), "$" is the very end
+    of the string, and \\d \\s \\w are ASCII classes."""
+    options = re2.Options()
+    options.dot_nl = True
+    options.log_errors = False
+    options.max_mem = _RE2_MAX_MEM
+    try:
+        return re2.compile(_re2_anchors(pattern), options)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(
+            f"Like({pattern!r}) cannot be matched in linear time ({reason}): back-references "
+            "and look-around are not supported, and the compiled pattern must fit "
+            f"{_RE2_MAX_MEM // 1024} KiB") from None
+
+
+def _re2_anchors(pattern: str) -> str:
+    r"""``\Z`` (the end of the string, in PostgreSQL and Python) as RE2 spells it: ``\z``."""
     out = []
     i, in_class = 0, False
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
-            out.append(pattern[i:i + 2])
+            pair = pattern[i:i + 2]
+            out.append("\\z" if pair == "\\Z" and not in_class else pair)
             i += 2
             continue
         if in_class:
             in_class = c != "]" or pattern[i - 1] == "["
         elif c == "[":
             in_class = True
-        elif c == "$":
-            c = r"\Z"
         out.append(c)
         i += 1
     return "".join(out)

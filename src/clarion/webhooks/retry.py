@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from clarion.errors import ConfigError
+from clarion.webhooks.limits import MAX_RETRY_DELAY
 
 # Svix's default (and at least the issue's): attempt 1 at once, then these waits.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -51,11 +52,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() also admits "²", which float() refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a year too large for datetime: Overflow
         return None
     if when.tzinfo is None:  # an HTTP date is GMT by definition
         return None
@@ -70,8 +71,10 @@ class RetryPolicy:
     retry_after_max: float = 36000.0  # 10 h, Hook0's cap: a receiver cannot park us for days
 
     def __post_init__(self) -> None:
-        if any(not isinstance(s, int | float) or s < 0 for s in self.schedule):
-            raise ConfigError("RETRY_SCHEDULE must be a list of non-negative numbers of seconds")
+        if any(not isinstance(s, int | float) or not 0 <= s <= MAX_RETRY_DELAY
+               for s in self.schedule):
+            raise ConfigError("RETRY_SCHEDULE must be a list of numbers of seconds from 0 to "
+                              f"{MAX_RETRY_DELAY:g}")
         if not 0 <= self.jitter < 1:
             raise ConfigError("RETRY_JITTER must be at least 0 and below 1")
 

@@ -7,7 +7,6 @@ saved (``ListenerBuilder.save``); here only its type.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -15,14 +14,10 @@ from typing import Any
 from clarion.django import match as _match
 from clarion.django.api.http import ApiError, invalid
 from clarion.django.hooks import Hook, NotRegistered, hooks
+from clarion.errors import LimitError
+from clarion.webhooks import limits
 
 OPTION_FIELDS = ("description", "rate_limit", "fifo", "retry_schedule", "timeout", "headers")
-MAX_SCHEDULE = 50
-MAX_HEADERS = 20
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-# The sender writes these itself; a listener's own copy would contradict the signed request.
-_RESERVED_HEADERS = ("content-type", "content-length", "host", "transfer-encoding",
-                     "connection", "webhook-")
 
 
 def get_hook(name: Any) -> Hook:
@@ -50,6 +45,10 @@ def parse_match(hook: Hook, value: Any) -> dict[str, _match.Matcher]:
         return {}
     if not isinstance(value, Mapping):
         raise invalid("match", "an object of field name → value or matcher")
+    try:
+        limits.check_filter_json(value)
+    except LimitError as exc:
+        raise invalid("match", f"the filter {exc}") from None
     allowed = hook.filter_fields()
     errors: list[str] = []
     conditions: dict[str, _match.Matcher] = {}
@@ -65,17 +64,6 @@ def parse_match(hook: Hook, value: Any) -> dict[str, _match.Matcher]:
     if errors:
         raise ApiError(422, "validation failed", {"match": errors})
     return conditions
-
-
-def _number(field: str, value: Any, *, integer: bool = False, positive: bool = False) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-            integer and not isinstance(value, int)):
-        raise invalid(field, f"must be {'an integer' if integer else 'a number'} or null")
-    if value < 0 or (positive and value == 0):
-        raise invalid(field, f"must be {'positive' if positive else 'zero or more'}")
-    return value
 
 
 def clean_options(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,45 +87,26 @@ def _clean_option(field: str, value: Any) -> Any:
     if field == "description":
         if value is None:
             return ""
-        if not isinstance(value, str) or len(value) > 500:
-            raise invalid(field, "must be text of at most 500 characters")
+        if not isinstance(value, str) or len(value) > limits.MAX_DESCRIPTION:
+            raise invalid(field, f"must be text of at most {limits.MAX_DESCRIPTION} characters")
         return value
-    if field == "rate_limit":
-        return _number(field, value, integer=True, positive=True)
     if field == "fifo":
         if not isinstance(value, bool):
             raise invalid(field, "must be true or false")
         return value
-    if field == "timeout":
-        timeout = _number(field, value, positive=True)
-        if timeout is not None and timeout > 300:
-            raise invalid(field, "must be at most 300 seconds")
-        return timeout
-    if field == "retry_schedule":
-        if value is None:
-            return None
-        if (not isinstance(value, list) or len(value) > MAX_SCHEDULE
-                or any(isinstance(v, bool) or not isinstance(v, int | float) or v < 0
-                       for v in value)):
-            raise invalid(field, f"must be null or a list of at most {MAX_SCHEDULE} "
-                                 "non-negative numbers of seconds")
-        return value
-    return clean_headers(value)
+    check = {"rate_limit": limits.check_rate_limit, "timeout": limits.check_timeout,
+             "retry_schedule": limits.check_schedule, "headers": limits.check_headers}[field]
+    try:
+        return check(value)
+    except LimitError as exc:
+        raise invalid(field, str(exc)) from None
 
 
 def clean_headers(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or len(value) > MAX_HEADERS:
-        raise invalid("headers", f"must be an object of at most {MAX_HEADERS} name → value")
-    for name, text in value.items():
-        if not _TOKEN.match(name):
-            raise invalid("headers", f"{name!r} is not a valid header name")
-        if name.lower().startswith(_RESERVED_HEADERS):
-            raise invalid("headers", f"{name!r} is set by Clarion itself")
-        if not isinstance(text, str) or any(c in text for c in "\r\n\0") or len(text) > 4096:
-            raise invalid("headers", f"{name!r}: the value must be one line of text")
-    return dict(value)
+    try:
+        return limits.check_headers(value)
+    except LimitError as exc:
+        raise invalid("headers", str(exc)) from None
 
 
 def parse_since(value: Any) -> datetime:
