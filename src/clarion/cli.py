@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -89,8 +90,8 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
             await hub.serve_until_stopped()
         finally:
             if embedded is not None:
-                worker, task = embedded
-                worker.stop()
+                supervisor, task = embedded
+                supervisor.stop()
                 await asyncio.wait_for(task, 30)
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -100,6 +101,8 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
 
 def _embed_webhooks(hub: Any, db: str) -> Any:
     """Serve the built-in webhook app under /webhooks/ and run a delivery worker alongside."""
+    import prometheus_client
+
     from clarion.django import embedded
     from clarion.django import hooks as django_hooks
     from clarion.django import worker as django_worker
@@ -107,18 +110,27 @@ def _embed_webhooks(hub: Any, db: str) -> Any:
 
     hub.router.add_prefix("/webhooks/", WsgiMount(embedded.wsgi_app(), host=hub.config.host,
                                                    port=hub.config.port))
-    worker = django_worker.build()
-    django_hooks._wakers.append(worker.store.wake)
-    task = asyncio.get_running_loop().create_task(worker.run())
 
-    def ended(t: asyncio.Task[None]) -> None:
-        if not t.cancelled() and t.exception() is not None:
-            print(f"clarion: the webhook worker stopped: {t.exception()!r}", file=sys.stderr,
-                  flush=True)
-            hub.stop()
+    woken: list[Any] = []  # the current worker's waker, replaced on a restart
 
-    task.add_done_callback(ended)
-    return worker, task
+    def build() -> Any:
+        for waker in woken:
+            with contextlib.suppress(ValueError):
+                django_hooks._wakers.remove(waker)
+        worker = django_worker.build()
+        woken[:] = [worker.store.wake]
+        django_hooks._wakers.append(worker.store.wake)
+        return worker
+
+    def failed(exc: BaseException) -> None:
+        hub.metrics.failures["webhook_worker"] += 1
+
+    supervisor = django_worker.Supervisor(build, on_failure=failed)
+    # The worker's own metrics (attempts, their durations, its errors) live in the default
+    # registry; the hub's /metrics shows them too, so one scrape covers the process.
+    hub.metrics.include(prometheus_client.REGISTRY, prefix="clarion_webhook_")
+    task = asyncio.get_running_loop().create_task(supervisor.run())
+    return supervisor, task
 
 
 def _worker(args: argparse.Namespace) -> int:

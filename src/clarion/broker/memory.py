@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections import deque
@@ -25,6 +26,8 @@ from clarion.broker.base import (
     StreamPosition,
 )
 from clarion.errors import BrokerError
+
+log = logging.getLogger("clarion.broker")
 
 
 def new_epoch() -> str:
@@ -52,6 +55,7 @@ class MemoryBroker(Broker):
         self._tickets: dict[str, tuple[bytes, float]] = {}
         self._idempotency: dict[tuple[str, str], tuple[PublishResult, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.sweep_failures = 0
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
@@ -210,4 +214,10 @@ class MemoryBroker(Broker):
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)
-            self.sweep()
+            try:
+                self.sweep()
+            except Exception:
+                # Expiry must go on: a sweeper that died would let presence, tickets and
+                # idempotency keys grow for the life of the process.
+                self.sweep_failures += 1
+                log.exception("memory broker sweep failed; the next one runs as scheduled")

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 
 from clarion.django.conf import webhook_settings
@@ -34,6 +35,51 @@ def build(*, exit_when_idle: bool = False, concurrency: int | None = None,
     if concurrency:
         config = replace(config, concurrency=concurrency)
     return Worker(open_store(using or conf.DATABASE), sender, config)
+
+
+class Supervisor:
+    """Runs a worker inside another process (``clarion serve --webhooks-db``) and starts a new
+    one whenever it fails: the process it lives in (the hub, with every realtime client) must
+    never end because webhook delivery hit a database error. Failures are logged with their
+    traceback and passed to ``on_failure`` (the hub counts them in its metrics); restarts back
+    off from 1 s to 60 s, and a run that lasted a minute resets the backoff."""
+
+    def __init__(self, build: Callable[[], Worker],
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+        self._build = build
+        self._on_failure = on_failure
+        self._stopping = asyncio.Event()
+        self.worker: Worker | None = None
+        self.restarts = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.worker is not None:
+            self.worker.stop()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            started = loop.time()
+            try:
+                self.worker = self._build()
+                if self._stopping.is_set():
+                    self.worker.stop()
+                await self.worker.run()
+                if self._stopping.is_set():
+                    return
+                raise RuntimeError("the webhook worker returned without being stopped")
+            except Exception as exc:
+                log.exception("the webhook worker failed; restarting in %.0f s", backoff)
+                if self._on_failure is not None:
+                    self._on_failure(exc)
+            self.restarts += 1
+            if loop.time() - started > 60:
+                backoff = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            backoff = min(backoff * 2, 60.0)
 
 
 async def serve(worker: Worker) -> None:

@@ -122,8 +122,17 @@ class Hub:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("background task failed", error=repr(task.exception()))
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.failed("task", exc, task=task.get_coro().__qualname__)  # type: ignore[union-attr]
+
+    def failed(self, part: str, exc: BaseException, **fields: Any) -> None:
+        """A failure contained to one part: logged with its traceback, counted in
+        ``clarion_failures_total{part}``; the caller goes on or restarts the part."""
+        self.metrics.failures[part] += 1
+        self.log.failure(f"{part} failed", exc, **fields)
 
     def http_connection_made(self, http: HttpProtocol) -> None:
         self.http_connections.add(http)
@@ -304,38 +313,56 @@ class Hub:
             wall = time.time()
             ping_now = interval > 0 and now - self._last_ping >= interval
             for conn in list(self.websockets):
-                session = conn.session
-                if not session.connected:
-                    if now - session.created > stale:
-                        conn.disconnect(Disconnect(*codes.STALE))
-                    continue
-                expired = session.check_expiry(wall)
-                if expired is not None:
-                    conn.disconnect(expired)
-                    continue
-                # Only a ping this session was actually sent counts (not one that went out
-                # before it had connected).
-                if session.ping_sent and now - session.ping_sent > pong_timeout:
-                    conn.disconnect(Disconnect(*codes.NO_PONG))
-                    continue
-                if ping_now:
-                    conn.ping()
-                    if not session.ping_sent:
-                        session.ping_sent = now
+                # One connection's failure is that connection's: it is dropped, and the round
+                # goes on for every other one (a try costs nothing in 3.11 until it raises).
+                try:
+                    self._tend(conn, now, wall, ping_now, stale, pong_timeout)
+                except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
+                    self.failed("housekeeping", exc, client=conn.session.id)
+                    conn.transport.abort()
             for stream in list(self.streams):
-                owner = stream.session
-                expired = owner.check_expiry(wall) if owner is not None else None
-                if expired is not None:
-                    stream.disconnect(expired)
-                elif ping_now:
-                    stream.ping()
+                try:
+                    owner = stream.session
+                    expired = owner.check_expiry(wall) if owner is not None else None
+                    if expired is not None:
+                        stream.disconnect(expired)
+                    elif ping_now:
+                        stream.ping()
+                except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
+                    self.failed("housekeeping", exc)
+                    stream.transport.abort()
             if ping_now:
                 self._last_ping = now
             if self.grip is not None:
-                self.grip.tick(now)
+                try:
+                    self.grip.tick(now)
+                except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
+                    self.failed("housekeeping", exc, of="grip")
             if now - self._last_presence >= presence_ttl / 3:
                 self._last_presence = now
                 self.spawn(self._refresh_presence(presence_ttl))
+
+    @staticmethod
+    def _tend(conn: Any, now: float, wall: float, ping_now: bool, stale: float,
+              pong_timeout: float) -> None:
+        session = conn.session
+        if not session.connected:
+            if now - session.created > stale:
+                conn.disconnect(Disconnect(*codes.STALE))
+            return
+        expired = session.check_expiry(wall)
+        if expired is not None:
+            conn.disconnect(expired)
+            return
+        # Only a ping this session was actually sent counts (not one that went out before it
+        # had connected).
+        if session.ping_sent and now - session.ping_sent > pong_timeout:
+            conn.disconnect(Disconnect(*codes.NO_PONG))
+            return
+        if ping_now:
+            conn.ping()
+            if not session.ping_sent:
+                session.ping_sent = now
 
     async def _refresh_presence(self, ttl: float) -> None:
         """Presence entries expire unless refreshed: a crashed node's clients disappear."""
@@ -345,7 +372,11 @@ class Hub:
                    if sub.present and sub.options.presence]
         for session, channel, sub in entries:
             if session.subs.get(channel) is sub:  # still there: it may have left meanwhile
-                await self.broker.add_presence(channel, session.info(sub.chan_info), ttl)
+                # One failed refresh must not leave every later entry to expire.
+                try:
+                    await self.broker.add_presence(channel, session.info(sub.chan_info), ttl)
+                except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
+                    self.failed("presence_refresh", exc, channel=channel)
 
 
 def _ticket_request(name: str) -> Any:

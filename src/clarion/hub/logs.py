@@ -28,7 +28,8 @@ class Logger:
             self._logger.addHandler(handler)
             self._logger.propagate = False
 
-    def _emit(self, level: int, event: str, fields: dict[str, Any], exc: bool = False) -> None:
+    def _emit(self, level: int, event: str, fields: dict[str, Any], exc: bool = False,
+              exc_info: BaseException | None = None) -> None:
         if not self._logger.isEnabledFor(level):
             return
         for key in ("url", "path"):
@@ -42,7 +43,7 @@ class Logger:
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
             line = f"{logging.getLevelName(level).lower():7} {event}" + (f" {extra}" if extra
                                                                           else "")
-        self._logger.log(level, line, exc_info=exc)
+        self._logger.log(level, line, exc_info=exc_info or exc)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(logging.DEBUG, event, fields)
@@ -58,3 +59,9 @@ class Logger:
 
     def exception(self, event: str, **fields: Any) -> None:
         self._emit(logging.ERROR, event, fields, exc=True)
+
+    def failure(self, event: str, exc: BaseException, **fields: Any) -> None:
+        """An error with the traceback of ``exc`` (raised elsewhere: a task's, a thread's)."""
+        if self._logger.isEnabledFor(logging.ERROR):
+            fields["error"] = repr(exc)
+            self._emit(logging.ERROR, event, fields, exc_info=exc)

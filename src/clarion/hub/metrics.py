@@ -33,6 +33,9 @@ class HubMetrics:
         self.grip_published = 0
         self.grip_websockets = 0
         self.grip_holds: Counter[str] = Counter()
+        # Parts that raised and were contained (a task, a handler, a housekeeping round, the
+        # embedded webhook worker): each is logged with its traceback and counted here.
+        self.failures: Counter[str] = Counter()
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
             "clarion_publish_to_deliver_seconds",
@@ -58,6 +61,11 @@ class HubMetrics:
 
     def attach(self, hub: Hub) -> None:
         self.registry.register(_HubCollector(hub))
+
+    def include(self, registry: CollectorRegistry, prefix: str) -> None:
+        """Also expose ``registry``'s metrics whose names start with ``prefix`` (the embedded
+        webhook worker's), without importing what made them."""
+        self.registry.register(_Included(registry, prefix))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -109,6 +117,12 @@ class _HubCollector(Collector):
                                   value=m.tickets_issued)
         yield CounterMetricFamily("clarion_tickets_consumed", "One-time tickets used.",
                                   value=m.tickets_consumed)
+        f = CounterMetricFamily("clarion_failures", "Failures contained to one part (logged "
+                                "with a traceback; the part went on or restarted), by part.",
+                                labels=["part"])
+        for part, n in m.failures.items():
+            f.add_metric([part], n)
+        yield f
         grip = hub.grip
         if grip is None:
             return
@@ -127,3 +141,14 @@ class _HubCollector(Collector):
                                   "opened.", value=m.grip_websockets)
         yield GaugeMetricFamily("clarion_grip_held", "Connections held by the GRIP proxy now.",
                                 value=grip.connection_count)
+
+
+class _Included(Collector):
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.registry = registry
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            if metric.name.startswith(self.prefix):
+                yield metric

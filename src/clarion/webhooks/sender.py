@@ -2,23 +2,29 @@
 
 The signature's timestamp is the attempt's own (every retry is signed anew, as the spec wants,
 so a receiver's tolerance window applies to the attempt, not to the event). Errors never leave
-``attempt``: whatever happens becomes an :class:`AttemptResult` with an outcome and a reason.
+``attempt``: whatever happens becomes an :class:`AttemptResult` with an outcome and a reason,
+including a defect of the job itself (a header HTTP cannot carry, a row that could not be read),
+so a delivery that cannot succeed follows its retry schedule instead of failing every claim.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache
 
 from clarion.errors import AddressRejected, ConfigError, WebhookError
 from clarion.webhooks.addresses import AddressPolicy
+from clarion.webhooks.limits import check_header, clamp_delay
 from clarion.webhooks.retry import Outcome, RetryPolicy, classify, parse_retry_after
 from clarion.webhooks.signing import SigningKey, signature_headers
 from clarion.webhooks.store import AttemptResult, Job
 from clarion.webhooks.transport import Request, Transport
 
 DEFAULT_TIMEOUT = 15.0
+
+log = logging.getLogger("clarion.webhooks")
 
 
 @lru_cache(maxsize=4096)
@@ -52,6 +58,10 @@ class Sender:
         error = ""
         retry_after: float | None = None
         try:
+            if job.problem:
+                raise WebhookError(job.problem)
+            for name, value in job.headers:
+                check_header(name, value)  # stored before the bound existed, or by hand
             target = self.policy.parse_url(job.url)
             signed = signature_headers(
                 job.message_id, int(started), job.body, [_key(s) for s in job.secrets]
@@ -69,6 +79,11 @@ class Sender:
         except (WebhookError, OSError) as exc:
             outcome = Outcome.FAILURE
             error = str(exc) or type(exc).__name__
+        except Exception as exc:  # one delivery's defect stays with it
+            log.exception("delivery %d attempt %d failed unexpectedly", job.delivery_id,
+                          job.attempt)
+            outcome = Outcome.FAILURE
+            error = f"internal error: {type(exc).__name__}: {exc}"[:2000]
         else:
             status = response.status
             headers = response.headers
@@ -84,5 +99,7 @@ class Sender:
         except ConfigError:
             policy = self.retry  # a broken override must not stall the delivery
         next_in = None if job.manual else policy.delay(job.attempt, outcome, retry_after)
+        if next_in is not None:
+            next_in = clamp_delay(next_in)
         return AttemptResult(job, started, duration_ms, outcome, status, headers, body, error,
                              next_in)

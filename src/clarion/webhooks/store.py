@@ -36,6 +36,10 @@ class Job:
     timeout: float | None = None  # listener's override of the request timeout
     manual: bool = False  # a manual resend gets one attempt, no retries
     headers: tuple[tuple[str, str], ...] = ()  # listener's extra request headers
+    # Why the delivery cannot be attempted (its stored row cannot be read: a secret no key
+    # decrypts, a corrupt column). The sender records a failed attempt with this reason, so
+    # the delivery follows its retry schedule instead of failing every claim forever.
+    problem: str = ""
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
 
+from clarion.webhooks.retry import Outcome
 from clarion.webhooks.sender import Sender
 from clarion.webhooks.store import AttemptResult, Job, Store
 
@@ -31,6 +32,9 @@ log = logging.getLogger("clarion.webhooks")
 T = TypeVar("T")
 
 ATTEMPTS = Counter("clarion_webhook_attempts", "Webhook attempts made", ["outcome"])
+WORKER_ERRORS = Counter(
+    "clarion_webhook_worker_errors", "Worker steps that failed and were retried after a backoff",
+    ["error"])
 ATTEMPT_SECONDS = Histogram(
     "clarion_webhook_attempt_seconds", "Duration of webhook attempts",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
@@ -62,6 +66,8 @@ class Worker:
         self._results: list[AttemptResult] = []
         self._progress = asyncio.Event()
         self._stopping = False
+        self._idle_exit = False
+        self._next_cleanup = time.monotonic() + 60.0
         self.delivered = 0  # attempts recorded, for callers that report
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
@@ -73,44 +79,71 @@ class Worker:
         self.store.wake()
 
     async def run(self) -> None:
-        cfg = self.config
-        next_cleanup = time.monotonic() + 60.0
+        """Work until ``stop()``. A failing store call (a database that is down, locked or
+        refuses a statement) is logged with its traceback, counted in
+        ``clarion_webhook_worker_errors_total`` and retried after a backoff that doubles from
+        0.1 s to 30 s; results not yet recorded are kept for the next try."""
+        backoff = 0.0
         try:
             while not self._stopping:
-                dispatched = await self._call(self.store.dispatch, cfg.batch)
-                room = cfg.concurrency - len(self._in_flight)
-                jobs: list[Job] = []
-                if room >= min(cfg.batch, cfg.concurrency) // 2:
-                    jobs = await self._call(self.store.claim, min(cfg.batch, room), self.lease)
-                    for job in jobs:
-                        self._spawn(job)
-                await self._flush()
-                if cfg.retention and time.monotonic() >= next_cleanup:
-                    # Housekeeping runs on schedule even when the worker is never idle.
-                    removed = await self._call(self.store.cleanup, cfg.retention)
-                    if removed:
-                        log.info("removed %d events older than the retention period", removed)
-                    next_cleanup = time.monotonic() + cfg.cleanup_interval
-                if jobs or dispatched >= cfg.batch:
-                    continue
-                if self._in_flight:
+                try:
+                    await self._cycle()
+                except Exception as exc:  # the worker outlives any one failure
+                    backoff = min(max(backoff * 2, 0.1), 30.0)
+                    WORKER_ERRORS.labels(type(exc).__name__).inc()
+                    log.exception("webhook worker step failed; retrying in %.1f s", backoff)
                     self._progress.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._progress.wait(), 0.05)
+                        await asyncio.wait_for(self._progress.wait(), backoff)
                     continue
-                if dispatched:
-                    continue
-                due = await self._call(self.store.next_due)
-                if due == 0:
-                    continue
-                if cfg.exit_when_idle:
+                backoff = 0.0
+                if self._idle_exit:
                     break
-                timeout = cfg.idle_wait if due is None else min(due, cfg.idle_wait)
-                await asyncio.get_running_loop().run_in_executor(
-                    self._waiter, self.store.wait, timeout
-                )
         finally:
             await self._drain()
+
+    async def _cycle(self) -> None:
+        """One round: fan out, claim and start sends, record, housekeeping, then wait while
+        there is nothing to do. Returns to ``run`` after every wait so failures are caught
+        there."""
+        cfg = self.config
+        next_cleanup = self._next_cleanup
+        while not self._stopping:
+            dispatched = await self._call(self.store.dispatch, cfg.batch)
+            room = cfg.concurrency - len(self._in_flight)
+            jobs: list[Job] = []
+            if room >= min(cfg.batch, cfg.concurrency) // 2:
+                jobs = await self._call(self.store.claim, min(cfg.batch, room), self.lease)
+                for job in jobs:
+                    self._spawn(job)
+            await self._flush()
+            if cfg.retention and time.monotonic() >= next_cleanup:
+                # Housekeeping runs on schedule even when the worker is never idle. The
+                # next time is set first, so a failing cleanup does not run every round.
+                next_cleanup = self._next_cleanup = time.monotonic() + cfg.cleanup_interval
+                removed = await self._call(self.store.cleanup, cfg.retention)
+                if removed:
+                    log.info("removed %d events older than the retention period", removed)
+            if jobs or dispatched >= cfg.batch:
+                continue
+            if self._in_flight:
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), 0.05)
+                continue
+            if dispatched:
+                continue
+            due = await self._call(self.store.next_due)
+            if due == 0:
+                continue
+            if cfg.exit_when_idle:
+                self._idle_exit = True
+                return
+            timeout = cfg.idle_wait if due is None else min(due, cfg.idle_wait)
+            await asyncio.get_running_loop().run_in_executor(
+                self._waiter, self.store.wait, timeout
+            )
+            return
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(self._one(job))
@@ -118,7 +151,15 @@ class Worker:
         task.add_done_callback(self._in_flight.discard)
 
     async def _one(self, job: Job) -> None:
-        result = await self.sender.attempt(job)
+        try:
+            result = await self.sender.attempt(job)
+        except Exception as exc:  # the sender promises not to raise; if it does,
+            # the attempt is still recorded, or the delivery would be claimed again forever.
+            log.exception("delivery %d: the sender raised", job.delivery_id)
+            result = AttemptResult(job, time.time(), 0, Outcome.FAILURE,
+                                   error=f"internal error: {type(exc).__name__}: {exc}"[:2000],
+                                   next_attempt_in=self.sender.retry.delay(
+                                       job.attempt, Outcome.FAILURE))
         ATTEMPTS.labels(result.outcome.value).inc()
         ATTEMPT_SECONDS.observe(result.duration_ms / 1000)
         if result.error:
@@ -132,7 +173,11 @@ class Worker:
         if not self._results:
             return
         batch, self._results = self._results, []
-        await self._call(self.store.record, batch, self.config.disable_after)
+        try:
+            await self._call(self.store.record, batch, self.config.disable_after)
+        except BaseException:
+            self._results[:0] = batch  # recorded by the next flush, not lost
+            raise
         self.delivered += len(batch)
 
     async def _drain(self) -> None:
