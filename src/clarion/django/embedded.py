@@ -31,6 +31,25 @@ def _secret_key(db: Path) -> str:
     return path.read_text().strip()
 
 
+def sqlite_options() -> dict[str, Any]:
+    """SQLite as it supports concurrency: WAL (readers never block the writer), a busy timeout
+    (a writer waits for the lock instead of failing at once), and transactions that take the
+    write lock when they begin. A transaction that starts by reading and writes later cannot
+    wait for the lock: when another writer committed in between, SQLite answers "database is
+    locked" at once, whatever the timeout (the embedded worker died of exactly that while the
+    API was writing). ``init_command`` and ``transaction_mode`` came with Django 5.1."""
+    import django
+
+    if django.VERSION < (5, 1):
+        raise ConfigError("the built-in webhook app needs Django 5.1 or newer "
+                          f"(found {django.get_version()})")
+    return {
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+    }
+
+
 def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, Any] | None = None,
               migrate: bool = True) -> None:
     """Configure Django for the built-in app (once per process) and bring the database up to
@@ -53,12 +72,25 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
                 "django.contrib.sessions", "django.contrib.messages", "clarion.django",
             ],
             MIDDLEWARE=[
+                "django.middleware.security.SecurityMiddleware",
                 "django.contrib.sessions.middleware.SessionMiddleware",
                 "django.middleware.common.CommonMiddleware",
                 "django.middleware.csrf.CsrfViewMiddleware",
                 "django.contrib.auth.middleware.AuthenticationMiddleware",
                 "django.contrib.messages.middleware.MessageMiddleware",
+                "django.middleware.clickjacking.XFrameOptionsMiddleware",
             ],
+            X_FRAME_OPTIONS="DENY",
+            SECURE_CONTENT_TYPE_NOSNIFF=True,
+            SECURE_REFERRER_POLICY="same-origin",
+            SECURE_CROSS_ORIGIN_OPENER_POLICY="same-origin",
+            SESSION_COOKIE_HTTPONLY=True,
+            SESSION_COOKIE_SAMESITE="Lax",
+            CSRF_COOKIE_SAMESITE="Lax",
+            # Behind TLS (the hub's own or a proxy's), CLARION_SECURE_COOKIES=1 keeps the
+            # session and CSRF cookies off plain HTTP.
+            SESSION_COOKIE_SECURE=_flag("CLARION_SECURE_COOKIES"),
+            CSRF_COOKIE_SECURE=_flag("CLARION_SECURE_COOKIES"),
             TEMPLATES=[{
                 "BACKEND": "django.template.backends.django.DjangoTemplates",
                 "APP_DIRS": True,
@@ -70,7 +102,7 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
             }],
             DATABASES={"default": {
                 "ENGINE": "django.db.backends.sqlite3", "NAME": str(path),
-                "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+                "OPTIONS": sqlite_options(),
             }},
             DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
             STATIC_URL=f"/{PREFIX}static/",
@@ -83,6 +115,10 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
 
 
 def _env_webhooks() -> dict[str, Any]:

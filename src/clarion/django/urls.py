@@ -13,6 +13,7 @@ from clarion.django.api import views as api
 from clarion.django.api.http import endpoint
 from clarion.django.api.openapi import openapi
 from clarion.django.dashboard import views as dash
+from clarion.django.security import protect_patterns
 
 app_name = "clarion"
 
@@ -57,4 +58,5 @@ dashboard_patterns = [
     path("dashboard.css", dash.stylesheet, name="stylesheet"),
 ]
 
-urlpatterns = api_patterns + dashboard_patterns
+# Every route sends the anti-framing, no-sniff and no-store headers (clarion.django.security).
+urlpatterns = protect_patterns(api_patterns + dashboard_patterns)
