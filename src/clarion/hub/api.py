@@ -190,6 +190,8 @@ class ServerApi:
                 return _invalid(exc, request.body or b"{}")
             except msgspec.DecodeError as exc:
                 return Response.error(400, f"body is not valid JSON: {exc}")
+            except RecursionError:
+                return _too_deep()
             return Response(200, await self.batch(batch))
         entry = self.methods.get(method)
         if entry is None:
@@ -201,6 +203,8 @@ class ServerApi:
             return _invalid(exc, request.body or b"{}")
         except msgspec.DecodeError as exc:
             return Response.error(400, f"body is not valid JSON: {exc}")
+        except RecursionError:
+            return _too_deep()
         self.hub.metrics.api_calls[method] += 1
         return Response(200, await self._call(func, req))
 
@@ -229,6 +233,10 @@ class ServerApi:
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 replies.append(proto.encode({"error": {"code": 107,
                                                        "message": f"bad request: {exc}"}}))
+                continue
+            except RecursionError:
+                replies.append(b'{"error":{"code":107,"message":"bad request: nested too '
+                               b'deeply"}}')
                 continue
             self.hub.metrics.api_calls[method] += 1
             try:
@@ -403,12 +411,20 @@ class ServerApi:
         return {"ticket": ticket, "expires_in": ttl}
 
 
+def _too_deep() -> Response:
+    # msgspec raises RecursionError for JSON nested deeper than the interpreter's stack allows
+    # (a few hundred "[" do it, well within api_max_body_size): the client's fault, not a 500.
+    return Response.error(400, "body is not valid JSON: nested too deeply")
+
+
 def _invalid(exc: msgspec.ValidationError, body: bytes) -> Response:
     try:
         msgspec.json.decode(body)
     except msgspec.DecodeError as syntax:
         # msgspec checks the shape as it parses; broken JSON must still read as broken JSON.
         return Response.error(400, f"body is not valid JSON: {syntax}")
+    except RecursionError:
+        return _too_deep()
     message = str(exc)
     field = ""
     if " - at `$." in message:

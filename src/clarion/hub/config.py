@@ -6,6 +6,7 @@ keys. An unknown key is an error that names it: a typo must not silently turn a 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -30,6 +31,10 @@ def parse_duration(value: float | int | str, name: str) -> float:
         if match is None:
             raise ValueError(f"{name}: {value!r} is not a duration (like 30, \"30s\", \"5m\")")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        # nan slips through every comparison below and in the timers that use it; inf would
+        # overflow the event loop's timer arithmetic.
+        raise ValueError(f"{name}: must be a finite number of seconds")
     if seconds < 0:
         raise ValueError(f"{name}: must not be negative")
     return seconds
@@ -74,6 +79,11 @@ class ChannelOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 re.compile(self.channel_regex)
             except re.error as exc:
                 raise ValueError(f"channel_regex: {exc}") from None
+            except (RecursionError, OverflowError):
+                # sre's parser recurses per group and caps a pattern's compiled size; msgspec
+                # passes only ValueError and TypeError on as a validation error.
+                raise ValueError("channel_regex: the pattern is nested too deeply or too large"
+                                 ) from None
 
     @property
     def history_enabled(self) -> bool:
@@ -216,6 +226,11 @@ def load_config(
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: TOML must be UTF-8 ({exc.reason} at byte "
+                              f"{exc.start})") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path}: arrays or tables nested too deeply") from None
     env = _from_env(os.environ if environ is None else environ)
     raw.update(env)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -228,8 +243,13 @@ def load_config(
                 msgspec.convert(options, type=ChannelOptions, strict=False)
             except msgspec.ValidationError as exc:
                 raise ConfigError(f"{where}: [namespaces.{name}]: {exc}") from None
+            except RecursionError:
+                raise ConfigError(f"{where}: [namespaces.{name}]: values nested too deeply"
+                                  ) from None
     try:
         # strict=False lets environment strings become numbers and booleans.
         return msgspec.convert(raw, type=Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: values nested too deeply") from None

@@ -120,7 +120,9 @@ def decode_commands(frame: bytes) -> list[Command]:
             continue
         try:
             out.append(_command_decoder.decode(line))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        # msgspec raises RecursionError for JSON nested deeper than the interpreter's stack
+        # allows (a few hundred levels of "[" are enough): that is a malformed frame too.
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise Disconnect(*codes.BAD_REQUEST) from exc
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,23 +88,35 @@ def _decode(token: str, keys: TokenKeys) -> dict[str, Any]:
     return claims
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _info(claims: dict[str, Any]) -> bytes | None:
+    # The info is inserted into JSON pushes as it is, so it must be JSON a browser can read:
+    # Python's json module would take and write NaN and Infinity, which no other parser does.
     if "b64info" in claims:
+        b64info = claims["b64info"]
+        if not isinstance(b64info, str):
+            raise TokenError("b64info must be a base64 string")
         try:
-            info = base64.b64decode(claims["b64info"], validate=True)
-            # It is inserted into JSON pushes as it is: it must be JSON itself.
-            json.loads(info)
-        except ValueError:
+            value = json.loads(base64.b64decode(b64info, validate=True),
+                               parse_constant=_refuse_constant)
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except (ValueError, RecursionError):
             raise TokenError("b64info is not base64 of a JSON value") from None
-        return json.dumps(json.loads(info), separators=(",", ":")).encode()
     if "info" in claims:
-        return json.dumps(claims["info"], separators=(",", ":")).encode()
+        try:
+            return json.dumps(claims["info"], separators=(",", ":"), allow_nan=False).encode()
+        except (ValueError, RecursionError):
+            raise TokenError("info must be a JSON value (no NaN or Infinity)") from None
     return None
 
 
 def _expire_at(claims: dict[str, Any]) -> int:
     exp = claims.get("expire_at", claims.get("exp", 0))
-    if not isinstance(exp, int | float):
+    # PyJWT reads Infinity and NaN as floats; int() of them raises OverflowError/ValueError.
+    if not isinstance(exp, int | float) or not math.isfinite(exp):
         raise TokenError("exp must be a number")
     return int(exp)
 

@@ -40,7 +40,10 @@ _BODY_ERRORS = {
 _NOT_FOUND = {"404": _error("No such object, or one of another owner (never 403, so ids of "
                             "other owners cannot be probed)")}
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+# Ids are database primary keys: the URL pattern (<int:id>) takes no sign, so a negative id is
+# not one of these paths at all, and SQLite/PostgreSQL keys end at 2**63 - 1.
+_ID = {"name": "id", "in": "path", "required": True,
+       "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
 _PAGE = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                 "maximum": MAX_LIMIT, "default": 50}},

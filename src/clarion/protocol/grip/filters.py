@@ -29,7 +29,11 @@ def _render(template: bytes, values: Mapping[str, str], what: str) -> bytes:
             raise GripError(f"{what}: unknown directive %{kind.decode(errors='replace')}")
         if name is None:
             raise GripError(f"{what}: directive s needs a name, as in %(name)s")
-        key = name.decode()
+        try:
+            key = name.decode()
+        except UnicodeDecodeError:
+            # Published content is any bytes; meta names are text, so no such name exists.
+            raise GripError(f"{what}: no such variable {name!r}") from None
         if key not in values:
             raise GripError(f"{what}: no such variable {key!r}")
         return values[key].encode()

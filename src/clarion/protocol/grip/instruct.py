@@ -297,6 +297,8 @@ def _from_json(body: bytes, base: Instruct) -> Instruct:
         raise GripError(f"application/grip-instruct: {exc}") from None
     except msgspec.DecodeError as exc:
         raise GripError(f"application/grip-instruct: not JSON: {exc}") from None
+    except RecursionError:  # msgspec's answer to JSON nested deeper than the stack
+        raise GripError("application/grip-instruct: nested too deeply") from None
     out = base
     out.response = Response(200, "OK", [], b"")
     if doc.response is not None:

@@ -145,6 +145,8 @@ def parse_publish(body: bytes) -> list[Item]:
         raise GripError(f"Invalid format: {exc}") from None
     except msgspec.DecodeError as exc:
         raise GripError(f"Invalid format: body is not JSON: {exc}") from None
+    except RecursionError:  # msgspec's answer to JSON nested deeper than the stack
+        raise GripError("Invalid format: body is nested too deeply") from None
     return [_check(item.normalized(), f"Invalid format: items[{i}]")
             for i, item in enumerate(doc.items)]
 

@@ -9,7 +9,6 @@ the way Pushpin's config takes them: a literal string, ``base64:<b64>`` or ``fil
 from __future__ import annotations
 
 import base64
-import binascii
 import time
 import warnings
 from typing import Any
@@ -31,7 +30,7 @@ def decode_key(spec: str | bytes, read_file: Any = None) -> bytes:
     if spec.startswith("base64:"):
         try:
             return base64.b64decode(spec[7:], validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, and the ValueError for non-ASCII text
             raise GripError(f"key {spec[:12]}…: not valid base64") from exc
     if spec.startswith("file:"):
         if read_file is None:

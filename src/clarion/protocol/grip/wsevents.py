@@ -121,6 +121,8 @@ def parse_control(message: bytes) -> Control:
         ctl = _control.decode(message)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise GripError(f"control message: {exc}") from None
+    except RecursionError:  # msgspec's answer to JSON nested deeper than the stack
+        raise GripError("control message: nested too deeply") from None
     if ctl.type not in CONTROL_TYPES:
         raise GripError(f"control message: unknown type {ctl.type!r}")
     if ctl.type in ("subscribe", "unsubscribe") and not ctl.channel:
