@@ -13,10 +13,15 @@ class ClarionConfig(AppConfig):  # type: ignore[misc]  # Django ships no type in
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core import checks
+
+        from clarion.django.encryption import check_derived_key, check_keys
         from clarion.django.hooks import OPERATIONAL, hooks
         from clarion.django.store import register_sqlite_match
 
         connection_created.connect(register_sqlite_match, dispatch_uid="clarion.sqlite_match")
+        checks.register(check_keys, checks.Tags.security)
+        checks.register(check_derived_key, checks.Tags.security, deploy=True)
         for hook in OPERATIONAL:
             if hook.name not in hooks:
                 hooks.register(hook)

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from clarion.django.encryption import EncryptedSecretField, EncryptedSecretsField, decrypt
+
 
 class Listener(models.Model):  # type: ignore[misc]
     hook = models.CharField("event type", max_length=200, db_index=True)
@@ -24,8 +26,10 @@ class Listener(models.Model):  # type: ignore[misc]
     match = models.JSONField(
         "filter", default=dict, blank=True,
         help_text="Field conditions an event must meet (see clarion.django.match).")
-    secret = models.CharField("signing secret", max_length=200)
-    previous_secrets = models.JSONField(default=list, blank=True, editable=False)
+    # Encrypted at rest (clarion.django.encryption); instances hold the plain values.
+    secret: str = EncryptedSecretField("signing secret", max_length=500)
+    previous_secrets: list[Any] = EncryptedSecretsField(default=list, blank=True,
+                                                        editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                               on_delete=models.CASCADE, related_name="clarion_listeners")
     description = models.CharField(max_length=500, blank=True)
@@ -251,10 +255,14 @@ MAX_OLD_SECRETS = 10  # Svix keeps ten
 
 def valid_secrets(secret: str, previous: Any, now: float) -> tuple[str, ...]:
     """The current secret, then earlier ones whose grace period (``expires``, unix time) has
-    not ended. ``previous`` is the stored list, or its JSON text as a raw query returns it."""
+    not ended. ``previous`` is the stored list, or its JSON text as a raw query returns it.
+
+    The secrets may be as stored (encrypted; a raw query reads them so) or already decrypted
+    (a model instance): both give the plain secrets."""
     if isinstance(previous, str | bytes):
         previous = json.loads(previous)
-    return (secret, *(old["secret"] for old in previous or [] if old["expires"] > now))
+    return (decrypt(secret),
+            *(decrypt(old["secret"]) for old in previous or [] if old["expires"] > now))
 
 
 def wake_workers(using: str) -> None:

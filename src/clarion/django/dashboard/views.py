@@ -16,17 +16,20 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse, reverse_lazy
 from django.views.decorators.http import require_http_methods
 
+from clarion.django import encryption
 from clarion.django import forms as f
 from clarion.django.api.http import sees_all
 from clarion.django.conf import webhook_settings
 from clarion.django.hooks import NotRegistered, hooks
 from clarion.django.models import ApiKey, Delivery, Listener
+from clarion.errors import DecryptionError
 
 PER_PAGE = 50
 EXCERPT = 300  # characters of a response body shown in the attempts table
 _STYLESHEET = Path(__file__).parent.parent / "static" / "clarion" / "dashboard.css"
 # The secret is kept in the session between the POST that makes it and the page that shows
-# it, and removed there: it is shown once, and a reload does not POST again.
+# it, and removed there: it is shown once, and a reload does not POST again. It is encrypted
+# there too, as the session table is as readable in a database dump as the listener table.
 _NEW_SECRET = "clarion_new_secret"
 _NEW_KEY = "clarion_new_api_key"
 
@@ -41,6 +44,15 @@ def view(*methods: str) -> Callable[[View], View]:
         return cast(View, login_required(guarded, login_url=reverse_lazy("clarion:login")))
 
     return wrap
+
+
+def _reveal(stored: str | None) -> str | None:
+    # Made under a key removed since (a rotation between the POST and the page): the value is
+    # lost, not the page; a new secret or key can be made again.
+    try:
+        return encryption.decrypt(stored) if stored else None
+    except DecryptionError:
+        return None
 
 
 def _db() -> str:
@@ -98,7 +110,8 @@ def create(request: HttpRequest) -> HttpResponse:
         except (ValueError, ValidationError) as exc:
             form.add_error(None, str(exc))
         else:
-            request.session[_NEW_SECRET] = {"id": listener.pk, "secret": listener.secret}
+            request.session[_NEW_SECRET] = {"id": listener.pk,
+                                            "secret": encryption.encrypt(listener.secret)}
             messages.success(request, "Listener created.")
             return _to_listener(listener.pk)
     return render(request, "clarion/create.html",
@@ -111,7 +124,7 @@ def listener(request: HttpRequest, pk: int) -> HttpResponse:
     secret = None
     shown = request.session.get(_NEW_SECRET)
     if shown and shown.get("id") == row.pk:
-        secret = shown["secret"]
+        secret = _reveal(shown["secret"])
         del request.session[_NEW_SECRET]
     deliveries = Delivery.objects.using(_db()).filter(listener=row).select_related(
         "event").prefetch_related("attempt_log").order_by("-id")
@@ -129,7 +142,8 @@ def listener(request: HttpRequest, pk: int) -> HttpResponse:
 @view("POST")
 def rotate_secret(request: HttpRequest, pk: int) -> HttpResponse:
     row = _listener(request, pk)
-    request.session[_NEW_SECRET] = {"id": row.pk, "secret": row.rotate_secret()}
+    request.session[_NEW_SECRET] = {"id": row.pk,
+                                    "secret": encryption.encrypt(row.rotate_secret())}
     messages.success(request, "New secret made; the old one keeps signing for the grace "
                               "period.")
     return _to_listener(pk)
@@ -188,11 +202,12 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     form = f.ApiKeyForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         _, raw = ApiKey.issue(request.user, form.cleaned_data["name"])
-        request.session[_NEW_KEY] = raw
+        request.session[_NEW_KEY] = encryption.encrypt(raw)
         return HttpResponseRedirect(reverse("clarion:api-keys"))
     keys = ApiKey.objects.filter(owner_id=request.user.pk).order_by("-id")
     return render(request, "clarion/api_keys.html",
-                  {"form": form, "keys": keys, "new_key": request.session.pop(_NEW_KEY, None)})
+                  {"form": form, "keys": keys,
+                   "new_key": _reveal(request.session.pop(_NEW_KEY, None))})
 
 
 @view("POST")
