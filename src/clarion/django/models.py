@@ -60,6 +60,37 @@ class Listener(models.Model):  # type: ignore[misc]
     def __repr__(self) -> str:  # never the secret
         return f"<Listener {self.pk} {self.hook} {self.url}>"
 
+    def clean(self) -> None:
+        """The bounds of :mod:`clarion.webhooks.limits`, for every path that runs
+        ``full_clean``: the durian builder, the admin, the API's updates."""
+        from django.core.exceptions import ValidationError
+
+        from clarion.django import match as _match
+        from clarion.errors import LimitError
+        from clarion.webhooks import limits
+
+        errors: dict[str, str] = {}
+        checks = (("retry_schedule", limits.check_schedule), ("timeout", limits.check_timeout),
+                  ("rate_limit", limits.check_rate_limit), ("headers", limits.check_headers))
+        for name, check in checks:
+            try:
+                check(getattr(self, name))
+            except LimitError as exc:
+                errors[name] = str(exc)
+        try:
+            limits.check_url_length(self.url or "")
+        except LimitError as exc:
+            errors["url"] = str(exc)
+        try:
+            limits.check_filter_json(self.match)
+            if not isinstance(self.match or {}, dict):
+                raise ValueError("an object of field name → matcher")
+            _match.filter_from_json(self.match or {})
+        except ValueError as exc:  # LimitError is one
+            errors["match"] = f"not a valid filter: {exc}"
+        if errors:
+            raise ValidationError(errors)
+
     def signing_secrets(self, now: Any = None) -> list[str]:
         """The current secret, then earlier ones still inside their rotation grace period."""
         return list(valid_secrets(self.secret, self.previous_secrets,

@@ -18,8 +18,9 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.db import connections, transaction
@@ -29,12 +30,15 @@ from django.utils import timezone
 from clarion.django import match as _match
 from clarion.django.hooks import ATTEMPTS_EXHAUSTED, LISTENER_DISABLED
 from clarion.django.models import Attempt, Delivery, Event, Listener, valid_secrets
+from clarion.errors import LimitError
+from clarion.webhooks.limits import MAX_TIMEOUT, MIN_TIMEOUT, check_schedule, clamp_delay
 from clarion.webhooks.retry import Outcome
 from clarion.webhooks.store import AttemptResult, Job
 
 log = logging.getLogger("clarion.webhooks")
 
 OPERATIONAL_PREFIX = "clarion."
+DISPATCH_TIMEOUT = 60.0  # seconds for one fan-out statement on PostgreSQL
 
 
 def _json(value: Any) -> Any:
@@ -70,11 +74,46 @@ def _schedule(*values: Any) -> tuple[float, ...] | None:
         value = _json(value)
         if value is not None:
             try:
-                return tuple(float(v) for v in value)
-            except (TypeError, ValueError):
-                log.warning("ignoring a retry schedule that is not a list of seconds: %r", value)
+                checked = check_schedule(value)
+            except LimitError as exc:
+                # Written before the bound existed, or by hand: the default schedule applies.
+                log.warning("ignoring a stored retry schedule that %s", exc)
                 return None
+            return tuple(float(v) for v in checked or ())
     return None
+
+
+def _timeout(value: Any) -> float | None:
+    return None if value is None else min(max(float(value), MIN_TIMEOUT), MAX_TIMEOUT)
+
+
+def _next_at(now: datetime, delay: float | None) -> datetime | None:
+    return None if delay is None else now + timedelta(seconds=clamp_delay(delay))
+
+
+def _pg_job(row: tuple[Any, ...]) -> Job:
+    (did, lid, attempts, manual, msg_id, hook, payload, ev_schedule, url, secret, previous,
+     l_schedule, timeout, headers, _rate, now) = row
+    return Job(
+        delivery_id=did, listener_id=lid, attempt=attempts + 1, message_id=msg_id,
+        hook=hook, url=url, body=payload.encode(),
+        secrets=valid_secrets(secret, previous, float(now)),
+        schedule=_schedule(l_schedule, ev_schedule), timeout=_timeout(timeout),
+        manual=manual, headers=_headers(headers),
+    )
+
+
+def _guarded_job(delivery_id: int, listener_id: int, attempt: int, url: str,
+                 build: Callable[[], Job]) -> Job:
+    """``build()``, or, when the stored row cannot be turned into a job, a job that the sender
+    records as a failed attempt naming the reason (never a claim that fails forever)."""
+    try:
+        return build()
+    except Exception as exc:  # any defect of one row stays with that delivery
+        log.exception("delivery %d cannot be attempted", delivery_id)
+        return Job(delivery_id=delivery_id, listener_id=listener_id, attempt=attempt,
+                   message_id="", hook="", url=url, body=b"", secrets=(),
+                   problem=f"the delivery could not be prepared: {type(exc).__name__}: {exc}")
 
 
 class DjangoStore:
@@ -156,11 +195,13 @@ class DjangoStore:
             if not due:
                 return []
             now = timezone.now()
-            longest = max(lease, *((d.listener.timeout or 0) + 10 for d in due))
+            longest = max(lease, *((_timeout(d.listener.timeout) or 0) + 10 for d in due))
             Delivery.objects.using(db).filter(id__in=[d.id for d in due]).update(
                 next_attempt_at=now + timedelta(seconds=longest)
             )
-            jobs = [self._job(d, now.timestamp()) for d in due]
+            stamp = now.timestamp()
+            jobs = [_guarded_job(d.id, d.listener_id, d.attempts + 1, d.listener.url,
+                                 partial(self._job, d, stamp)) for d in due]
             return self._rate_limit(jobs, {d.listener_id: d.listener.rate_limit for d in due})
 
     def _job(self, d: Delivery, now: float) -> Job:
@@ -171,7 +212,8 @@ class DjangoStore:
             body=event.payload.encode(),
             secrets=valid_secrets(listener.secret, listener.previous_secrets, now),
             schedule=_schedule(listener.retry_schedule, event.retry_schedule),
-            timeout=listener.timeout, manual=d.manual, headers=_headers(listener.headers),
+            timeout=_timeout(listener.timeout), manual=d.manual,
+            headers=_headers(listener.headers),
         )
 
     def _rate_limit(self, jobs: list[Job], limits: dict[int, int | None]) -> list[Job]:
@@ -234,8 +276,7 @@ class DjangoStore:
                 id=r.job.delivery_id, status=Delivery.Status.PENDING
             ).update(
                 status=status, attempts=r.job.attempt, manual=False,
-                next_attempt_at=(now + timedelta(seconds=r.next_attempt_in)
-                                 if r.next_attempt_in is not None else None),
+                next_attempt_at=_next_at(now, r.next_attempt_in),
                 last_status_code=r.status_code, last_error=r.error[:2000],
                 last_attempt_at=_at(r.started_at),
                 ended_at=None if status == Delivery.Status.PENDING else now,
@@ -336,6 +377,12 @@ class PostgresStore(DjangoStore):
 
     def dispatch(self, limit: int) -> int:
         with transaction.atomic(using=self.using), connections[self.using].cursor() as cur:
+            # Filters are RE2-checked when saved, so matching is linear; this bound is for what
+            # slipped past (rows written by hand): the fan-out fails loudly and is retried
+            # after the worker's backoff, where it would otherwise hold its locks for as long
+            # as PostgreSQL's regex engine needs.
+            cur.execute("SELECT set_config('statement_timeout', %s, true)",
+                        [f"{int(DISPATCH_TIMEOUT * 1000)}ms"])
             cur.execute(
                 """
                 WITH ev AS (
@@ -375,29 +422,23 @@ class PostgresStore(DjangoStore):
                   ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE OF d SKIP LOCKED
                 )
                 UPDATE clarion_delivery d SET next_attempt_at = now() + make_interval(
-                  secs => GREATEST(%s, coalesce(l.timeout, 0) + 10))
+                  secs => GREATEST(%s, LEAST(coalesce(l.timeout, 0), %s) + 10))
                 FROM c, clarion_event e, clarion_listener l
                 WHERE d.id = c.id AND e.id = d.event_id AND l.id = d.listener_id
                 RETURNING d.id, d.listener_id, d.attempts, d.manual, e.msg_id, e.hook, e.payload,
                   e.retry_schedule, l.url, l.secret, l.previous_secrets, l.retry_schedule,
                   l.timeout, l.headers, l.rate_limit, extract(epoch from now())
                 """,
-                [limit, lease],
+                [limit, lease, MAX_TIMEOUT],
             )
             rows = cur.fetchall()
             if not rows:
                 return []
             jobs = []
             limits: dict[int, int | None] = {}
-            for (did, lid, attempts, manual, msg_id, hook, payload, ev_schedule, url, secret,
-                 previous, l_schedule, timeout, headers, rate, now) in rows:
-                jobs.append(Job(
-                    delivery_id=did, listener_id=lid, attempt=attempts + 1, message_id=msg_id,
-                    hook=hook, url=url, body=payload.encode(),
-                    secrets=valid_secrets(secret, previous, float(now)),
-                    schedule=_schedule(l_schedule, ev_schedule), timeout=timeout,
-                    manual=manual, headers=_headers(headers),
-                ))
+            for row in rows:
+                did, lid, attempts, url, rate = row[0], row[1], row[2], row[8], row[14]
+                jobs.append(_guarded_job(did, lid, attempts + 1, url, partial(_pg_job, row)))
                 limits[lid] = rate
             return self._rate_limit(jobs, limits)
 
@@ -431,7 +472,7 @@ class PostgresStore(DjangoStore):
             ids.append(r.job.delivery_id)
             statuses.append(str(_status(r)))
             numbers.append(r.job.attempt)
-            delays.append(r.next_attempt_in)
+            delays.append(None if r.next_attempt_in is None else clamp_delay(r.next_attempt_in))
             codes.append(r.status_code)
             errors.append(r.error[:2000].replace("\x00", ""))
             started.append(_at(r.started_at))
@@ -580,8 +621,10 @@ def register_sqlite_match(sender: Any, connection: Any, **kwargs: Any) -> None:
     def clarion_match(spec: str | None, data: str | None) -> bool:
         try:
             return _match.matches_json(json.loads(spec or "{}"), json.loads(data or "{}"))
-        except (ValueError, TypeError):
-            return False  # a filter that cannot be read matches nothing, loudly in the admin
+        except Exception:  # raised into SQLite, it would fail the fan-out for every event
+            # A filter that cannot be read or evaluated matches nothing (the admin shows it).
+            log.warning("listener filter %.200s cannot be evaluated", spec, exc_info=True)
+            return False
 
     connection.connection.create_function("clarion_match", 2, clarion_match, deterministic=True)
 
