@@ -198,9 +198,6 @@ def test_match_well_formed_filters_evaluate(stored: dict[str, Any], data: dict[s
     assert isinstance(match.matches(conditions, data), bool)
 
 
-@pytest.mark.xfail(strict=False, reason="clarion.django.match is being changed by its owner: "
-                   "from_json raises AttributeError/TypeError/RecursionError for some malformed "
-                   "filters (tests/test_fuzz_regressions.py)")
 @FUZZ
 @given(json_values | st.dictionaries(
     st.sampled_from(["op", "value", "values", "arg", "args", "match"]),

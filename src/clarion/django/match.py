@@ -367,12 +367,17 @@ def compile_filter(conditions: Mapping[str, typing.Any]) -> dict[str, Matcher]:
     return {str(k): as_matcher(v) for k, v in conditions.items()}
 
 
-def from_json(spec: Mapping[str, typing.Any]) -> Matcher:
+_MAX_DEPTH = 64  # stored filters are bounded at 8 levels; this guards the stack, not policy
+
+
+def from_json(spec: Mapping[str, typing.Any], _depth: int = 0) -> Matcher:
     """Rebuild a matcher from its stored form; ValueError names what is wrong."""
     if not isinstance(spec, Mapping) or "op" not in spec:
-        raise ValueError(f"a matcher is an object with an 'op', not {spec!r}")
+        raise ValueError(f"a matcher is an object with an 'op', not {spec!r:.200}")
+    if _depth > _MAX_DEPTH:
+        raise ValueError(f"matchers nested more than {_MAX_DEPTH} levels deep")
     op = spec["op"]
-    cls = _OPS.get(op)
+    cls = _OPS.get(op) if isinstance(op, str) else None
     if cls is None:
         raise ValueError(f"unknown matcher op {op!r}; known: {', '.join(sorted(_OPS))}")
     try:
@@ -383,15 +388,18 @@ def from_json(spec: Mapping[str, typing.Any]) -> Matcher:
         if cls is Exists:
             return Exists(spec.get("value", True))
         if cls in (And, Or):
-            return cls(*(from_json(a) for a in spec["args"]))
+            return cls(*(from_json(a, _depth + 1) for a in spec["args"]))
         if cls is Not:
-            return Not(from_json(spec["arg"]))
+            return Not(from_json(spec["arg"], _depth + 1))
         if cls is Fields:
-            return Fields({k: from_json(v) for k, v in spec["match"].items()})
+            conditions = spec["match"]
+            if not isinstance(conditions, Mapping):
+                raise ValueError(f"matcher 'fields' needs an object, not {conditions!r:.200}")
+            return Fields({k: from_json(v, _depth + 1) for k, v in conditions.items()})
         return cls(spec["value"])  # type: ignore[call-arg]
     except KeyError as exc:
         raise ValueError(f"matcher {op!r} needs {exc.args[0]!r}") from None
-    except TypeError as exc:
+    except (TypeError, AttributeError) as exc:
         raise ValueError(str(exc)) from None
 
 
