@@ -211,3 +211,31 @@ def test_the_dashboard_and_api_cannot_be_framed_or_sniffed(server: Server) -> No
     assert "no-store" in login.headers["cache-control"]
     cookie = login.headers.get("set-cookie", "")
     assert "SameSite=Lax" in cookie, cookie
+
+
+def test_key_rotation_without_a_django_project(tmp_path: Path) -> None:
+    # The built-in configuration takes SECRET_KEY_FALLBACKS and ENCRYPTION_KEYS from the
+    # environment, so a key can be rotated in place there too.
+    db = tmp_path / "hooks.sqlite3"
+
+    def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "import sys; from clarion.cli import main; sys.exit(main())",
+             "manage", "--db", str(db), *args], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, check=False, env={**os.environ, **env})
+
+    old, new = "old-" + "k" * 50, "new-" + "k" * 50
+    made = manage("shell", "-c", "from clarion.django.hooks import Hook;"
+                  "l = Hook(name='a.b').listener(url='https://example.com/h').save();"
+                  "print(l.secret)", CLARION_SECRET_KEY=old)
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip().splitlines()[-1]
+    read = "from clarion.django.models import Listener; print(Listener.objects.get().secret)"
+    assert manage("shell", "-c", read, CLARION_SECRET_KEY=new).returncode != 0  # no key opens it
+    both = {"CLARION_SECRET_KEY": new, "CLARION_SECRET_KEY_FALLBACKS": old}
+    assert manage("shell", "-c", read, **both).stdout.strip().splitlines()[-1] == secret
+    moved = manage("clarion_reencrypt", **both)
+    assert moved.returncode == 0 and "re-encrypted 1" in moved.stdout, moved.stdout
+    assert manage("clarion_reencrypt", "--check", CLARION_SECRET_KEY=new).returncode == 0
+    after = manage("shell", "-c", read, CLARION_SECRET_KEY=new)
+    assert after.stdout.strip().splitlines()[-1] == secret

@@ -108,13 +108,22 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
             STATIC_URL=f"/{PREFIX}static/",
             LOGIN_URL=f"/{PREFIX}login/",
             LOGIN_REDIRECT_URL=f"/{PREFIX}",
-            CLARION={"WEBHOOKS": webhooks or {}},
+            SECRET_KEY_FALLBACKS=_words("CLARION_SECRET_KEY_FALLBACKS"),
+            CLARION={"WEBHOOKS": webhooks or {},
+                     **({"ENCRYPTION_KEYS": keys} if (keys := _words("CLARION_ENCRYPTION_KEYS"))
+                        else {})},
         )
         django.setup()
     if migrate:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
+
+
+def _words(name: str) -> list[str]:
+    """A list from the environment, separated by commas or white space (neither appears in
+    Django secret keys made by ``get_random_secret_key`` nor in Fernet keys)."""
+    return os.environ.get(name, "").replace(",", " ").split()
 
 
 def _flag(name: str) -> bool:
