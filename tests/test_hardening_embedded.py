@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,8 +21,7 @@ import httpx
 import pytest
 import websockets
 
-from conftest import free_port
-from webhook_support import Receiver, receiver  # noqa: F401  # fixture
+from webhook_support import CLARION_CLI, Receiver, embedded_server, receiver  # noqa: F401
 
 
 @dataclass
@@ -39,8 +37,7 @@ class Server:
 
     def manage_shell(self, code: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-c", "import sys; from clarion.cli import main; sys.exit(main())",
-             "manage", "--db", str(self.db), "shell", "-c", code],
+            [*CLARION_CLI, "manage", "--db", str(self.db), "shell", "-c", code],
             cwd=self.db.parent, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -64,34 +61,16 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    db = tmp_path / "hooks.sqlite3"
-    port = free_port()
-    env = {**os.environ, "CLARION_WEBHOOKS": '{"ALLOWED_NETWORKS": ["127.0.0.0/8"]}'}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from clarion.cli import main; sys.exit(main())",
-         "serve", "--port", str(port), "--webhooks-db", str(db),
-         "--webhook-types", "order.created,order.paid"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    srv = Server(f"http://127.0.0.1:{port}", db, proc)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{srv.url}/health", timeout=1)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
-    out = srv.manage_shell(
-        "from django.contrib.auth.models import User;"
-        "from clarion.django.models import ApiKey;"
-        "u = User.objects.create_superuser('ops', 'ops@example.com', 'pw');"
-        "print(ApiKey.issue(u, 'app')[1])")
-    srv.key = out.strip().splitlines()[-1]
-    yield srv
-    proc.terminate()
-    output, _ = proc.communicate(timeout=40)
-    assert proc.returncode == 0, output
+    types = ("--webhook-types", "order.created,order.paid")
+    with embedded_server(tmp_path, *types) as (url, db, proc):
+        srv = Server(url, db, proc)
+        out = srv.manage_shell(
+            "from django.contrib.auth.models import User;"
+            "from clarion.django.models import ApiKey;"
+            "u = User.objects.create_superuser('ops', 'ops@example.com', 'pw');"
+            "print(ApiKey.issue(u, 'app')[1])")
+        srv.key = out.strip().splitlines()[-1]
+        yield srv
 
 
 def test_alternating_api_writes_do_not_stop_the_hub(server: Server,
@@ -220,9 +199,8 @@ def test_key_rotation_without_a_django_project(tmp_path: Path) -> None:
 
     def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", "import sys; from clarion.cli import main; sys.exit(main())",
-             "manage", "--db", str(db), *args], cwd=tmp_path, capture_output=True, text=True,
-            timeout=120, check=False, env={**os.environ, **env})
+            [*CLARION_CLI, "manage", "--db", str(db), *args], cwd=tmp_path,
+            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **env})
 
     old, new = "old-" + "k" * 50, "new-" + "k" * 50
     made = manage("shell", "-c", "from clarion.django.hooks import Hook;"

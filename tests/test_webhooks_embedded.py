@@ -7,7 +7,6 @@ reaches a real receiver, signed, verified by the ``standardwebhooks`` reference 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
-from webhook_support import Receiver, receiver  # noqa: F401  # fixture
+from webhook_support import Receiver, embedded_server, receiver  # noqa: F401  # fixture
 
 
 def _clarion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -29,28 +27,8 @@ def _clarion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    db = tmp_path / "hooks.sqlite3"
-    port = free_port()
-    env = {**os.environ, "CLARION_WEBHOOKS": '{"ALLOWED_NETWORKS": ["127.0.0.0/8"]}'}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from clarion.cli import main; sys.exit(main())",
-         "serve", "--port", str(port), "--webhooks-db", str(db),
-         "--webhook-types", "order.created,order.paid"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
-    yield url, db
-    proc.terminate()
-    out, _ = proc.communicate(timeout=40)
-    assert proc.returncode == 0, out
+    with embedded_server(tmp_path, "--webhook-types", "order.created,order.paid") as (url, db, _):
+        yield url, db
 
 
 def test_an_app_without_django_subscribes_and_sends(server: tuple[str, Path],

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -285,3 +287,37 @@ def spawn_worker(*args: str, **conf: Any) -> subprocess.Popen[bytes]:
         env=worker_env(**conf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+CLARION_CLI = [sys.executable, "-c", "import sys; from clarion.cli import main; sys.exit(main())"]
+
+
+@contextlib.contextmanager
+def embedded_server(directory: Path, *args: str) -> Iterator[tuple[str, Path,
+                                                                     subprocess.Popen[str]]]:
+    """``clarion serve --webhooks-db`` as a subprocess on a free port, receivers on loopback
+    allowed; yields (base URL, database file, process) and asserts a clean exit."""
+    from conftest import free_port
+
+    db = directory / "hooks.sqlite3"
+    port = free_port()
+    env = {**os.environ, "CLARION_WEBHOOKS": '{"ALLOWED_NETWORKS": ["127.0.0.0/8"]}'}
+    proc = subprocess.Popen(
+        [*CLARION_CLI, "serve", "--port", str(port), "--webhooks-db", str(db), *args],
+        cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+    try:
+        yield url, db, proc
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=40)
+    assert proc.returncode == 0, out
