@@ -3,6 +3,14 @@
 Delivery: a backend calls its handler's ``on_publication`` once per publication for every
 channel the hub has subscribed to on this node, in offset order per channel, including
 publications made on this node. ``on_join``/``on_leave`` likewise.
+
+Optional hook: a handler may also define ``on_resubscribed(channels: list[str]) -> None``
+(see :class:`ResubscribeHook`). A backend whose fan-out runs over a connection that can drop
+(Redis Pub/Sub) calls it after it reconnected and resubscribed ``channels``, the channels this
+node was subscribed to. Publications made while the link was down were not delivered, so the
+hub should make those channels' subscribers catch up from history (or tell them that their
+position is gone when the epoch changed). Backends look the method up with ``getattr``, so a
+handler without it keeps working; the memory backend never calls it (it cannot lose a link).
 """
 
 from __future__ import annotations
@@ -65,6 +73,12 @@ class BrokerEventHandler(Protocol):
     def on_join(self, channel: str, info: ClientInfo) -> None: ...
 
     def on_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+
+class ResubscribeHook(Protocol):
+    """The optional part of a handler: told when a lost fan-out link was restored."""
+
+    def on_resubscribed(self, channels: list[str]) -> None: ...
 
 
 class Broker(abc.ABC):
