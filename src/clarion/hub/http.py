@@ -19,8 +19,13 @@ import msgspec
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
 
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024  # the header section as sent, a CRLF and ": " counted per line
+MAX_HEADER_COUNT = 128
+MAX_URL_BYTES = 16 * 1024  # room for a JWT with a long channels claim in ?token=
 MAX_PIPELINED = 16
+LINGER_SECONDS = 2.0  # how long a refused request's connection drains before it closes
+# The fields that frame a body; an answer that has none must not carry them either.
+_FRAMING = ("content-length", "transfer-encoding")
 
 
 @dataclass(slots=True)
@@ -33,6 +38,7 @@ class Request:
     client: str
     raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as sent, for proxying
     keep_alive: bool = True
+    http10: bool = False  # an HTTP/1.0 client must be told a connection stays open
     _query: dict[str, list[str]] | None = None
 
     @property
@@ -98,11 +104,19 @@ def encode_head(status: int, headers: list[tuple[str, str]], reason: str = "") -
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection. ``dispatch`` answers each request (the hub's router unless given:
-    the GRIP proxy and its control API bring their own); ``max_body`` bounds request bodies."""
+    the GRIP proxy and its control API bring their own); ``max_body`` bounds request bodies.
 
-    __slots__ = ("_body", "_body_size", "_client", "_dispatch", "_header_bytes", "_headers",
-                 "_held", "_keep_alive", "_max_body", "_parser", "_queue", "_raw_headers",
-                 "_running", "_url", "hub", "takeover", "transport")
+    llhttp refuses most malformed framing itself (duplicate or invalid Content-Length, both
+    Content-Length and Transfer-Encoding, bare CR/LF, obsolete line folding, control characters,
+    bad chunk sizes); ``on_headers_complete`` refuses what it lets through. A refused request is
+    answered, after the requests ahead of it, with ``Connection: close``, and nothing the client
+    sent after it is read.
+    """
+
+    __slots__ = ("_body", "_body_size", "_client", "_dispatch", "_failure", "_header_bytes",
+                 "_headers", "_held", "_http10", "_in_body", "_keep_alive", "_max_body",
+                 "_parser", "_queue", "_raw_headers", "_running", "_url", "hub", "takeover",
+                 "transport")
 
     def __init__(self, hub: Hub, dispatch: Handler | None = None,
                  max_body: int | None = None) -> None:
@@ -113,15 +127,20 @@ class HttpProtocol(asyncio.Protocol):
         self._held = b""
         self.transport: asyncio.Transport | None = None
         self.takeover: Takeover | None = None
+        # None once no more requests are read: after a refused one, a Connection: close or an
+        # upgrade (RFC 9112 §9.6).
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
+        self._in_body = False
+        self._http10 = False
         self._body: list[bytes] = []
         self._body_size = 0
         self._queue: list[Request] = []
         self._running = False
         self._keep_alive = True
+        self._failure: Response | None = None
         self._client = ""
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -152,17 +171,21 @@ class HttpProtocol(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # The request is complete (on_message_complete ran); the handler takes over.
+            # The request is complete (on_message_complete ran); the handler takes over, or
+            # the connection closes after its answer.
             pass
         except httptools.HttpParserCallbackError as exc:
-            too_large = exc.__context__
-            if isinstance(too_large, _TooLarge):
-                self._fail(too_large.status, str(too_large))
+            if self._parser is None:
+                return  # the bytes after a request that ended the connection: not read
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._fail(refused.status, str(refused))
             else:
-                self.hub.log.error("HTTP parser callback failed", error=repr(too_large))
+                self.hub.log.error("HTTP parser callback failed", error=repr(refused))
                 self._fail(500, "internal server error")
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            if self._parser is not None:
+                self._fail(400, f"malformed HTTP request: {exc}")
 
     def pause_writing(self) -> None:
         if self.takeover is not None:
@@ -175,33 +198,68 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._parser is None:
+            # A request pipelined behind one that ends the connection: stop parsing here.
+            raise _Refused(400, "request after the connection's last one")
         self._url = b""
         self._headers = {}
         self._raw_headers = []
         self._header_bytes = 0
+        self._in_body = False
         self._body = []
         self._body_size = 0
 
-    def on_headers_complete(self) -> None:
-        if self._headers.get("expect", "").lower() != "100-continue":
-            return
-        length = self._headers.get("content-length", "")
-        if length.isdigit() and int(length) > self._max_body:
-            raise _TooLarge(413, f"request body larger than {self._max_body} bytes")
-        # The client waits for this before it sends the body.
-        if self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count(len(url))
+        if len(self._url) > MAX_URL_BYTES:
+            raise _Refused(414, f"request target longer than {MAX_URL_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
+        self._count(len(name) + len(value) + 4)
+        if self._in_body:
+            # A chunked body's trailer fields: never merged into the header section (RFC 9110
+            # §6.5.1), or a trailer could add a Host or an API key no proxy in front has seen.
+            return
+        if len(self._raw_headers) >= MAX_HEADER_COUNT:
+            raise _Refused(431, f"more than {MAX_HEADER_COUNT} header fields")
         key = name.decode("latin-1")
-        text = value.decode("latin-1")
-        self._headers[key.lower()] = text
+        # llhttp keeps trailing whitespace, which is no part of a field value (RFC 9110 §5.5).
+        text = value.decode("latin-1").rstrip(" \t")
+        lower = key.lower()
+        if lower == "host" and "host" in self._headers:
+            raise _Refused(400, "more than one Host header")
+        self._headers[lower] = text
         self._raw_headers.append((key, text))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        if parser is None:
+            return
+        self._in_body = True
+        version = parser.get_http_version()
+        self._http10 = version == "1.0"
+        if version != "1.1" and not self._http10:
+            raise _Refused(505, f"HTTP/{version} is not supported: use HTTP/1.1")
+        headers = self._headers
+        if not self._http10 and "host" not in headers:
+            raise _Refused(400, "missing Host header")  # RFC 9112 §3.2
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            _check_transfer_coding(coding, self._http10)
+        length = headers.get("content-length")
+        if length is not None and int(length) > self._max_body:
+            # Refused before the body is read, and before any 100 Continue.
+            raise _Refused(413, f"request body larger than {self._max_body} bytes")
+        expect = headers.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise _Refused(417, f"unsupported expectation: {expect}")  # RFC 9110 §10.1.1
+            # Only to an HTTP/1.1 client about to send a body, and only when no earlier answer
+            # is still owed: an interim answer must not overtake them (a client that does not
+            # get one sends its body after a short wait).
+            if (not self._http10 and (coding is not None or (length is not None and length != "0"))
+                    and not self._running and not self._queue and self.transport is not None):
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -209,8 +267,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        assert parser is not None
-        parsed = httptools.parse_url(self._url)
+        if parser is None:
+            return
+        try:
+            parsed = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            raise _Refused(400, "malformed request target") from None
+        # A refused upgrade continues in HTTP/1.1 only in theory: what a client sends after it
+        # may be in the new protocol, so the connection closes after the answer.
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         request = Request(
             method=parser.get_method().decode("ascii"),
             path=parsed.path.decode("latin-1"),
@@ -219,8 +284,11 @@ class HttpProtocol(asyncio.Protocol):
             body=b"".join(self._body),
             client=self._client,
             raw_headers=self._raw_headers,
-            keep_alive=parser.should_keep_alive(),
+            keep_alive=keep_alive,
+            http10=self._http10,
         )
+        if not keep_alive:
+            self._parser = None  # nothing after this request is read (RFC 9112 §9.6)
         self._queue.append(request)
         if len(self._queue) > MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
@@ -233,13 +301,13 @@ class HttpProtocol(asyncio.Protocol):
     def _count(self, n: int) -> None:
         self._header_bytes += n
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise _TooLarge(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
+            raise _Refused(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
 
     def _count_body(self, n: int) -> None:
         limit = self._max_body
         self._body_size += n
         if self._body_size > limit:
-            raise _TooLarge(413, f"request body larger than {limit} bytes")
+            raise _Refused(413, f"request body larger than {limit} bytes")
 
     # -- serving --------------------------------------------------------------------------
 
@@ -262,6 +330,10 @@ class HttpProtocol(asyncio.Protocol):
                     self.takeover = result
                     return
                 self.write_response(result, request)
+            failure = self._failure
+            if failure is not None and self.takeover is None:
+                self._failure = None
+                self.write_response(failure)
         finally:
             self._running = False
 
@@ -280,33 +352,74 @@ class HttpProtocol(asyncio.Protocol):
             return
         if held:
             self.data_received(held)
-        if self._queue and not self._running and self.takeover is None:
+        if (self._queue or self._failure is not None) and not self._running \
+                and self.takeover is None:
             self._running = True
             self.hub.spawn(self._serve())
 
     def write_response(self, response: Response, request: Request | None = None) -> None:
+        """Write a complete answer. Without ``request`` (a refused one) the connection closes
+        after it. A HEAD gets the GET's head, Content-Length included, and no body."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        status = response.status
+        body = response.body
         headers = list(response.headers)
-        if not any(k.lower() == "content-length" for k, _ in headers):
-            headers.insert(0, ("content-length", str(len(response.body))))
+        if status < 200 or status == 204 or status == 304:
+            # These end at their header section (RFC 9110 §8.6, RFC 9112 §6.3): a length or
+            # a body would be read as the start of the next answer.
+            headers = [h for h in headers if h[0].lower() not in _FRAMING]
+            body = b""
+        else:
+            if not any(k.lower() in _FRAMING for k, _ in headers):
+                headers.insert(0, ("content-length", str(len(body))))
+            if request is not None and request.method == "HEAD":
+                body = b""
         if response.content_type:
             headers.insert(0, ("content-type", response.content_type))
-        if not self._keep_alive:
+        keep_alive = request is not None and request.keep_alive
+        if not keep_alive:
             headers.append(("connection", "close"))
-        transport.write(encode_head(response.status, headers, response.reason) + response.body)
-        if not self._keep_alive:
-            transport.close()
+        elif request is not None and request.http10:
+            headers.append(("connection", "keep-alive"))  # HTTP/1.0 closes unless told
+        transport.write(encode_head(status, headers, response.reason) + body)
+        if not keep_alive:
+            if request is None and transport.can_write_eof():
+                # A refused request may still be arriving: closing with unread bytes sends a
+                # reset, which can destroy this answer before the client reads it. Half-close
+                # and drop what comes until the client closes too (RFC 9112 §9.6).
+                transport.write_eof()
+                self.hub.loop.call_later(LINGER_SECONDS, transport.close)
+            else:
+                transport.close()
 
     def _fail(self, status: int, message: str) -> None:
-        self._keep_alive = False
-        self._queue.clear()
-        self.write_response(Response.error(status, message))
         self._parser = None
+        response = Response.error(status, message)
+        if self._running or self._queue:
+            self._failure = response  # answered after the requests ahead of it, in order
+        else:
+            self.write_response(response)
 
 
-class _TooLarge(Exception):
+def _check_transfer_coding(value: str, http10: bool) -> None:
+    """llhttp frames a body only by a final ``chunked`` but lets other codings before it
+    through, and takes Transfer-Encoding from HTTP/1.0 clients."""
+    if http10:
+        # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+    lowered = value.lower()
+    if lowered == "chunked":
+        return
+    if lowered.rsplit(",", 1)[-1].strip(" \t") != "chunked":
+        raise _Refused(400, "Transfer-Encoding must end with chunked")  # RFC 9112 §6.3
+    raise _Refused(501, f"transfer coding not implemented: {value}")
+
+
+class _Refused(Exception):
+    """A request answered with ``status`` and the connection closed."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

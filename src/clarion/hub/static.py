@@ -33,5 +33,7 @@ def file_response(name: str) -> Response:
 
 async def handle_static(request: Request, http: HttpProtocol) -> Response:
     if request.method not in ("GET", "HEAD"):
-        return Response.error(405, "use GET")
+        resp = Response.error(405, "use GET")
+        resp.headers.append(("allow", "GET, HEAD"))
+        return resp
     return file_response(request.path[len("/static/"):])

@@ -18,6 +18,9 @@ from typing import Any
 
 from clarion.hub.http import HttpProtocol, Request, Response
 
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer",
+                         "upgrade", "proxy-connection"})
+
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -78,13 +81,21 @@ class WsgiMount:
             if close is not None:
                 close()
         code, _, reason = started["status"].partition(" ")
-        headers = [(k, v) for k, v in started["headers"] if k.lower() != "content-length"]
+        body = b"".join(chunks)
         content_type = ""
-        for k, v in headers:
-            if k.lower() == "content-type":
+        headers = []
+        for k, v in started["headers"]:
+            name = k.lower()
+            if name == "content-type":
                 content_type = v
-        headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
-        return Response(int(code), b"".join(chunks), content_type, headers, reason)
+            elif name == "content-length":
+                # The body as collected is the length sent, except for a HEAD an application
+                # answered without a body: its Content-Length is that of the GET.
+                if request.method == "HEAD" and not body:
+                    headers.append((k, v))
+            elif name not in _HOP_BY_HOP:  # the server's business (PEP 3333)
+                headers.append((k, v))
+        return Response(int(code), body, content_type, headers, reason)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -57,15 +57,24 @@ class Sub:
             return None
 
 
+def bodiless(code: int) -> bool:
+    """Answers that end at their header section (RFC 9110 §8.6, RFC 9112 §6.3)."""
+    return code < 200 or code == 204 or code == 304
+
+
 def response_bytes(code: int, reason: str, headers: list[tuple[str, str]], body: bytes,
                    chunked: bool = False, keep_alive: bool = True) -> bytes:
     lines = [f"HTTP/1.1 {code} {reason or _phrase(code)}"]
     lines.extend(f"{k}: {v}" for k, v in headers
                  if k.lower() not in ("content-length", "transfer-encoding", "connection"))
-    lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}")
+    no_body = bodiless(code)
+    if not no_body:
+        lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}")
     if not keep_alive:
         lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if no_body:
+        return head  # a body here would be read as the start of the next answer
     if chunked:
         return head + (b"%x\r\n%b\r\n" % (len(body), body) if body else b"")
     return head + body

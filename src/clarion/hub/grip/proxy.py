@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 from clarion.errors import ConfigError, Disconnect, GripError
 from clarion.hub.grip.control import ControlApi
-from clarion.hub.grip.hold import GripHold, response_bytes
+from clarion.hub.grip.hold import GripHold, bodiless, response_bytes
 from clarion.hub.grip.origin import Head, OriginError, OriginPool, OriginUnreachable
 from clarion.hub.grip.origin import Response as OriginResponse
 from clarion.hub.grip.recent import Recent
@@ -278,7 +278,9 @@ class GripProxy:
     async def handle(self, request: Request, http: HttpProtocol) -> Response | Takeover:
         self.hub.metrics.grip_requests += 1
         host = request.headers.get("host", "")
-        websocket = request.headers.get("upgrade", "").lower() == "websocket"
+        # A WebSocket handshake is a GET (RFC 6455 §4.1); any other method is plain HTTP.
+        websocket = request.method == "GET" and \
+            request.headers.get("upgrade", "").lower() == "websocket"
         route = self.table.match(host, request.path, websocket)
         if route is None:
             return _text(502, f"no route for host {host or '(none)'} and path {request.path}\n")
@@ -311,15 +313,31 @@ class GripProxy:
         if route.no_grip or target.untrusted or trusted \
                 or not grip_instruct.is_instruct(head.headers):
             return await self.pass_through(resp, http, request)
+        head_only = request.method == "HEAD"
         try:
-            body = await resp.read(self.hub.config.grip_max_instruct_body,
-                                   self.pool.response_timeout)
+            if head_only:
+                resp.abort()  # an answer to HEAD has no body: the parser would wait for one
+                body = b""
+            else:
+                body = await resp.read(self.hub.config.grip_max_instruct_body,
+                                       self.pool.response_timeout)
             inst = grip_instruct.parse(head.status, head.reason, head.headers, body)
         except GripError as exc:
             self.hub.metrics.grip_errors += 1
             self.hub.log.warning("GRIP bad instruction from origin", path=request.path,
                                  error=str(exc))
             return _text(502, f"bad GRIP instruction from origin: {exc}\n")
+        if head_only:
+            # A HEAD is never held: it gets the head a GET would start with.
+            r = inst.response
+            headers = list(r.headers)
+            if bodiless(r.code):
+                pass
+            elif inst.hold == "stream" or (inst.hold is None and inst.next_link is not None):
+                headers.append(("Transfer-Encoding", "chunked"))
+            elif head.length is not None:
+                headers.append(("Content-Length", str(head.length)))
+            return Response(r.code, b"", "", headers, r.reason)
         return self.begin(inst, fwd, http, seq)
 
     def begin(self, inst: grip_instruct.Instruct, fwd: Forward, http: HttpProtocol,
@@ -331,6 +349,9 @@ class GripProxy:
             inst.hold = "stream"
         if inst.hold is None or http.transport is None:
             return Response(r.code, r.body, "", r.headers, r.reason)
+        if inst.hold == "stream" and bodiless(r.code):
+            # An answer that ends at its head cannot carry a stream.
+            return Response(r.code, b"", "", r.headers, r.reason)
         if self.hub.connection_count >= self.hub.config.max_connections:
             return _text(503, "too many connections\n")
         hold = GripHold(self, http, fwd, inst)
@@ -354,6 +375,9 @@ class GripProxy:
                 resp.abort()  # the parser would wait for a body that never comes
                 if head.length is not None:
                     headers.append(("Content-Length", str(head.length)))
+                elif not bodiless(head.status):
+                    # What the GET gets: a body of unknown length passes through chunked.
+                    headers.append(("Transfer-Encoding", "chunked"))
             return Response(head.status, body, "", headers, head.reason)
         return PassThrough(self, http, resp, head, headers)
 
