@@ -83,6 +83,9 @@ class Hub:
         self._last_ping = 0.0
         self._last_presence = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set by clarion.hub.workers: each worker process binds its own listeners on the shared
+        # ports, and the kernel spreads connections over them.
+        self.reuse_port = False
         self.flusher: Flusher
         self.metrics.attach(self)
         self._routes()
@@ -235,7 +238,7 @@ class Hub:
         else:
             self._server = await self._loop.create_server(
                 lambda: HttpProtocol(self), self.config.host, self.config.port, backlog=4096,
-                reuse_address=True)
+                reuse_address=True, reuse_port=self.reuse_port)
         if self.grip is not None:
             await self.grip.start()
         self._housekeeper = self._loop.create_task(self._housekeeping())

@@ -143,10 +143,12 @@ class GripProxy:
         grip_host = config.grip_host or config.host
         self._servers.append(await loop.create_server(
             lambda: HttpProtocol(hub, self.handle, config.grip_max_request_body),
-            grip_host, config.grip_port, backlog=4096, reuse_address=True))
+            grip_host, config.grip_port, backlog=4096, reuse_address=True,
+            reuse_port=hub.reuse_port))
         self._servers.append(await loop.create_server(
             lambda: HttpProtocol(hub, self.control.handle, config.control_max_body_size),
-            config.control_host, config.control_port, backlog=1024, reuse_address=True))
+            config.control_host, config.control_port, backlog=1024, reuse_address=True,
+            reuse_port=hub.reuse_port))
         if config.grip_sig_key == "changeme":
             hub.log.warning("GRIP: Grip-Sig is signed with Pushpin's default key 'changeme'; "
                             "set grip_sig_key to a secret shared with your origins")
