@@ -138,6 +138,7 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     poll_timeout: float | str = 25.0
     poll_timeout_max: float | str = 60.0
     shutdown_timeout: float | str = 10.0
+    workers: int = 1  # hub processes on the same ports (clarion.hub.workers); >1 needs redis
 
     # GRIP proxy (off unless grip_routes names a Pushpin routes file).
     grip_routes: str = ""
@@ -186,6 +187,8 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
                      "control_max_body_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
+        if not 1 <= self.workers <= 1024:
+            raise ValueError("workers: must be between 1 and 1024")
         for name in ("port", "grip_port", "control_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise ValueError(f"{name}: must be between 1 and 65535")
