@@ -95,12 +95,74 @@ NamespaceOptions = ChannelOptions
 _NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{1,64}$")
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class RedisOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The ``[redis]`` table: keyword options of the Redis broker. A value left out keeps the
+    broker's own default, so the defaults are written down in one place (the broker)."""
+
+    prefix: str | None = None
+    pool_size: int | None = None
+    connect_timeout: float | str | None = None
+    command_timeout: float | str | None = None
+    ping_interval: float | str | None = None
+    reconnect_delay: float | str | None = None
+    reconnect_delay_max: float | str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "command_timeout", "ping_interval", "reconnect_delay",
+                     "reconnect_delay_max"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            seconds = parse_duration(value, f"redis.{name}")
+            if seconds <= 0:
+                raise ValueError(f"redis.{name}: must be more than 0 seconds")
+            setattr(self, name, seconds)
+        if self.pool_size is not None and self.pool_size <= 0:
+            raise ValueError("redis.pool_size: must be positive")
+        # Braces would become every key's Cluster hash tag.
+        if self.prefix is not None and (
+                not self.prefix or any(c in self.prefix for c in "{} \t\r\n")):
+            raise ValueError("redis.prefix: must be non-empty, without {, } or spaces")
+        low, high = self.reconnect_delay, self.reconnect_delay_max
+        if isinstance(low, float) and isinstance(high, float) and low > high:
+            raise ValueError("redis.reconnect_delay: must not exceed redis.reconnect_delay_max")
+
+    def options(self) -> dict[str, Any]:
+        """The options that were set, as ``create_broker`` keyword arguments."""
+        return {name: getattr(self, name) for name in self.__struct_fields__
+                if getattr(self, name) is not None}
+
+
+def _check_broker(broker: str | list[str], redis: RedisOptions | None) -> None:
+    if isinstance(broker, list):
+        if not broker:
+            raise ValueError("broker: a list of Redis URLs (shards) must not be empty")
+        for url in broker:
+            if not url.startswith(REDIS_SCHEMES):
+                raise ValueError(f"broker: every shard must be a redis://, rediss:// or "
+                                 f"unix:// URL, not {url!r}")
+        if len(set(broker)) != len(broker):
+            raise ValueError("broker: a Redis URL appears twice in the shard list")
+        return
+    if not broker.strip():
+        raise ValueError("broker: must not be empty (\"memory\", a redis:// URL or a class)")
+    if redis is not None and redis.options() and not broker.startswith(REDIS_SCHEMES):
+        raise ValueError(f"redis: the [redis] table applies to a redis:// broker, and broker "
+                         f"is {broker!r}")
+
+
 class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     """Hub settings. Top-level channel options apply to channels without a namespace."""
 
     host: str = "127.0.0.1"
     port: int = 8000
-    broker: str = "memory"
+    # "memory", a redis://, rediss:// or unix:// URL, a list of Redis URLs (shards), or a
+    # dotted path to a Broker class.
+    broker: str | list[str] = "memory"
+    redis: RedisOptions | None = None
     log_level: str = "info"
     log_format: str = "text"  # or "json"
 
@@ -192,6 +254,11 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
         for name in ("port", "grip_port", "control_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise ValueError(f"{name}: must be between 1 and 65535")
+        _check_broker(self.broker, self.redis)
+
+    def broker_options(self) -> dict[str, Any]:
+        """Keyword options for ``create_broker``: the ``[redis]`` table's values that were set."""
+        return self.redis.options() if self.redis is not None else {}
 
     def seconds(self, name: str) -> float:
         value = getattr(self, name)
@@ -203,7 +270,8 @@ _ENV_PREFIX = "CLARION_"
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    fields = {f for f in Config.__struct_fields__ if f != "namespaces"}
+    fields = {f for f in Config.__struct_fields__ if f not in ("namespaces", "redis")}
+    redis_fields = set(RedisOptions.__struct_fields__)
     out: dict[str, Any] = {}
     for key, value in environ.items():
         if not key.startswith(_ENV_PREFIX):
@@ -211,6 +279,9 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         name = key[len(_ENV_PREFIX):].lower()
         if name in fields:
             out[name] = value.split(",") if name == "allowed_origins" else value
+        elif name.startswith("redis_") and name[6:] in redis_fields:
+            # CLARION_REDIS_PREFIX etc.: one key of the [redis] table each.
+            out.setdefault("redis", {})[name[6:]] = value
     return out
 
 
@@ -235,6 +306,10 @@ def load_config(
         except RecursionError:
             raise ConfigError(f"config file {path}: arrays or tables nested too deeply") from None
     env = _from_env(os.environ if environ is None else environ)
+    redis_env = env.pop("redis", None)
+    if redis_env:
+        table = raw.get("redis")
+        raw["redis"] = {**table, **redis_env} if isinstance(table, dict) else redis_env
     raw.update(env)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     where = f"config file {path}" if path else "configuration"
