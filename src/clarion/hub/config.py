@@ -95,7 +95,8 @@ NamespaceOptions = ChannelOptions
 _NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{1,64}$")
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://",
+                 "redis+sentinel://", "rediss+sentinel://")
 
 
 class RedisOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -142,8 +143,9 @@ def _check_broker(broker: str | list[str], redis: RedisOptions | None) -> None:
             raise ValueError("broker: a list of Redis URLs (shards) must not be empty")
         for url in broker:
             if not url.startswith(REDIS_SCHEMES):
-                raise ValueError(f"broker: every shard must be a redis://, rediss:// or "
-                                 f"unix:// URL, not {url!r}")
+                raise ValueError(f"broker: every shard must be a Redis URL (redis://, "
+                                 f"rediss://, unix://, redis+cluster://, redis+sentinel://), "
+                                 f"not {url!r}")
         if len(set(broker)) != len(broker):
             raise ValueError("broker: a Redis URL appears twice in the shard list")
         return
