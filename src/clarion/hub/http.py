@@ -181,7 +181,7 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(refused, _Refused):
                 self._fail(refused.status, str(refused))
             else:
-                self.hub.log.error("HTTP parser callback failed", error=repr(refused))
+                self.hub.failed("http_parser", refused or exc)
                 self._fail(500, "internal server error")
         except httptools.HttpParserError as exc:
             if self._parser is not None:
@@ -321,8 +321,10 @@ class HttpProtocol(asyncio.Protocol):
                     self.transport.resume_reading()
                 try:
                     result = await self._dispatch(request, self)
-                except Exception:
-                    self.hub.log.exception("handler failed", path=request.path)
+                except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
+                    # This request's failure: logged with its traceback and counted; the
+                    # connection and the process go on.
+                    self.hub.failed("handler", exc, path=request.path)
                     result = Response.error(500, "internal server error")
                 if isinstance(result, Takeover):
                     # Requests pipelined behind it wait: a takeover that answers with plain
