@@ -5,6 +5,7 @@ store and sender: no database or network is involved in what these check)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -226,8 +227,16 @@ async def test_the_supervisor_restarts_a_failed_worker() -> None:
 # -- the hub's failure containment ---------------------------------------------------------------
 
 
-async def test_the_hub_logs_and_counts_a_failed_task_and_goes_on(
-        caplog: pytest.LogCaptureFixture) -> None:
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_hub_logs_and_counts_a_failed_task_and_goes_on() -> None:
     import socket
 
     import httpx
@@ -239,6 +248,8 @@ async def test_the_hub_logs_and_counts_a_failed_task_and_goes_on(
     sock.bind(("127.0.0.1", 0))  # the port is read back from the bound socket
     sock.listen()
     hub = Hub(load_config(None, environ={}))
+    seen = _Records()  # the hub's logger does not propagate: listen on it directly
+    logging.getLogger("clarion").addHandler(seen)
     await hub.start(sock)
     try:
         async def broken() -> None:
@@ -251,8 +262,9 @@ async def test_the_hub_logs_and_counts_a_failed_task_and_goes_on(
             metrics = (await client.get("/metrics")).text
         assert health.status_code == 200
         assert 'clarion_failures_total{part="task"} 1.0' in metrics
-        failed = [r for r in caplog.records if "task failed" in r.getMessage()]
+        failed = [r for r in seen.records if "task failed" in r.getMessage()]
         assert failed and failed[0].exc_info is not None  # logged with its traceback
         assert str(failed[0].exc_info[1]) == "a part failed"
     finally:
+        logging.getLogger("clarion").removeHandler(seen)
         await hub.shutdown()
