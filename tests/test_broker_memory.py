@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from broker_conformance import BrokerConformance, Recorder, history_on
+from broker_conformance_multi import MultiNodeBrokerConformance
 from clarion.broker import create_broker
 from clarion.broker.base import Broker, ClientInfo, StreamPosition
 from clarion.broker.memory import MemoryBroker
@@ -76,3 +79,11 @@ async def test_sweep_leaves_live_data_alone() -> None:
         assert await broker.consume_ticket("t") == b"p"
     finally:
         await broker.close()
+
+
+@pytest.mark.skip(reason="the memory broker is one process: no second node can share its "
+                         "store, so there is nothing to test across nodes")
+class TestMemoryBrokerMulti(MultiNodeBrokerConformance):
+    @pytest.fixture
+    def make_broker(self) -> Callable[[], Broker]:
+        return MemoryBroker

@@ -14,13 +14,15 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from broker_conformance import BrokerConformance, Recorder, history_on
+from broker_conformance_multi import MultiNodeBrokerConformance
 from clarion.broker import create_broker
 from clarion.broker.base import Broker, ClientInfo, PublishOptions, StreamPosition
 from clarion.broker.memory import MemoryBroker
@@ -81,6 +83,44 @@ class TestRedisBroker(BrokerConformance):
 
     async def advance(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+def pubsub_links(broker: Broker) -> list[tuple[str, int, str]]:
+    """(server host, server port, our local address) of every Pub/Sub link of a Redis broker,
+    sharded, clustered or not."""
+    from clarion.broker.sharded import ShardedBroker
+
+    brokers = broker.shards if isinstance(broker, ShardedBroker) else [broker]
+    out = []
+    for b in brokers:
+        assert isinstance(b, RedisBroker)
+        links = list(getattr(b, "_links", {}).values()) or [b._link]
+        for link in links:
+            assert link is not None and link._conn is not None
+            conn: Any = link._conn
+            host, port = conn._writer.get_extra_info("sockname")[:2]
+            out.append((conn.host, int(conn.port), f"{host}:{port}"))
+    return out
+
+
+async def kill_pubsub_links(broker: Broker) -> None:
+    """Cut a broker's Pub/Sub connections from the server side, as a network failure would,
+    touching no other client of the server (other tests' and other programs' included)."""
+    for host, port, addr in pubsub_links(broker):
+        admin = aioredis.Redis(host=host, port=port)
+        try:
+            await admin.execute_command("CLIENT", "KILL", "ADDR", addr)
+        finally:
+            await admin.aclose()
+
+
+class TestRedisBrokerMulti(MultiNodeBrokerConformance):
+    @pytest.fixture
+    def make_broker(self, prefix: str) -> Callable[[], Broker]:
+        return lambda: RedisBroker(REDIS_URL, prefix=prefix, reconnect_delay=0.05)
+
+    async def break_link(self, broker: Broker) -> None:
+        await kill_pubsub_links(broker)
 
 
 # -- helpers for Redis-specific tests ---------------------------------------------------------

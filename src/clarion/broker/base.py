@@ -11,11 +11,25 @@ node was subscribed to. Publications made while the link was down were not deliv
 hub should make those channels' subscribers catch up from history (or tell them that their
 position is gone when the epoch changed). Backends look the method up with ``getattr``, so a
 handler without it keeps working; the memory backend never calls it (it cannot lose a link).
+
+Control messages (node to node): :meth:`Broker.publish_control` sends opaque bytes to the hub
+nodes that share the broker (every hub process on the same Redis, shards, Cluster or
+Sentinel), and each node's handler gets them through its optional
+``on_control(data: bytes) -> None`` (see :class:`ControlHook`), also looked up with
+``getattr``. A broadcast reaches **every node, the sender included**, so a hub can apply a
+server-API command (disconnect a user, unsubscribe, refresh) in one code path for local and
+remote connections. ``to=node_id`` reaches that one node only (the sender too when it names
+itself): a node answering a request (``info``, ``channels``) sends its reply to the asker's
+:attr:`Broker.node_id`, which the asker put in the request. Delivery is at most once, like
+Pub/Sub: a node whose link is down misses what is sent meanwhile (it gets ``on_resubscribed``
+when the link is back), and a message to a node that does not exist is dropped. Messages from
+one sender arrive in the order that sender's ``publish_control`` calls returned.
 """
 
 from __future__ import annotations
 
 import abc
+import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,7 +95,30 @@ class ResubscribeHook(Protocol):
     def on_resubscribed(self, channels: list[str]) -> None: ...
 
 
+class ControlHook(Protocol):
+    """The optional part of a handler: a control message from a node (maybe this one)."""
+
+    def on_control(self, data: bytes) -> None: ...
+
+
 class Broker(abc.ABC):
+    _node_id: str | None = None
+
+    @property
+    def node_id(self) -> str:
+        """This node's id among the nodes sharing the broker: the address of
+        ``publish_control(data, to=…)``. Stable for the broker's life; a backend may override
+        it (the Redis backends take a ``node_id`` option)."""
+        if self._node_id is None:
+            self._node_id = secrets.token_hex(8)
+        return self._node_id
+
+    @abc.abstractmethod
+    async def publish_control(self, data: bytes, *, to: str | None = None) -> None:
+        """Send ``data`` to every node's ``on_control``, this node's included; with ``to``,
+        to the node whose :attr:`node_id` it is, only. Raises BrokerError when it could not
+        be sent; see the module docstring for what delivery means."""
+
     @abc.abstractmethod
     async def start(self, handler: BrokerEventHandler) -> None:
         """Connect and begin delivering events to ``handler``."""

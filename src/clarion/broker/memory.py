@@ -119,6 +119,14 @@ class MemoryBroker(Broker):
         handler.on_publication(channel, pub, epoch)
         return result
 
+    async def publish_control(self, data: bytes, *, to: str | None = None) -> None:
+        handler = self._require_handler()
+        if to is not None and to != self.node_id:
+            return  # one process, one node: any other address does not exist
+        hook: Callable[[bytes], None] | None = getattr(handler, "on_control", None)
+        if hook is not None:
+            hook(data)
+
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         self._require_handler().on_join(channel, info)
 

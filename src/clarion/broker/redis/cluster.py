@@ -1,0 +1,235 @@
+"""The Redis broker on a Redis Cluster (Redis ≥ 7: sharded Pub/Sub).
+
+``redis+cluster://[user:password@]host:port[,host:port…]``: any reachable nodes; the rest are
+discovered. Commands and scripts go through redis-py's asyncio ``RedisCluster``, routed by key:
+every key of a channel carries the hash tag ``{channel}``, so the publish script's keys and its
+``SPUBLISH`` share one slot. Fan-out uses sharded Pub/Sub: a channel is ``SSUBSCRIBE``d on a
+connection (a :class:`Link`) to the primary that owns its slot, one link per primary that owns
+a subscribed channel, so a publication crosses only the node that owns it (a classic
+``PUBLISH`` is broadcast to every node of the cluster).
+
+When the topology changes (a slot migrated: the node drops its subscribers with
+``sunsubscribe``; a ``MOVED`` reply to ``SSUBSCRIBE``; a lost link), the slot map is reloaded
+and every channel whose slot now lives elsewhere is subscribed on the new owner's link; the
+handler's ``on_resubscribed`` then names the channels that moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import Any
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
+from redis.exceptions import RedisError, ResponseError
+
+from clarion.broker.redis.standalone import Link, RedisBroker, _cancel, log
+from clarion.broker.redis.urls import parse
+from clarion.errors import BrokerError, ConfigError
+
+
+class RedisClusterBroker(RedisBroker):
+    _schemes = ("redis+cluster://", "rediss+cluster://")
+    _publish_command = "spublish"
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        parsed = parse(url, self._where, 6379)
+        if parsed.path or parsed.query:
+            raise ConfigError(f"broker: {self._where!r}: a Redis Cluster URL takes no "
+                              "database or parameters (redis+cluster://host:port,host:port)")
+        self.nodes = parsed.hosts
+        self._auth: dict[str, Any] = {k: v for k, v in (("username", parsed.username),
+                                         ("password", parsed.password)) if v is not None}
+        self._tls = parsed.tls
+        self._where = "cluster " + ",".join(f"{h}:{p}" for h, p in self.nodes)
+        self._links: dict[str, Link] = {}  # by node name, host:port
+        self._homes: dict[str, Link] = {}  # Pub/Sub name -> the link it is subscribed on
+        self._opening: dict[str, asyncio.Future[Link]] = {}
+        self._topology_lock = asyncio.Lock()
+        self._rehome_task: asyncio.Task[None] | None = None
+        self._rehome_again = False
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._links) and all(link.connected for link in self._links.values())
+
+    async def _connect_client(self) -> Any:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in self.nodes],
+            max_connections=self.pool_size, ssl=self._tls, **self._auth,
+            **self._pool_options())
+        try:
+            await self._call("cluster discovery", client.initialize())
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+            raise
+        return client
+
+    # -- links per primary ----------------------------------------------------------------------
+
+    def _node_of(self, name: str) -> Any:
+        return self._client.nodes_manager.get_node_from_slot(key_slot(name.encode()))
+
+    async def _link_to(self, node: Any) -> Link:
+        link = self._links.get(node.name)
+        if link is not None:
+            return link
+        pending = self._opening.get(node.name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
+        self._opening[node.name] = fut
+
+        def connection() -> AbstractConnection:
+            kwargs = dict(node.connection_kwargs)
+            kwargs.update(socket_timeout=None, client_name="clarion-pubsub")
+            conn: AbstractConnection = node.connection_class(**kwargs)
+            return conn
+
+        try:
+            link = Link(self, f"cluster node {node.name}", connection, sharded=True)
+            await link.start()
+            self._links[node.name] = link
+            fut.set_result(link)
+            return link
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: nobody may be waiting
+            raise
+        finally:
+            self._opening.pop(node.name, None)
+
+    def _key_of(self, link: Link) -> str | None:
+        for key, value in self._links.items():
+            if value is link:
+                return key
+        return None
+
+    async def _start_links(self) -> None:
+        if self.control:
+            for name in sorted(self._control_names):
+                await self._subscribe_name(name, "subscribe to control messages")
+
+    async def close(self) -> None:
+        task, self._rehome_task = self._rehome_task, None
+        if task is not None:
+            await _cancel(task)
+        links, self._links = list(self._links.values()), {}
+        self._homes.clear()
+        for link in links:
+            await link.close()
+        await super().close()
+
+    # -- fan-out ------------------------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        if self._handler is None:
+            raise BrokerError("broker is not started")
+        await self._subscribe_name(self._pubsub_channel(channel), f"subscribe to {channel!r}")
+
+    async def _subscribe_name(self, name: str, what: str) -> None:
+        problem = "did not confirm"
+        for _ in range(3):
+            try:
+                link = await self._link_to(self._node_of(name))
+            except (BrokerError, RedisError) as exc:
+                problem = str(exc)
+                await self._refresh_topology()
+                continue
+            self._homes[name] = link
+            if await link.subscribe(name):
+                return
+            if self._homes.get(name) is link:
+                del self._homes[name]
+            problem = "did not confirm" if link.connected else "is down, reconnecting"
+            # Most likely a MOVED reply: the slot map is stale.
+            await self._refresh_topology()
+        raise BrokerError(f"redis {what}: the Pub/Sub connection {problem} ({self._where})")
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._handler is None:
+            raise BrokerError("broker is not started")
+        link = self._homes.pop(self._pubsub_channel(channel), None)
+        if link is not None:
+            link.unsubscribe(self._pubsub_channel(channel))
+
+    # -- topology changes -----------------------------------------------------------------------
+
+    async def _refresh_topology(self) -> None:
+        async with self._topology_lock:
+            try:
+                async with asyncio.timeout(self.connect_timeout + self.command_timeout):
+                    await self._client.nodes_manager.initialize()
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("redis cluster: reloading the slot map failed (%s): %s",
+                            self._where, exc)
+
+    def _schedule_rehome(self) -> None:
+        if self._client is None:
+            return
+        if self._rehome_task is not None and not self._rehome_task.done():
+            self._rehome_again = True
+            return
+        self._rehome_task = asyncio.get_running_loop().create_task(self._rehome_forever())
+
+    async def _rehome_forever(self) -> None:
+        delay = self.reconnect_delay
+        while True:
+            self._rehome_again = False
+            if await self._rehome() and not self._rehome_again:
+                return
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(self.reconnect_delay_max, delay * 2)
+
+    async def _rehome(self) -> bool:
+        """Move every subscription to the link of its slot's current owner; True when all
+        are in effect."""
+        await self._refresh_topology()
+        moves: list[tuple[str, Link]] = []
+        complete = True
+        for name, link in list(self._homes.items()):
+            try:
+                target = await self._link_to(self._node_of(name))
+            except (BrokerError, RedisError) as exc:
+                log.warning("redis cluster: %s has no reachable owner yet: %s", name, exc)
+                complete = False
+                continue
+            if target is not link:
+                link.forget(name)
+                self._homes[name] = target
+                moves.append((name, target))
+            elif link.connected and not link.subscribed(name):
+                moves.append((name, link))  # dropped by its node, which still owns it
+        results = await asyncio.gather(*(link.subscribe(name, keep=True)
+                                         for name, link in moves))
+        done = [name for (name, _), ok in zip(moves, results, strict=True) if ok]
+        if done:
+            log.info("redis cluster: %d subscriptions moved to their slots' new owners",
+                     len(done))
+            self._resubscribed(done)
+        for key, link in list(self._links.items()):
+            if not link.wanted:
+                del self._links[key]
+                await link.close()
+        return complete and all(results)
+
+    async def _link_lost(self, link: Link) -> bool:
+        await self._rehome()
+        if link.wanted:
+            return True
+        key = self._key_of(link)
+        if key is not None:
+            del self._links[key]
+        return False
+
+    def _link_error(self, link: Link, exc: ResponseError) -> None:
+        log.info("redis cluster: %s answered %s; reloading the slot map", link.where, exc)
+        self._schedule_rehome()
+
+    def _link_evicted(self, link: Link, name: str) -> None:
+        self._schedule_rehome()
