@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import msgspec
 
 from clarion.broker.base import ClientInfo, StreamPosition
-from clarion.errors import Disconnect, ReplyError, TokenError
+from clarion.errors import BrokerError, Disconnect, ReplyError, TokenError
 from clarion.hub.config import ChannelOptions
 from clarion.hub.push import EncodedPush
 from clarion.protocol import client as proto
@@ -49,6 +49,12 @@ class Subscription:
     expire_at: int = 0
     chan_info: bytes | None = None
     present: bool = False  # counted in presence (and so announced by join/leave)
+    # The client was given a stream position: it must get every publication after it, once,
+    # or be told that the position is gone (insufficient state).
+    positioned: bool = False
+    # Made by the server (connect token channels, server API), not by a subscribe command:
+    # such a subscription cannot be resubscribed on its own, so a lost position disconnects.
+    server_side: bool = False
 
 
 @dataclass(slots=True)
@@ -194,6 +200,7 @@ class Session:
             recovered_pubs: list[EncodedPush] = []
             unrecoverable = False
             top = 0
+            epoch: str | None = None
             if options.history_enabled and (sub.recoverable or positioned or recover):
                 meta_ttl = hub.config.seconds("history_meta_ttl")
                 if recover is not None:
@@ -215,6 +222,8 @@ class Session:
                 else:
                     pos = (await hub.broker.history(channel, limit=0, meta_ttl=meta_ttl)).position
                 top = pos.offset
+                epoch = pos.epoch
+                sub.positioned = True
                 result["epoch"] = pos.epoch
                 result["offset"] = pos.offset
                 result["positioned"] = True
@@ -231,6 +240,8 @@ class Session:
         except BaseException:
             self.subs.pop(channel, None)
             hub.fanout.remove(channel, self)
+            # No stale broker subscription when this was the channel's only subscriber.
+            hub.spawn(hub.fanout.release_broker_subscription(channel))
             raise
         if sub.push_join_leave:
             result["join_leave"] = True
@@ -238,7 +249,7 @@ class Session:
         def activate() -> None:
             if self.subs.get(channel) is not sub:
                 return
-            hub.fanout.activate(channel, self, buffer, top)
+            hub.fanout.activate(channel, self, buffer, top, epoch)
 
         return Attached(result, recovered_pubs, activate, unrecoverable)
 
@@ -251,20 +262,55 @@ class Session:
 
     async def announce_join(self, channel: str, sub: Subscription) -> None:
         if sub.options.join_leave and sub.present:
-            await self.hub.broker.publish_join(channel, self.info(sub.chan_info))
+            try:
+                await self.hub.broker.publish_join(channel, self.info(sub.chan_info))
+            except BrokerError as exc:
+                # The subscription itself stands; only the announcement is lost.
+                self.hub.log.warning("join not announced", channel=channel, error=str(exc))
 
     async def detach(self, channel: str) -> None:
         sub = self.subs.pop(channel, None)
         if sub is None:
             return
+        self.hub.fanout.remove(channel, self)
+        await self._release(channel, sub)
+
+    async def _release(self, channel: str, sub: Subscription) -> None:
+        """The broker side of leaving a channel; local state is gone already."""
         hub = self.hub
-        hub.fanout.remove(channel, self)
-        if sub.present:
+        await hub.fanout.release_broker_subscription(channel)
+        if not sub.present:
+            return
+        try:
             if sub.options.presence:
                 await hub.broker.remove_presence(channel, self.id)
             if sub.options.join_leave:
                 await hub.broker.publish_leave(channel, self.info(sub.chan_info))
-        await hub.fanout.release_broker_subscription(channel)
+        except BrokerError as exc:
+            # The client has left here either way; its presence entry expires by its ttl.
+            hub.log.warning("leave not announced", channel=channel, error=str(exc))
+
+    def lose_position(self, channel: str) -> None:
+        """This node could not deliver every publication after the client's position:
+        Centrifugo's insufficient state. A client-side subscription is unsubscribed with
+        2500 (the SDK resubscribes and recovers from its last offset); anything else is
+        disconnected with 3010 (the client reconnects and resumes from its cursor)."""
+        sub = self.subs.get(channel)
+        if sub is None:
+            return
+        hub = self.hub
+        target: Any = self.target
+        if self.transport == "websocket" and not sub.server_side:
+            # Gone at once, so that the client's resubscribe is not "already subscribed".
+            del self.subs[channel]
+            hub.fanout.remove(channel, self)
+            code, reason = codes.UNSUBSCRIBE_INSUFFICIENT_STATE
+            target.send(proto.push_frame(proto.encode_str(channel), b"unsubscribe",
+                                         proto.encode({"code": code, "reason": reason})))
+            hub.spawn(self._release(channel, sub))
+        else:
+            hub.fanout.remove(channel, self)
+            target.disconnect(Disconnect(*codes.INSUFFICIENT_STATE))
 
     async def detach_all(self) -> None:
         for channel in list(self.subs):
@@ -293,6 +339,14 @@ class Session:
             result = await handler(self, cmd)
         except ReplyError as err:
             return proto.error_reply(cmd.id, err.code, err.message, err.temporary)
+        except BrokerError as exc:
+            # The broker is away: the client keeps its connection and retries (temporary),
+            # as Centrifugo answers with its internal error.
+            self.hub.log.warning("command failed: broker unavailable", method=method,
+                                 client=self.id, error=str(exc))
+            internal = codes.internal()
+            return proto.error_reply(cmd.id, internal.code, internal.message,
+                                     internal.temporary)
         if method == "send":
             return None
         return proto.reply(cmd.id, method, result)
@@ -310,13 +364,22 @@ class Session:
         result = self.connect_result()
         if resolved:
             subs: dict[str, Any] = {}
-            for channel, options in resolved:
-                sub = Subscription(options, options.force_recovery,
-                                   options.join_leave and options.force_push_join_leave)
-                attached = await self.attach(channel, sub, None, False)
-                self.post_reply.append(attached.activate)
-                self.post_reply.append(functools.partial(self.announce_join, channel, sub))
-                subs[channel] = attached.result
+            try:
+                for channel, options in resolved:
+                    sub = Subscription(options, options.force_recovery,
+                                       options.join_leave and options.force_push_join_leave,
+                                       server_side=True)
+                    attached = await self.attach(channel, sub, None, False)
+                    self.post_reply.append(attached.activate)
+                    self.post_reply.append(functools.partial(self.announce_join, channel, sub))
+                    subs[channel] = attached.result
+            except BaseException:
+                # Not connected after all: the client retries its connect from scratch.
+                self.connected = False
+                self.post_reply.clear()
+                self.hub.fanout.unregister(self)
+                await self.detach_all()
+                raise
             result["subs"] = subs
         return result
 

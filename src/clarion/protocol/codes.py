@@ -57,6 +57,11 @@ def unrecoverable_position() -> ReplyError:
     return ReplyError(112, "unrecoverable position")
 
 
+# Unsubscribe push codes. 2000-2499: the subscription ends; 2500-2999: the client
+# resubscribes (with recovery from its last position, when it has one).
+UNSUBSCRIBE_SERVER = (2000, "server unsubscribe")
+UNSUBSCRIBE_INSUFFICIENT_STATE = (2500, "insufficient state")
+
 # Disconnects. 3000-3499 ask the client to reconnect, 3500-3999 do not.
 CONNECTION_CLOSED = (3000, "connection closed")
 SHUTDOWN = (3001, "shutdown")
