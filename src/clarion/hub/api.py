@@ -2,7 +2,9 @@
 
 Errors of the call itself (unknown channel, not available) answer 200 with ``{"error": …}`` as
 Centrifugo does, so the ``cent`` client raises its usual exception. A body that is not JSON is a
-400; a body of the wrong shape is a 422 that names the field and the problem.
+400; a body of the wrong shape is a 422 that names the field and the problem. A broker that
+cannot be reached (Redis away) is a 503 with Centrifugo's internal error (code 100) in the body,
+within the broker's command timeout; in a batch, each command that met it carries that error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from clarion.broker.base import StreamPosition
-from clarion.errors import Disconnect, ReplyError
+from clarion.errors import BrokerError, Disconnect, ReplyError
 from clarion.hub.http import HttpProtocol, Request, Response
 from clarion.hub.session import TICKET_PREFIX, Session, Subscription
 from clarion.protocol import client as proto
@@ -127,6 +129,17 @@ class BatchReq(_Req):
     parallel: bool = False  # accepted for cent; commands always run in order
 
 
+# What a command that met an unreachable broker answers (Centrifugo's internal error).
+BROKER_ERROR = b'{"error":{"code":100,"message":"internal server error: broker unavailable"}}'
+
+
+def broker_unavailable(exc: BrokerError) -> Response:
+    """503 for a request that needed the broker while it is away; the client may retry."""
+    resp = Response(503, BROKER_ERROR)
+    resp.headers.append(("retry-after", "1"))
+    return resp
+
+
 def _raw_or_none(raw: msgspec.Raw) -> bytes | None:
     data = bytes(raw)
     return data or None
@@ -206,7 +219,12 @@ class ServerApi:
         except RecursionError:
             return _too_deep()
         self.hub.metrics.api_calls[method] += 1
-        return Response(200, await self._call(func, req))
+        try:
+            return Response(200, await self._call(func, req))
+        except BrokerError as exc:
+            self.hub.log.warning("API call failed: broker unavailable", method=method,
+                                 error=str(exc))
+            return broker_unavailable(exc)
 
     async def _call(self, func: Callable[[Any], Awaitable[Any]], req: Any) -> bytes:
         try:
@@ -245,6 +263,13 @@ class ServerApi:
                 replies.append(proto.encode({"error": {"code": err.code,
                                                        "message": err.message}}))
                 continue
+            except BrokerError as exc:
+                # One command's failure; the others of the batch still run (Redis may be
+                # back for the next one), as Centrifugo reports errors per command.
+                self.hub.log.warning("API call failed: broker unavailable", method=method,
+                                     error=str(exc))
+                replies.append(BROKER_ERROR)
+                continue
             replies.append(b'{"' + method.encode() + b'":' + proto.encode(result) + b"}")
         return b'{"replies":[' + b",".join(replies) + b"]}"
 
@@ -268,6 +293,11 @@ class ServerApi:
                     idempotency_key=req.idempotency_key)
             except ReplyError as err:
                 responses.append({"error": {"code": err.code, "message": err.message}})
+                continue
+            except BrokerError as exc:
+                self.hub.log.warning("broadcast to a channel failed: broker unavailable",
+                                     channel=channel, error=str(exc))
+                responses.append(msgspec.Raw(BROKER_ERROR))
                 continue
             pos = result.position
             responses.append({"result": {"offset": pos.offset, "epoch": pos.epoch}
@@ -296,7 +326,8 @@ class ServerApi:
             if req.channel in session.subs or session.transport != "websocket":
                 continue
 
-            sub = Subscription(options, options.force_recovery, options.join_leave, 0, info)
+            sub = Subscription(options, options.force_recovery, options.join_leave, 0, info,
+                               server_side=True)
             recover = None
             if req.recover_since is not None:
                 recover = StreamPosition(req.recover_since.offset, req.recover_since.epoch)

@@ -55,7 +55,7 @@ class Hub:
         self.version = __version__
         self.node_id = secrets.token_hex(8)
         self.node_name = socket.gethostname()
-        self.broker = broker or create_broker(config.broker)
+        self.broker = broker or _create_broker(config)
         self.log = logger or Logger(fmt=config.log_format, level=config.log_level)
         self.rules = ChannelRules(config)
         self.token_keys = TokenKeys(config.token_hmac_secret, config.token_rsa_public_key,
@@ -193,9 +193,24 @@ class Hub:
     # -- plain endpoints ----------------------------------------------------------------------
 
     async def _health(self, request: Request, http: HttpProtocol) -> Response:
+        """``ok`` or ``degraded`` (the broker's fan-out link is down: this node serves its
+        connected clients but gets no publications from other nodes), always 200 so that a
+        liveness probe does not restart every node of a deployment for Redis being away;
+        ``?strict=1`` (for readiness probes) answers 503 when degraded."""
         if self._stopping is not None and self._stopping.is_set():
             return Response.json({"status": "stopping"}, 503)
-        return Response.json({"status": "ok", "version": self.version})
+        broker = self.broker
+        connected = bool(getattr(broker, "connected", True))
+        body = {
+            "status": "ok" if connected else "degraded",
+            "version": self.version,
+            "broker": {"connected": connected,
+                       "reconnects": int(getattr(broker, "reconnects", 0))},
+            "streams": {"catch_ups": self.fanout.catch_ups,
+                        "positions_lost": self.fanout.positions_lost},
+        }
+        strict = request.param("strict") not in ("", "0", "false")
+        return Response.json(body, 503 if strict and not connected else 200)
 
     async def _metrics(self, request: Request, http: HttpProtocol) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
@@ -242,8 +257,8 @@ class Hub:
         if self.grip is not None:
             await self.grip.start()
         self._housekeeper = self._loop.create_task(self._housekeeping())
-        self.log.info("hub listening", address=self.address, broker=self.config.broker,
-                      version=self.version)
+        self.log.info("hub listening", address=self.address,
+                      broker=_redacted(self.config.broker), version=self.version)
 
     @property
     def address(self) -> str:
@@ -380,6 +395,22 @@ class Hub:
                     await self.broker.add_presence(channel, session.info(sub.chan_info), ttl)
                 except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
                     self.failed("presence_refresh", exc, channel=channel)
+
+
+def _create_broker(config: Config) -> Broker:
+    # A list (shards) goes to create_broker as it is: sharding is the broker's business.
+    return create_broker(config.broker, **config.broker_options())
+
+
+def _redacted(broker: str | list[str]) -> str:
+    """The broker setting for logs: no passwords."""
+    urls = broker if isinstance(broker, list) else [broker]
+    out = []
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        out.append(f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}" if at else url)
+    return ",".join(out)
 
 
 def _ticket_request(name: str) -> Any:

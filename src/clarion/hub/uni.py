@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from clarion.broker.base import StreamPosition
-from clarion.errors import Disconnect, ReplyError
+from clarion.errors import BrokerError, Disconnect, ReplyError
+from clarion.hub.api import broker_unavailable
 from clarion.hub.held import HeldConnection
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
 from clarion.hub.outbound import Outbound
@@ -45,6 +46,8 @@ class Opened:
 
 
 def _error(exc: Exception) -> Response:
+    if isinstance(exc, BrokerError):
+        return broker_unavailable(exc)
     if isinstance(exc, ReplyError):
         status = {101: 401, 102: 404, 103: 403, 106: 400, 107: 400, 109: 401}.get(exc.code, 400)
         return Response.json({"error": {"code": exc.code, "message": exc.message}}, status)
@@ -176,7 +179,7 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
     conn = UniConnection(hub, transport, kind)
     try:
         opened = await _open(hub, request, conn, kind)
-    except (ReplyError, Disconnect, cursors.CursorError) as exc:
+    except (ReplyError, Disconnect, cursors.CursorError, BrokerError) as exc:
         return _error(exc)
     session = conn.session = opened.session
     conn.single = len(opened.channels) == 1
@@ -196,6 +199,13 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
     session.connected = True
     try:
         attached = await _attach_all(opened, presence=True)
+    except BrokerError as exc:
+        # The stream is open already: it ends with a disconnect that asks the client to
+        # come back (3004 reconnects), rather than with an HTTP status.
+        hub.log.warning("stream subscribe failed: broker unavailable", error=str(exc))
+        conn.disconnect(Disconnect(codes.SERVER_ERROR[0],
+                                   "internal server error: broker unavailable"))
+        return conn
     except (ReplyError, Disconnect) as exc:
         code = exc.code
         conn.disconnect(exc if isinstance(exc, Disconnect) else Disconnect(3004, str(exc)))
@@ -274,7 +284,7 @@ async def handle_poll(request: Request, http: HttpProtocol) -> Response:
     target = PollTarget(hub.loop)
     try:
         opened = await _open(hub, request, target, "poll")
-    except (ReplyError, Disconnect, cursors.CursorError) as exc:
+    except (ReplyError, Disconnect, cursors.CursorError, BrokerError) as exc:
         return _error(exc)
     session = opened.session
     # A first poll (no cursor parameter at all) learns the position at once; channels
@@ -282,7 +292,11 @@ async def handle_poll(request: Request, http: HttpProtocol) -> Response:
     fresh = "cursor" not in request.query and not request.headers.get("last-event-id")
     hub.fanout.register(session)
     try:
-        attached = await _attach_all(opened, presence=False)
+        try:
+            attached = await _attach_all(opened, presence=False)
+        except BrokerError as exc:
+            hub.log.warning("poll subscribe failed: broker unavailable", error=str(exc))
+            return broker_unavailable(exc)
         positions: dict[str, tuple[int, str]] = {}
         pushes: list[bytes] = []
         unrecoverable: list[str] = []
