@@ -43,52 +43,67 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     from clarion.hub.config import load_config
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port, "broker": args.broker,
-                                 "log_level": args.log_level}
+                                 "log_level": args.log_level, "workers": args.workers}
     for name in ("grip_routes", "grip_host", "grip_port", "control_host", "control_port"):
         overrides[name] = getattr(args, name, None)
     webhooks_db = getattr(args, "webhooks_db", None)
-    if webhooks_db:
-        from clarion.django import embedded
-
-        embedded.configure(webhooks_db)  # migrations run here, before the event loop
-        embedded.register_types(args.webhook_types or "")
     if demo:
         overrides["demo"] = True
     config = load_config(args.config, overrides=overrides)
+    slot: int | None = args.worker_slot
+    if config.workers > 1 and slot is None:
+        return _supervise(args, config)
+    if webhooks_db:
+        from clarion.django import embedded
+
+        # Migrations run here, before the event loop; under a supervisor worker 0 alone runs
+        # them, and the others start once it is ready.
+        embedded.configure(webhooks_db, migrate=slot in (None, 0))
+        embedded.register_types(args.webhook_types or "")
     if demo:
         # The demo runs with its chat namespace unless the file defines its own.
         config.namespaces = config.namespaces or {
             name: _options(opts) for name, opts in DEMO_CONFIG["namespaces"].items()}
         if not config.api_key:
             config.api_key = DEMO_API_KEY
-    if args.workers != 1:
-        raise ConfigError("--workers > 1 needs a broker shared between processes "
-                          "(redis); the memory broker lives in one process")
+    # Banners once per server: the first worker prints them for all.
+    banners = slot in (None, 0)
 
     async def main() -> None:
         hub = Hub(config)
+        link = None
+        if slot is not None:
+            from clarion.hub.workers import WorkerLink
+
+            link = WorkerLink(slot, config.workers, args.worker_dir, args.worker_ready_fd,
+                              args.worker_parent)
+            link.prepare(hub)
         embedded = None
         if webhooks_db:
-            embedded = _embed_webhooks(hub, webhooks_db)
+            embedded = _embed_webhooks(hub, webhooks_db, link)
         await hub.start()
         # Everything made so far (modules, config, the hub) lives as long as the process: keep
         # it out of the cycle collector's full passes, which otherwise stall the loop.
         gc.freeze()
-        if hub.grip is not None:
+        if link is not None:
+            await link.start(hub)
+        if hub.grip is not None and banners:
             print(f"GRIP proxy on {hub.grip.address}, publish API on "
                   f"{hub.grip.control_address}/publish/", flush=True)
-        if demo:
+        if demo and banners:
             print(f"Clarion demo: open {hub.address}/ in two browser windows.\n"
                   f"Publish from a shell:  CLARION_API_KEY={config.api_key} clarion publish "
                   f"chat:lobby '{{\"text\": \"hello from the CLI\", \"user\": \"cli\"}}'",
                   flush=True)
-        if webhooks_db:
+        if webhooks_db and banners:
             print(f"Webhooks API and dashboard on {hub.address}/webhooks/ "
                   f"(database {webhooks_db}; add a user with: clarion manage --db "
                   f"{webhooks_db} createsuperuser)", flush=True)
         try:
             await hub.serve_until_stopped()
         finally:
+            if link is not None:
+                link.close()
             if embedded is not None:
                 supervisor, task = embedded
                 supervisor.stop()
@@ -99,8 +114,33 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     return 0
 
 
-def _embed_webhooks(hub: Any, db: str) -> Any:
-    """Serve the built-in webhook app under /webhooks/ and run a delivery worker alongside."""
+def _supervise(args: argparse.Namespace, config: Any) -> int:
+    """``--workers N``: this process only supervises N hub processes (clarion.hub.workers)."""
+    from clarion.hub.logs import Logger
+    from clarion.hub.workers import Supervisor, check_ports_free, worker_command
+
+    if config.broker in ("memory", "memory://", ""):
+        raise ConfigError(f"--workers {config.workers} needs a broker shared between processes: "
+                          "use a Redis broker (--broker redis://127.0.0.1:6379/0, or "
+                          "broker = \"redis://...\" in the config file); the memory broker "
+                          "lives in one process")
+    addresses = [(config.host, config.port)]
+    if config.grip_routes:
+        addresses += [(config.grip_host or config.host, config.grip_port),
+                      (config.control_host, config.control_port)]
+    check_ports_free(addresses)
+    log = Logger(fmt=config.log_format, level=config.log_level)
+    supervisor = Supervisor([*worker_command(), *args.argv], config.workers,
+                            config.seconds("shutdown_timeout"), log)
+    return supervisor.run()
+
+
+def _embed_webhooks(hub: Any, db: str, link: Any = None) -> Any:
+    """Serve the built-in webhook app under /webhooks/ and run a delivery worker alongside.
+
+    Under a supervisor (``link``), every worker serves the app but only worker 0 delivers:
+    SQLite takes one delivery worker (it has no row locks to share claims with). The other
+    workers wake it through its Unix socket when they commit an event."""
     import prometheus_client
 
     from clarion.django import embedded
@@ -110,6 +150,9 @@ def _embed_webhooks(hub: Any, db: str) -> Any:
 
     hub.router.add_prefix("/webhooks/", WsgiMount(embedded.wsgi_app(), host=hub.config.host,
                                                    port=hub.config.port))
+    if link is not None and link.slot != 0:
+        django_hooks._wakers.append(lambda: link.wake_sibling(0))
+        return None
 
     woken: list[Any] = []  # the current worker's waker, replaced on a restart
 
@@ -130,6 +173,8 @@ def _embed_webhooks(hub: Any, db: str) -> Any:
     # registry; the hub's /metrics shows them too, so one scrape covers the process.
     hub.metrics.include(prometheus_client.REGISTRY, prefix="clarion_webhook_")
     task = asyncio.get_running_loop().create_task(supervisor.run())
+    if link is not None:
+        link.on_wake = lambda: [waker() for waker in woken]
     return supervisor, task
 
 
@@ -221,7 +266,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="port to bind (default 8000)")
         p.add_argument("--config", metavar="FILE", help="TOML configuration file")
         p.add_argument("--broker", help="memory (default) or a dotted path to a Broker class")
-        p.add_argument("--workers", type=int, default=1, help="hub processes (default 1)")
+        p.add_argument("--workers", type=int, help="hub processes on the same port (default "
+                       "1; more need a Redis broker)")
+        # Internal: how the supervisor of --workers starts each worker (clarion.hub.workers).
+        p.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
+        p.add_argument("--worker-dir", help=argparse.SUPPRESS)
+        p.add_argument("--worker-ready-fd", type=int, help=argparse.SUPPRESS)
+        p.add_argument("--worker-parent", type=int, help=argparse.SUPPRESS)
         p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
         if name == "serve":
             p.add_argument("--demo", action="store_true", help="also serve the demo page")
@@ -267,7 +318,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # for the workers of --workers, started with the same arguments
     try:
         if args.command == "serve":
             return _serve(args, demo=args.demo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -152,3 +152,62 @@ class _Included(Collector):
         for metric in self.registry.collect():
             if metric.name.startswith(self.prefix):
                 yield metric
+
+
+def merge_expositions(parts: Sequence[tuple[str | None, bytes]]) -> bytes:
+    """One Prometheus text exposition from several processes' own, each sample labelled
+    ``worker="<label>"`` (or left as it is when the label is None: the supervisor's).
+
+    Samples stay exactly as each process rendered them, so a sum over ``worker`` is the
+    server's total. The format wants every family's samples together under one HELP/TYPE, so
+    they are regrouped by family in the order families first appear. Text is merged rather than
+    parsed and rendered again: the parser renames counters and drops ``_created`` pairings, and
+    a scrape must not cost more than the processes' own rendering."""
+    headers: dict[str, dict[str, str]] = {}  # family -> {"HELP": line, "TYPE": line}
+    samples: dict[str, list[str]] = {}
+    for label, text in parts:
+        family: str | None = None
+        for line in text.decode("utf-8", "replace").splitlines():
+            if line.startswith(("# HELP ", "# TYPE ")):
+                fields = line.split(" ", 3)
+                if len(fields) < 3:
+                    continue
+                family = fields[2]
+                samples.setdefault(family, [])
+                # One HELP and one TYPE per family: the first process's.
+                headers.setdefault(family, {}).setdefault(fields[1], line)
+                continue
+            if not line or line.startswith("#"):
+                continue
+            if family is None:
+                family = _sample_name(line)
+                headers.setdefault(family, {})
+                samples.setdefault(family, [])
+            samples[family].append(line if label is None else _labelled(line, label))
+    out: list[str] = []
+    for family, head in headers.items():
+        out.extend(head[kind] for kind in ("HELP", "TYPE") if kind in head)
+        out.extend(samples[family])
+    return ("\n".join(out) + "\n").encode() if out else b""
+
+
+def _sample_name(line: str) -> str:
+    end = len(line)
+    for mark in ("{", " "):
+        at = line.find(mark)
+        if at != -1:
+            end = min(end, at)
+    return line[:end]
+
+
+def _labelled(line: str, label: str) -> str:
+    # A metric name is [a-zA-Z_:][a-zA-Z0-9_:]*, so the first "{" or space ends it; label
+    # values (which may hold either) all come after it.
+    name = _sample_name(line)
+    rest = line[len(name):]
+    value = label.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if rest.startswith("{}"):
+        return f'{name}{{worker="{value}"}}{rest[2:]}'
+    if rest.startswith("{"):
+        return f'{name}{{worker="{value}",{rest[1:]}'
+    return f'{name}{{worker="{value}"}}{rest}'
