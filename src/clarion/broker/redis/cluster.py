@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -29,6 +30,8 @@ from redis.exceptions import RedisError, ResponseError
 from clarion.broker.redis.standalone import Link, RedisBroker, _cancel, log
 from clarion.broker.redis.urls import parse
 from clarion.errors import BrokerError, ConfigError
+
+T = TypeVar("T")
 
 
 class RedisClusterBroker(RedisBroker):
@@ -52,6 +55,25 @@ class RedisClusterBroker(RedisBroker):
         self._topology_lock = asyncio.Lock()
         self._rehome_task: asyncio.Task[None] | None = None
         self._rehome_again = False
+        # RedisCluster's per-node pools fail at once when full (MaxConnectionsError); the
+        # standalone broker's pool waits. Waiting here keeps that behaviour: at most
+        # pool_size commands in flight, the wait counted in the command timeout.
+        self._in_flight = asyncio.Semaphore(self.pool_size)
+
+    async def _call(self, what: str, work: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            close = getattr(work, "close", None)
+            if close is not None:
+                close()  # never awaited: no "coroutine was never awaited" warning
+            raise BrokerError(f"redis {what}: no free connection within "
+                              f"{self.command_timeout:g} s ({self._where})") from None
+        try:
+            return await super()._call(what, work)
+        finally:
+            self._in_flight.release()
 
     @property
     def connected(self) -> bool:

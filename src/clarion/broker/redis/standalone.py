@@ -682,7 +682,7 @@ class RedisBroker(Broker):
             raise BrokerError("broker is already started")
         try:
             client = self._client = await self._connect_client()
-            self._pub = client.publish
+            self._pub = getattr(client, self._publish_command)
             self._register_scripts(client)
             await self._start_links()
         except BaseException:
