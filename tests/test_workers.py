@@ -277,6 +277,28 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_both(
             await client.disconnect()
 
 
+async def test_grip_ports_are_shared_by_both_workers(server: Callable[..., Hub], tag: str,
+                                                     tmp_path: Path) -> None:
+    routes = tmp_path / "routes"
+    routes.write_text(f"* 127.0.0.1:{free_port()}\n")  # no origin: the proxy answers 502
+    grip_port, control_port = free_port(), free_port()
+    hub = server("serve", _redis_table(tag), "--grip-routes", str(routes),
+                 "--grip-port", str(grip_port), "--control-port", str(control_port))
+    item = {"items": [{"channel": f"{tag}-feed", "formats": {"http-stream": {"content": "x\n"}}}]}
+    async with httpx.AsyncClient(headers={"Connection": "close"}, timeout=10) as http:
+        for _ in range(40):
+            answer = await http.post(f"http://127.0.0.1:{control_port}/publish/", json=item)
+            assert answer.status_code == 200, answer.text
+            answer = await http.get(f"http://127.0.0.1:{grip_port}/")
+            assert answer.status_code == 502
+    text = await asyncio.to_thread(metrics, hub)
+    for worker in ("0", "1"):
+        assert (sample(text, "clarion_grip_items_published_total", worker=worker) or 0) > 0
+        assert (sample(text, "clarion_grip_requests_total", worker=worker) or 0) > 0
+    assert (sum(sample(text, "clarion_grip_items_published_total", worker=w) or 0
+                for w in ("0", "1")) == 40)
+
+
 def test_workers_with_the_memory_broker_are_refused(tmp_path: Path) -> None:
     port = free_port()
     done = subprocess.run([sys.executable, "-m", "clarion", "serve", "--port", str(port),
