@@ -261,6 +261,10 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_both(
     assert sample(text, "clarion_worker_restarts_total", slot="0") == 0.0
     assert {worker_of(hub.api("info", {}).json()) for _ in range(40)} == {"0", "1"}
 
+    # SIGHUP (a closed terminal sends it to the whole group) stops nothing, for now.
+    hub.process.send_signal(signal.SIGHUP)
+    os.kill(ready_pids(hub)[0], signal.SIGHUP)
+
     # A client on each worker: SIGTERM to the supervisor tells both to reconnect and stops
     # everything within shutdown_timeout (and the exit's own grace).
     clients = [await connect_on(hub, w, lambda: Client(hub.ws_url, token=token("bob")))
@@ -272,6 +276,8 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_both(
         assert not any(alive(pid) for pid in pids.values())
         assert hub.output().count("hub stopped") >= 2
         assert "supervisor stopped clean=True" in hub.output()
+        assert hub.output().count("worker died") == 1
+        assert "SIGHUP ignored" in hub.output()
     finally:
         for client in clients:
             await client.disconnect()

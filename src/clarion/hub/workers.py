@@ -388,8 +388,12 @@ class WorkerLink:
             self.path.unlink()  # left by the worker this one replaces
         self._server = await asyncio.start_unix_server(
             lambda r, w: _answer(r, w, hub.metrics.render, self._wake), path=str(self.path))
+        loop = asyncio.get_running_loop()
+        # A terminal's hangup reaches the whole process group; the supervisor decides (and so
+        # far ignores it), and a worker must not die of it meanwhile.
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
         if self.parent is not None:
-            self._watch = asyncio.get_running_loop().create_task(self._watch_parent(hub))
+            self._watch = loop.create_task(self._watch_parent(hub))
         if self.ready_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(self.ready_fd, b"ready\n")
