@@ -305,6 +305,18 @@ async def test_grip_ports_are_shared_by_both_workers(server: Callable[..., Hub],
                 for w in ("0", "1")) == 40)
 
 
+async def test_webhooks_db_is_served_by_every_worker_and_delivered_by_worker_0(
+        server: Callable[..., Hub], tag: str, tmp_path: Path) -> None:
+    hub = server("serve", _redis_table(tag), "--webhooks-db", str(tmp_path / "hooks.sqlite3"))
+    async with httpx.AsyncClient(headers={"Connection": "close"}, timeout=30) as http:
+        for _ in range(20):
+            assert (await http.get(f"{hub.url}/webhooks/login/")).status_code == 200
+    text = await asyncio.to_thread(metrics, hub)
+    workers = set(re.findall(r'^clarion_webhook_\w+\{worker="(\d+)"', text, re.M))
+    assert workers == {"0"}
+    assert hub.output().count("Webhooks API and dashboard on") == 1
+
+
 def test_workers_with_the_memory_broker_are_refused(tmp_path: Path) -> None:
     port = free_port()
     done = subprocess.run([sys.executable, "-m", "clarion", "serve", "--port", str(port),
