@@ -265,7 +265,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="address to bind (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port to bind (default 8000)")
         p.add_argument("--config", metavar="FILE", help="TOML configuration file")
-        p.add_argument("--broker", help="memory (default) or a dotted path to a Broker class")
+        p.add_argument("--broker", help="memory (default), redis://host:port/db, or a dotted "
+                       "path to a Broker class")
         p.add_argument("--workers", type=int, help="hub processes on the same port (default "
                        "1; more need a Redis broker)")
         # Internal: how the supervisor of --workers starts each worker (clarion.hub.workers).
