@@ -148,7 +148,7 @@ class Supervisor:
             # Worker 0 first: it alone brings shared state up to date (the webhook database's
             # migrations and key file), and a configuration error shows once, not N times.
             failed = await self._start_first([self.slots[0]])
-            if failed is None and self.count > 1:
+            if failed is None and self.count > 1 and not self._stopping.is_set():
                 failed = await self._start_first(self.slots[1:])
             if failed is not None:
                 code = failed
