@@ -74,6 +74,7 @@ class Fanout:
         # One future per channel whose broker subscription is on its way: every subscriber
         # that arrives meanwhile waits for the broker's confirmation, not only the first.
         self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._retrying: set[str] = set()
         self._streams: dict[str, _Stream] = {}
         # The GRIP proxy sees every publication first (it keeps recent ones for holds that
         # are being set up); None when the proxy is off.
@@ -195,6 +196,7 @@ class Fanout:
             del self._subscribing[channel]
             fut.set_exception(exc if isinstance(exc, BrokerError)
                               else BrokerError(f"subscribe to {channel!r} failed: {exc}"))
+            self._retry_for_holds(channel)
             return
         del self._subscribing[channel]
         self._broker_channels.add(channel)
@@ -202,6 +204,30 @@ class Fanout:
         if channel not in self.channels:
             # Everyone left while the broker was confirming.
             await self.release_broker_subscription(channel)
+
+    def _retry_for_holds(self, channel: str) -> None:
+        """A client whose subscribe failed is told so and retries by itself; a GRIP hold
+        cannot be told, so the node keeps trying for as long as holds wait on the channel."""
+        if channel not in self._retrying:
+            self._retrying.add(channel)
+            self.hub.spawn(self._subscribe_for_holds(channel))
+
+    async def _subscribe_for_holds(self, channel: str) -> None:
+        delay = 0.1
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                subs = self.channels.get(channel)
+                if not subs or not any(getattr(t, "is_grip", False) for t in subs.values()):
+                    return
+                try:
+                    await self.ensure_broker_subscription(channel)
+                except BrokerError:
+                    delay = min(delay * 2, 5.0)
+                else:
+                    return
+        finally:
+            self._retrying.discard(channel)
 
     async def release_broker_subscription(self, channel: str) -> None:
         if channel not in self.channels and channel in self._broker_channels:

@@ -15,7 +15,7 @@ import binascii
 import hmac
 from typing import TYPE_CHECKING
 
-from clarion.errors import GripError, ReplyError
+from clarion.errors import BrokerError, GripError, ReplyError
 from clarion.hub.config import ChannelOptions
 from clarion.hub.http import HttpProtocol, Request, Response
 from clarion.hub.push import GRIP_ONLY_TAG, GRIP_TAG
@@ -97,8 +97,20 @@ class ControlApi:
         except GripError as exc:
             self.hub.metrics.grip_errors += 1
             return _text(400, f"{exc}\n", json)
-        for item, opts in zip(parsed, options, strict=True):
-            await self.publish(item, opts)
+        published = 0
+        try:
+            for item, opts in zip(parsed, options, strict=True):
+                await self.publish(item, opts)
+                published += 1
+        except BrokerError as exc:
+            # Redis away: say so within the broker's timeout, as the server API does; the
+            # items before the failing one went out, and the message says how many.
+            self.hub.metrics.grip_published += published
+            self.hub.log.warning("GRIP publish failed: broker unavailable", error=str(exc))
+            resp = _text(503, f"Service Unavailable: broker unavailable ({published} of "
+                              f"{len(parsed)} items published)\n", json)
+            resp.headers.append(("Retry-After", "1"))
+            return resp
         self.hub.metrics.grip_published += len(parsed)
         return _text(200, "Published\n", json)
 
