@@ -118,6 +118,10 @@ def ws_reply(evs: Iterable[tuple[str, bytes | str | None]],
 
 
 class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: tests that open dozens of connections at once (60
+    # long-polls through the proxy) overflow it, and dropped SYNs come back only after the
+    # kernel's 1, 3, 7, 15 s retransmits, which on a loaded machine outlasts the test's wait.
+    request_queue_size = 1024
     daemon_threads = True
     allow_reuse_address = True
     origin: Origin

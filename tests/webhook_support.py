@@ -205,6 +205,10 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
 
 
 class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: tests that open dozens of connections at once (60
+    # long-polls through the proxy) overflow it, and dropped SYNs come back only after the
+    # kernel's 1, 3, 7, 15 s retransmits, which on a loaded machine outlasts the test's wait.
+    request_queue_size = 1024
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A worker killed (or timing out) mid-request resets its connections: not news.
         if isinstance(sys.exc_info()[1], ConnectionError):
