@@ -23,8 +23,8 @@ import msgspec
 from clarion import __version__
 from clarion.broker import Broker, PublishOptions, PublishResult, create_broker
 from clarion.broker.base import ClientInfo, StreamPosition
-from clarion.errors import Disconnect
-from clarion.hub.api import ServerApi
+from clarion.errors import BrokerError, Disconnect
+from clarion.hub.api import ServerApi, broker_unavailable
 from clarion.hub.channels import ChannelRules
 from clarion.hub.config import ChannelOptions, Config
 from clarion.hub.fanout import Fanout
@@ -236,8 +236,10 @@ class Hub:
             return Response.error(400, "body must be JSON like {\"name\": \"ada\"}")
         if not name:
             return Response.error(422, "name is required")
-        result = await self.api.ticket(
-            _ticket_request(name))
+        try:
+            result = await self.api.ticket(_ticket_request(name))
+        except BrokerError as exc:
+            return broker_unavailable(exc)
         return Response.json(result)
 
     # -- lifecycle ----------------------------------------------------------------------------
