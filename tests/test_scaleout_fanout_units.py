@@ -287,3 +287,23 @@ async def test_a_failed_subscribe_fails_every_waiter_and_leaves_nothing(
     hub.broker.fail_subscribe = False
     await fan.ensure_broker_subscription("ch")
     assert "ch" in fan._broker_channels
+
+
+async def test_a_subscriber_set_up_across_a_reconnect_catches_up(
+        setup: tuple[Fanout, FakeHub]) -> None:
+    fan, hub = setup
+    hub.broker.add(1)
+    session = FakeSession("a", fanout=fan)
+    session.subs["ch"] = Sub()
+    fan.register(session)  # type: ignore[arg-type]
+    buffer = fan.add_buffering("ch", session)  # type: ignore[arg-type]
+    # Its history read said 1; then the link dropped, 2 and 3 were published, and the link
+    # came back before the subscriber went live.
+    hub.broker.add(2)
+    hub.broker.add(3)
+    fan.on_resubscribed(["ch"])
+    fan.activate("ch", session, buffer, 1, "e1")  # type: ignore[arg-type]
+    await hub.settle()
+    arrive(fan, hub, 4)
+    await hub.settle()
+    assert session.target.got == [2, 3, 4] and not session.lost

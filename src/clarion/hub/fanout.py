@@ -39,11 +39,14 @@ MAX_CATCH_UP_ROUNDS = 3
 class Buffer:
     """Stands in for a subscriber while its subscription is being set up."""
 
-    __slots__ = ("items", "lost")
+    __slots__ = ("items", "lost", "resync")
 
     def __init__(self) -> None:
         self.items: list[EncodedPush] = []
         self.lost = False  # the node lost its position meanwhile: so did this subscriber
+        # The broker's link was restored while this subscriber was being set up: its history
+        # read may predate publications that never arrived here.
+        self.resync = False
 
     def push(self, enc: EncodedPush) -> None:
         self.items.append(enc)
@@ -145,6 +148,8 @@ class Fanout:
                 lost = True
             elif st.epoch != epoch or st.offset != position:
                 st.ahead[session.id] = (position, epoch)
+            if buffer.resync:
+                self._start_catch_up(channel, st)
         if lost:
             self._lose(channel, [session.id])
 
@@ -406,23 +411,28 @@ class Fanout:
         """The broker's link was restored: what was published meanwhile never arrived here,
         so every channel with subscribers catches up from history."""
         for channel in channels:
-            if not self.channels.get(channel):
+            subs = self.channels.get(channel)
+            if not subs:
                 continue
+            for target in subs.values():
+                if isinstance(target, Buffer):
+                    target.resync = True  # caught up when it goes live, from its own read
             st = self._streams.get(channel)
-            if st is None or st.pending is not None:
-                # Nothing kept arrived or was read here yet (a subscriber that is still
-                # buffering compares its own read with what arrives), or a catch-up is
-                # already on its way and reads history after this point.
-                continue
-            if not st.epoch:
-                if not st.ahead:
-                    continue
-                # No arrival yet, only subscribers' own reads: start from the oldest of them.
-                st.offset, st.epoch = min(st.ahead.values())
-            st.pending = []
-            if not st.catching_up:
-                st.catching_up = True
-                self.hub.spawn(self._catch_up(channel, st))
+            if st is not None:
+                self._start_catch_up(channel, st)
+
+    def _start_catch_up(self, channel: str, st: _Stream) -> None:
+        if st.pending is not None:
+            return  # one is on its way, and reads history after this point
+        if not st.epoch:
+            if not st.ahead:
+                return  # nobody here holds a position yet
+            # No arrival yet, only subscribers' own reads: start from the oldest of them.
+            st.offset, st.epoch = min(st.ahead.values())
+        st.pending = []
+        if not st.catching_up:
+            st.catching_up = True
+            self.hub.spawn(self._catch_up(channel, st))
 
     def _presence_event(self, channel: str, kind: bytes, info: ClientInfo) -> None:
         subs = self.channels.get(channel)
