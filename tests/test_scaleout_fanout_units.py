@@ -307,3 +307,23 @@ async def test_a_subscriber_set_up_across_a_reconnect_catches_up(
     arrive(fan, hub, 4)
     await hub.settle()
     assert session.target.got == [2, 3, 4] and not session.lost
+
+
+async def test_a_failed_history_read_is_retried_before_giving_up(
+        setup: tuple[Fanout, FakeHub]) -> None:
+    fan, hub = setup
+    a = subscribe(fan, "a", 0)
+    arrive(fan, hub, 1)
+    hub.broker.add(2)
+    real = hub.broker.history
+    failures = [BrokerError("redis history: down")]
+
+    async def flaky(*args: Any, **kwargs: Any) -> HistoryResult:
+        if failures:
+            raise failures.pop()
+        return await real(*args, **kwargs)
+
+    hub.broker.history = flaky  # type: ignore[method-assign]
+    arrive(fan, hub, 3)
+    await hub.settle()
+    assert a.target.got == [1, 2, 3] and not a.lost

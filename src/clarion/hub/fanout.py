@@ -348,6 +348,12 @@ class Fanout:
                     except BrokerError as exc:
                         hub.log.warning("catch-up from history failed", channel=channel,
                                         error=str(exc))
+                if history is None and rounds < MAX_CATCH_UP_ROUNDS:
+                    # Redis is still settling: what waits keeps waiting, in order, a little.
+                    await asyncio.sleep(0.1 * 2 ** rounds)
+                    if self._streams.get(channel) is not st:
+                        return
+                    continue
                 if self._streams.get(channel) is not st:
                     return  # everyone here left meanwhile
                 pending, st.pending = st.pending, None
