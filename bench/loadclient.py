@@ -346,6 +346,9 @@ async def _child_async(conn: Any, spec: dict[str, Any]) -> None:
             loop.remove_reader(conn.fileno())
 
     loop.add_reader(conn.fileno(), on_readable)
+    # uvloop makes the fd non-blocking, and recv() of a message larger than one read would
+    # then fail half way (BlockingIOError) instead of waiting for the rest
+    os.set_blocking(conn.fileno(), True)
     progress_task: asyncio.Task[None] | None = None
 
     async def progress(interval: float) -> None:
@@ -487,6 +490,8 @@ class SubscriberPool:
             ch = _Child(p, parent_conn, cnt)
             self.children.append(ch)
             loop.add_reader(parent_conn.fileno(), self._on_readable, ch)
+            # as in the child: a report larger than one pipe read must arrive whole
+            os.set_blocking(parent_conn.fileno(), True)
         infos = await asyncio.gather(
             *(self._expect(ch, "ready", ready_timeout + 60) for ch in self.children)
         )
