@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import time
 from collections.abc import Awaitable, Callable
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from clarion.broker.base import StreamPosition
-from clarion.errors import BrokerError, Disconnect, ReplyError
+from clarion.errors import BrokerError, ReplyError
+from clarion.hub.control import DisconnectCmd, RefreshCmd, SubscribeCmd, UnsubscribeCmd
 from clarion.hub.http import HttpProtocol, Request, Response
-from clarion.hub.session import TICKET_PREFIX, Session, Subscription
+from clarion.hub.session import TICKET_PREFIX
 from clarion.protocol import client as proto
 from clarion.protocol import codes
 
@@ -313,65 +311,33 @@ class ServerApi:
             raise ReplyError(107, "bad request: data is required")
         return raw
 
-    def _sessions(self, user: str, client: str = "", session: str = "") -> list[Session]:
-        found = self.hub.fanout.user_sessions(user)
-        if client:
-            found = [s for s in found if s.id == client]
-        return found
+    # subscribe, unsubscribe, disconnect and refresh act on the user's connections on every
+    # node: checked here, then sent to the other nodes and applied here (clarion.hub.control).
 
     async def subscribe(self, req: SubscribeReq) -> Any:
-        options = self.hub.rules.options(req.channel)
-        info = _raw_or_none(req.info)
-        for session in self._sessions(req.user, req.client, req.session):
-            if req.channel in session.subs or session.transport != "websocket":
-                continue
-
-            sub = Subscription(options, options.force_recovery, options.join_leave, 0, info,
-                               server_side=True)
-            recover = None
-            if req.recover_since is not None:
-                recover = StreamPosition(req.recover_since.offset, req.recover_since.epoch)
-            attached = await session.attach(req.channel, sub, recover, options.history_enabled)
-            result = dict(attached.result)
-            if bytes(req.data):
-                result["data"] = req.data
-            body = proto.encode(result)
-            session.target.send(proto.push_frame(  # type: ignore[attr-defined]
-                proto.encode_str(req.channel), b"subscribe", body))
-            attached.activate()
-            await session.announce_join(req.channel, sub)
+        self.hub.rules.options(req.channel)  # an unknown namespace is this call's error
+        since = None
+        if req.recover_since is not None:
+            since = (req.recover_since.offset, req.recover_since.epoch)
+        await self.hub.control.run(SubscribeCmd(
+            req.user, req.channel, req.client, _raw_or_none(req.info), _raw_or_none(req.data),
+            since))
         return {}
 
     async def unsubscribe(self, req: UnsubscribeReq) -> Any:
-        for session in self._sessions(req.user, req.client, req.session):
-            if req.channel not in session.subs:
-                continue
-            await session.detach(req.channel)
-            if session.transport == "websocket":
-                session.target.send(proto.push_frame(  # type: ignore[attr-defined]
-                    proto.encode_str(req.channel), b"unsubscribe",
-                    b'{"code":2000,"reason":"server unsubscribe"}'))
+        await self.hub.control.run(UnsubscribeCmd(req.user, req.channel, req.client))
         return {}
 
     async def disconnect(self, req: DisconnectReq) -> Any:
         model = req.disconnect or DisconnectModel()
         if not 3000 <= model.code <= 4999:
             raise ReplyError(107, "bad request: disconnect.code must be within 3000-4999")
-        for session in self._sessions(req.user, req.client, req.session):
-            if session.id in req.whitelist or session.transport == "poll":
-                continue
-            session.target.disconnect(  # type: ignore[attr-defined]
-                Disconnect(model.code, model.reason))
+        await self.hub.control.run(DisconnectCmd(req.user, model.code, model.reason, req.client,
+                                                 req.whitelist))
         return {}
 
     async def refresh(self, req: RefreshReq) -> Any:
-        for session in self._sessions(req.user, req.client, req.session):
-            if session.transport == "poll":
-                continue  # a long-poll ends by itself; its next request is checked again
-            if req.expired:
-                session.target.disconnect(Disconnect(*codes.EXPIRED))  # type: ignore[attr-defined]
-            elif req.expire_at:
-                session.expire_at = req.expire_at
+        await self.hub.control.run(RefreshCmd(req.user, req.client, req.expired, req.expire_at))
         return {}
 
     async def presence(self, req: ChannelReq) -> Any:
@@ -402,25 +368,13 @@ class ServerApi:
         return {}
 
     async def channels(self, req: ChannelsReq) -> Any:
-        pattern = req.pattern or "*"
-        return {"channels": {
-            ch: {"num_clients": len(subs)}
-            for ch, subs in self.hub.fanout.channels.items() if fnmatchcase(ch, pattern)
-        }}
+        """Channels with subscribers on any node, as Centrifugo sums them over its nodes."""
+        counts = await self.hub.control.survey_channels(req.pattern)
+        return {"channels": {ch: {"num_clients": n} for ch, n in counts.items()}}
 
     async def info(self, req: InfoReq) -> Any:
-        hub = self.hub
-        fan = hub.fanout
-        return {"nodes": [{
-            "uid": hub.node_id,
-            "name": hub.node_name,
-            "version": hub.version,
-            "num_clients": len(fan.sessions),
-            "num_users": len(fan.users),
-            "num_channels": len(fan.channels),
-            "num_subs": sum(len(s) for s in fan.channels.values()),
-            "uptime": int(time.monotonic() - hub.started_at),
-        }]}
+        """Every node that answered within survey_timeout, the answering node first."""
+        return {"nodes": [node.as_api() for node in await self.hub.control.survey_info()]}
 
     async def ticket(self, req: TicketReq) -> Any:
         config = self.hub.config

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import secrets
 import signal
 import socket
 import time
@@ -27,6 +26,7 @@ from clarion.errors import BrokerError, Disconnect
 from clarion.hub.api import ServerApi, broker_unavailable
 from clarion.hub.channels import ChannelRules
 from clarion.hub.config import ChannelOptions, Config
+from clarion.hub.control import Control
 from clarion.hub.fanout import Fanout
 from clarion.hub.http import HttpProtocol, Request, Response
 from clarion.hub.logs import Logger
@@ -53,9 +53,11 @@ class Hub:
                  logger: Logger | None = None) -> None:
         self.config = config
         self.version = __version__
-        self.node_id = secrets.token_hex(8)
         self.node_name = socket.gethostname()
         self.broker = broker or _create_broker(config)
+        # The broker's id is the node's address for control messages (replies to info and
+        # channels questions), so the API's uid is that same id.
+        self.node_id = self.broker.node_id
         self.log = logger or Logger(fmt=config.log_format, level=config.log_level)
         self.rules = ChannelRules(config)
         self.token_keys = TokenKeys(config.token_hmac_secret, config.token_rsa_public_key,
@@ -65,6 +67,7 @@ class Hub:
                                    config.seconds("session_ttl"))
         self.metrics = HubMetrics()
         self.fanout = Fanout(self)
+        self.control = Control(self)
         self.grip: GripProxy | None = None
         if config.grip_routes:
             from clarion.hub.grip.proxy import GripProxy
@@ -118,10 +121,11 @@ class Hub:
         count = len(self.websockets) + len(self.streams)
         return count + self.grip.connection_count if self.grip is not None else count
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -249,6 +253,9 @@ class Hub:
         self.flusher = Flusher(self._loop, after=self.metrics.observe_flush)
         self._stopping = asyncio.Event()
         await self.broker.start(self.fanout)
+        # Hello: the other nodes answer it directly, so an info question asked of this node
+        # right after it started already waits for them.
+        self.spawn(self.control.announce(hello=True))
         if sock is not None:
             self._server = await self._loop.create_server(
                 lambda: HttpProtocol(self), sock=sock, backlog=4096)
@@ -314,6 +321,7 @@ class Hub:
                 await self._housekeeper
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=max(0.1, deadline - time.monotonic()))
+        await self.control.leave()
         await self.broker.close()
         if self._server is not None:
             await self._server.wait_closed()
@@ -358,6 +366,7 @@ class Hub:
                     self.grip.tick(now)
                 except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
                     self.failed("housekeeping", exc, of="grip")
+            self.control.tick(now)
             if now - self._last_presence >= presence_ttl / 3:
                 self._last_presence = now
                 self.spawn(self._refresh_presence(presence_ttl))

@@ -202,6 +202,8 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     poll_timeout: float | str = 25.0
     poll_timeout_max: float | str = 60.0
     shutdown_timeout: float | str = 10.0
+    # How long info and channels wait for the other nodes' answers (clarion.hub.control).
+    survey_timeout: float | str = 1.0
     workers: int = 1  # hub processes on the same ports (clarion.hub.workers); >1 needs redis
 
     # GRIP proxy (off unless grip_routes names a Pushpin routes file).
@@ -233,8 +235,10 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
                      "pong_timeout", "client_stale_close_delay", "client_expired_close_delay",
                      "client_expired_sub_close_delay", "presence_ttl",
                      "history_meta_ttl", "poll_timeout", "poll_timeout_max", "shutdown_timeout",
-                     "grip_connect_timeout", "grip_response_timeout"):
+                     "grip_connect_timeout", "grip_response_timeout", "survey_timeout"):
             setattr(self, name, parse_duration(getattr(self, name), name))
+        if not self.seconds("survey_timeout") > 0:
+            raise ValueError("survey_timeout: must be more than 0 seconds")
         for name in self.namespaces:
             if not _NAMESPACE_NAME.match(name):
                 raise ValueError(f"namespaces: {name!r} is not a valid namespace name")

@@ -456,3 +456,7 @@ class Fanout:
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
         self._presence_event(channel, b"leave", info)
+
+    def on_control(self, data: bytes) -> None:
+        # The fan-out is the broker's handler; control messages belong to the hub's Control.
+        self.hub.control.on_control(data)

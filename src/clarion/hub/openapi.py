@@ -25,8 +25,8 @@ _DESCRIPTIONS = {
     "presence_stats": "Number of clients and distinct users present in a channel.",
     "history": "Publications kept in a channel's history stream.",
     "history_remove": "Remove a channel's history (its epoch and offset are kept).",
-    "channels": "Channels with subscribers on this node, optionally filtered by a glob pattern.",
-    "info": "This node's statistics.",
+    "channels": "Channels with subscribers on any node, optionally filtered by a glob pattern.",
+    "info": "Statistics of every node (the answering node first).",
     "ticket": "Issue a one-time connection ticket for a user (Clarion). Valid once, "
               "for `ttl` seconds (default 10).",
     "batch": "Run several commands in one request; replies come in the same order.",
