@@ -36,6 +36,11 @@ class HubMetrics:
         # Parts that raised and were contained (a task, a handler, a housekeeping round, the
         # embedded webhook worker): each is logged with its traceback and counted here.
         self.failures: Counter[str] = Counter()
+        # Node-to-node control messages (clarion.hub.control), by kind; failures by why:
+        # "send" (the broker refused it), "malformed", "version" (another release's format).
+        self.control_sent: Counter[str] = Counter()
+        self.control_received: Counter[str] = Counter()
+        self.control_failed: Counter[str] = Counter()
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
             "clarion_publish_to_deliver_seconds",
@@ -117,6 +122,33 @@ class _HubCollector(Collector):
                                   value=m.tickets_issued)
         yield CounterMetricFamily("clarion_tickets_consumed", "One-time tickets used.",
                                   value=m.tickets_consumed)
+        yield CounterMetricFamily(
+            "clarion_stream_catch_ups", "Catch-ups from history after a hole in a channel's "
+            "stream or a restored broker link (also /health's streams.catch_ups).",
+            value=hub.fanout.catch_ups)
+        yield CounterMetricFamily(
+            "clarion_stream_positions_lost", "Subscribers told their stream position is gone "
+            "(insufficient state; also /health's streams.positions_lost).",
+            value=hub.fanout.positions_lost)
+        cs = CounterMetricFamily("clarion_control_messages_sent", "Control messages this node "
+                                 "sent to other nodes, by kind.", labels=["kind"])
+        for kind, n in m.control_sent.items():
+            cs.add_metric([kind], n)
+        yield cs
+        cr = CounterMetricFamily("clarion_control_messages_received", "Control messages from "
+                                 "other nodes, by kind.", labels=["kind"])
+        for kind, n in m.control_received.items():
+            cr.add_metric([kind], n)
+        yield cr
+        cf = CounterMetricFamily("clarion_control_messages_failed", "Control messages not "
+                                 "sent (send) or dropped on arrival (malformed, version).",
+                                 labels=["why"])
+        for why, n in m.control_failed.items():
+            cf.add_metric([why], n)
+        yield cf
+        yield GaugeMetricFamily("clarion_nodes", "Hub nodes sharing the broker that this node "
+                                "knows to be alive, itself included.",
+                                value=hub.control.node_count)
         f = CounterMetricFamily("clarion_failures", "Failures contained to one part (logged "
                                 "with a traceback; the part went on or restarted), by part.",
                                 labels=["part"])
