@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from broker_conformance import BrokerConformance, Recorder, history_on
-from broker_conformance_multi import MultiNodeBrokerConformance
 from clarion.broker import create_broker
 from clarion.broker.base import Broker, ClientInfo, StreamPosition
 from clarion.broker.memory import MemoryBroker
@@ -81,9 +78,5 @@ async def test_sweep_leaves_live_data_alone() -> None:
         await broker.close()
 
 
-@pytest.mark.skip(reason="the memory broker is one process: no second node can share its "
-                         "store, so there is nothing to test across nodes")
-class TestMemoryBrokerMulti(MultiNodeBrokerConformance):
-    @pytest.fixture
-    def make_broker(self) -> Callable[[], Broker]:
-        return MemoryBroker
+# MultiNodeBrokerConformance is not run here: the memory broker lives in one process, so no
+# second node can share its store (tests/test_broker_redis*.py run it on every Redis setup).
