@@ -30,7 +30,23 @@ allow_anonymous_connect_without_token = true
 [namespaces.bench]
 allow_subscribe_for_client = true
 allow_subscribe_for_anonymous = true
+
+[namespaces.hist]
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+history_size = 100
+history_ttl = "300s"
 """
+
+# The hub's Redis broker in the benchmarks: its own key prefix (Pub/Sub names are not per
+# database, and the tests may share this Redis), so a run never sees another's messages.
+REDIS_URL = os.environ.get("CLARION_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_PREFIX = "clarionbench-hub"
+
+
+def redis_broker_config(url: str = "") -> str:
+    """Top-level TOML for a hub on the benchmark's Redis (goes last: it opens a table)."""
+    return f'broker = "{url or REDIS_URL}"\n[redis]\nprefix = "{REDIS_PREFIX}"\n'
 
 _live: list[Server] = []
 
@@ -224,7 +240,8 @@ def clarion_server(
     ``extra_args`` more CLI flags (e.g. ["--workers", "2"]); env CLARION_BENCH_CONFIG and
     CLARION_BENCH_ARGS add to them from outside."""
     port = port or lc.free_port()
-    extra_config += "\n" + os.environ.get("CLARION_BENCH_CONFIG", "")
+    # Before the caller's: that may end in a table ([redis]) that would swallow these keys.
+    extra_config = os.environ.get("CLARION_BENCH_CONFIG", "") + "\n" + extra_config
     args = (extra_args or []) + os.environ.get("CLARION_BENCH_ARGS", "").split()
     srv = Server("clarion", [], port, "/health")
     cfg = os.path.join(srv.tmp, "clarion.toml")
@@ -266,13 +283,14 @@ def channels_server(layer: str, runner: str = "uvicorn", port: int | None = None
     return Server(f"channels-{layer}-{runner}", argv, port, "/health", env=env, cwd=peers)
 
 
-async def flush_redis_prefix(prefix: bytes = b"clarionbench") -> None:
-    """Delete leftover channels_redis keys of this benchmark (own db, own prefix)."""
+async def flush_redis_prefix(prefix: bytes = b"clarionbench", db: int = 15) -> None:
+    """Delete leftover keys of this benchmark (channels_redis: own db, own prefix; the hub's
+    Redis broker: its own prefix)."""
     try:
         import redis.asyncio as aioredis
     except ImportError:
         return
-    r = aioredis.Redis(host=HOST, port=6379, db=15)
+    r = aioredis.Redis(host=HOST, port=6379, db=db)
     try:
         keys = [k async for k in r.scan_iter(match=prefix + b"*", count=1000)]
         if keys:

@@ -1148,6 +1148,7 @@ async def run_latency(
     rate: float = 100.0,
     count: int = 500,
     drain_timeout: float = 20.0,
+    keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Paced single publishes, pipelined on one keep-alive connection (so a slow response
     cannot delay the schedule, and order is kept); latency of message k = max over
@@ -1189,7 +1190,7 @@ async def run_latency(
         i = min(len(lats_sorted) - 1, max(0, round(p / 100 * len(lats_sorted)) - 1))
         return round(lats_sorted[i], 2)
 
-    return {
+    out: dict[str, Any] = {
         "subscribers": subscribers,
         "live": rep["live"],
         "rate": rate,
@@ -1210,6 +1211,10 @@ async def run_latency(
         "client_cpu_pct": round((rep["cpu"] - cpu_clients0) / (time.time() - t0) * 100, 1),
         "machine": machine,
     }
+    if keep_samples:
+        out["samples"] = [round(x, 2) for x in lats]  # in send order
+        out["drain_s"] = round(rep["t_last"] - sends[-1], 3) if rep["t_last"] and sends else None
+    return out
 
 
 # --------------------------------------------------------------------------------------------
