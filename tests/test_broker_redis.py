@@ -514,3 +514,35 @@ async def test_password_db_and_unix_socket_urls(tmp_path: Path) -> None:
         await wrong.close()
     finally:
         server.stop()
+
+
+async def test_publish_many_is_one_pipeline_that_reloads_a_lost_script(
+        own_redis: RedisServer) -> None:
+    channel = _id("many")
+    broker = RedisBroker(own_redis.url)
+    async with running(broker) as (_, handler):
+        await broker.subscribe(channel)
+        admin = aioredis.Redis.from_url(own_redis.url)
+        try:
+            await admin.script_flush()  # as after a restart: the script's SHA is unknown
+            await admin.config_resetstat()
+            results = await broker.publish_many(
+                [(channel, b"%d" % i, history_on(size=100)) for i in range(50)])
+            stats = await admin.info("commandstats")
+        finally:
+            await admin.aclose()
+        assert [r.position.offset for r in results if not isinstance(r, BrokerError)] \
+            == list(range(1, 51))
+        # The pipeline loaded the script first: no EVALSHA failed and was sent again.
+        assert stats["cmdstat_evalsha"]["calls"] == 50
+        assert stats["cmdstat_evalsha"].get("failed_calls", 0) == 0
+        await handler.until(lambda: len(handler.data(channel)) == 50)
+        assert handler.data(channel) == [b"%d" % i for i in range(50)]
+
+    broker = RedisBroker(own_redis.url, command_timeout=0.5)
+    async with running(broker):
+        own_redis.stop()
+        results = await broker.publish_many([(channel, b"1", history_on()),
+                                             (channel, b"2", history_on())])
+        assert all(isinstance(r, BrokerError) for r in results)
+        own_redis.start()

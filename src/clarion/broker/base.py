@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import abc
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from clarion.errors import BrokerError
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,25 @@ class Broker(abc.ABC):
 
         Offsets start at 1 and grow by one per publication of a stream. A stream whose
         publications and metadata are gone starts again at 1 under a new epoch."""
+
+    async def publish_many(
+        self, requests: Sequence[tuple[str, bytes, PublishOptions]],
+    ) -> list[PublishResult | BrokerError]:
+        """Publish ``(channel, data, options)`` requests, in order: one result per request,
+        or the BrokerError that request met (the others still go out, as each command of the
+        server API's batch answers for itself). Publications of one channel are kept and
+        delivered in the order given.
+
+        This default publishes one after another, so a backend without an override keeps
+        working; a backend with round trips overrides it to save them (the Redis ones send
+        one pipeline)."""
+        results: list[PublishResult | BrokerError] = []
+        for channel, data, options in requests:
+            try:
+                results.append(await self.publish(channel, data, options))
+            except BrokerError as exc:
+                results.append(exc)
+        return results
 
     @abc.abstractmethod
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...

@@ -115,6 +115,23 @@ class ShardedBroker(Broker):
     async def publish(self, channel: str, data: bytes, options: PublishOptions) -> PublishResult:
         return await self.shard(channel).publish(channel, data, options)
 
+    async def publish_many(
+        self, requests: Sequence[tuple[str, bytes, PublishOptions]],
+    ) -> list[PublishResult | BrokerError]:
+        """Each shard gets its share in one call (in the order given), all shards at once."""
+        if len(self.shards) == 1:
+            return await self.shards[0].publish_many(requests)
+        groups: dict[int, list[int]] = {}
+        for i, (channel, _, _) in enumerate(requests):
+            groups.setdefault(jump_hash(channel, len(self.shards)), []).append(i)
+        shares = await asyncio.gather(*(
+            self.shards[s].publish_many([requests[i] for i in ix]) for s, ix in groups.items()))
+        results: list[PublishResult | BrokerError | None] = [None] * len(requests)
+        for ix, share in zip(groups.values(), shares, strict=True):
+            for i, result in zip(ix, share, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self.shard(channel).publish_join(channel, info)
 

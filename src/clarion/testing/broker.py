@@ -269,6 +269,35 @@ class BrokerConformance:
         hist = await started.history(channel, limit=-1)
         assert offsets(hist.publications) == list(range(1, 41))
 
+    async def test_publish_many_keeps_order_per_channel_and_answers_each(
+        self, started: Broker
+    ) -> None:
+        a, b = _id("many-a"), _id("many-b")
+        await started.subscribe(a)
+        await started.subscribe(b)
+        await started.publish(a, b"first", history_on(size=100))
+        requests = []
+        for i in range(20):
+            requests.append((a, b"%d" % i, history_on(size=100)))
+            requests.append((b, b"%d" % i, PublishOptions()))
+        requests.append((a, b"again", history_on(size=100, idempotency_key="k")))
+        requests.append((a, b"again", history_on(size=100, idempotency_key="k")))
+        results = await started.publish_many(requests)
+        assert len(results) == len(requests)
+        assert not [r for r in results if isinstance(r, BrokerError)]
+        ok = [r for r in results if not isinstance(r, BrokerError)]
+        assert [r.position.offset for r in ok[0:40:2]] == list(range(2, 22))
+        assert {r.position.offset for r in ok[1:40:2]} == {0}
+        assert ok[40].position.offset == 22 and not ok[40].suppressed
+        assert ok[41].suppressed and ok[41].position == ok[40].position
+        await self.handler.until(
+            lambda: len(self.handler.pubs(a)) == 22 and len(self.handler.pubs(b)) == 20)
+        assert self.handler.data(a) == [b"first"] + [b"%d" % i for i in range(20)] + [b"again"]
+        assert self.handler.data(b) == [b"%d" % i for i in range(20)]
+        assert [p.offset for p, _ in self.handler.pubs(a)] == list(range(1, 23))
+        assert offsets((await started.history(a, limit=-1)).publications) == list(range(1, 23))
+        assert await started.publish_many([]) == []
+
     async def test_join_and_leave_are_delivered(self, started: Broker, channel: str) -> None:
         await started.subscribe(channel)
         info = ClientInfo(_id("client"), "user-7", b'{"a":1}', None)

@@ -24,7 +24,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -93,6 +93,12 @@ def _publication(offset: int, raw: bytes) -> Publication:
     env = _decode_envelope(raw)
     info = None if env.info is None else _unpack_info(env.info)
     return Publication(offset, env.data, info, env.tags, env.time)
+
+
+def _publish_result(reply: Any) -> PublishResult:
+    result, suppressed = reply
+    offset, _, epoch = bytes(result).partition(b":")
+    return PublishResult(StreamPosition(int(offset), epoch.decode()), bool(suppressed))
 
 
 def _new_epoch() -> str:
@@ -761,16 +767,58 @@ class RedisBroker(Broker):
 
     async def publish(self, channel: str, data: bytes, options: PublishOptions) -> PublishResult:
         self._require()
+        keys, args = self._publish_args(channel, data, options)
+        if keys is None:
+            # Nothing to remember, nothing to check: one PUBLISH, no script.
+            assert self._pub is not None
+            await self._call("publish", self._pub(*args))
+            return PublishResult(StreamPosition(0, ""))
+        reply = await self._call("publish", self._publish_script(keys=keys, args=args))
+        return _publish_result(reply)
+
+    async def publish_many(
+        self, requests: Sequence[tuple[str, bytes, PublishOptions]],
+    ) -> list[PublishResult | BrokerError]:
+        """One pipeline (one round trip, plus the pipeline's SCRIPT EXISTS) for all of them:
+        Redis runs its commands in order on one connection, so each channel's order holds."""
+        client = self._require()
+        if len(requests) <= 1:
+            return await super().publish_many(requests)
+        pipe = client.pipeline(transaction=False)
+        plain: list[bool] = []
+        for channel, data, options in requests:
+            keys, args = self._publish_args(channel, data, options)
+            plain.append(keys is None)
+            if keys is None:
+                pipe.execute_command(self._publish_command.upper(), *args)
+            else:
+                # Loaded by the pipeline first when Redis lost it (a restart, SCRIPT FLUSH).
+                pipe.scripts.add(self._publish_script)
+                pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
+        try:
+            replies = await self._call("publish", pipe.execute(raise_on_error=False))
+        except BrokerError as exc:
+            return [exc] * len(requests)
+        results: list[PublishResult | BrokerError] = []
+        for reply, is_plain in zip(replies, plain, strict=True):
+            if isinstance(reply, Exception):
+                results.append(BrokerError(f"redis publish failed ({self._where}): {reply}"))
+            elif is_plain:
+                results.append(PublishResult(StreamPosition(0, "")))
+            else:
+                results.append(_publish_result(reply))
+        return results
+
+    def _publish_args(self, channel: str, data: bytes,
+                      options: PublishOptions) -> tuple[list[str] | None, list[Any]]:
+        """The publish script's keys and arguments; keys None: a plain PUBLISH of the
+        arguments (no history, no idempotency key)."""
         info = options.info
         envelope = _encode(_Envelope(
             data, time.time(), None if info is None else _pack_info(info), options.tags or None))
         keep = options.history_size > 0 and options.history_ttl > 0
         if not keep and not options.idempotency_key:
-            # Nothing to remember, nothing to check: one PUBLISH, no script.
-            assert self._pub is not None
-            await self._call("publish", self._pub(
-                self._pubsub_channel(channel), b"p0::" + envelope))
-            return PublishResult(StreamPosition(0, ""))
+            return None, [self._pubsub_channel(channel), b"p0::" + envelope]
         idem_ttl = _ms(options.idempotent_result_ttl) if options.idempotency_key else 0
         keys = [self._stream_key(channel), self._meta_key(channel),
                 self._idem_key(channel, options.idempotency_key)]
@@ -778,10 +826,7 @@ class RedisBroker(Broker):
                 _ms(options.history_ttl) if keep else 0,
                 _ms(max(options.history_meta_ttl, options.history_ttl)) if keep else 0,
                 _new_epoch(), self._pubsub_channel(channel), idem_ttl, self._publish_command]
-        result, suppressed = await self._call(
-            "publish", self._publish_script(keys=keys, args=args))
-        offset, _, epoch = bytes(result).partition(b":")
-        return PublishResult(StreamPosition(int(offset), epoch.decode()), bool(suppressed))
+        return keys, args
 
     # PUBLISH, or SPUBLISH on a Cluster: the script's last argument.
     _publish_command = "publish"
