@@ -373,7 +373,8 @@ class ServerApi:
         return {"channels": {ch: {"num_clients": n} for ch, n in counts.items()}}
 
     async def info(self, req: InfoReq) -> Any:
-        """Every node that answered within survey_timeout, the answering node first."""
+        """Every node that answered within survey_timeout, the answering node first (only it
+        when the broker is away)."""
         return {"nodes": [node.as_api() for node in await self.hub.control.survey_info()]}
 
     async def ticket(self, req: TicketReq) -> Any:

@@ -242,8 +242,15 @@ class Control:
         await self.apply(cmd)
 
     async def survey_info(self) -> list[NodeInfo]:
-        """This node's info first, then every other node that answered in time."""
-        replies = await self._survey(InfoRequest)
+        """This node's info first, then every other node that answered in time. With the
+        broker away, this node alone: info is how an operator looks at a node during an outage
+        (Centrifugo's info needs no broker either), and the list shows who answered."""
+        try:
+            replies = await self._survey(InfoRequest)
+        except BrokerError as exc:
+            self.hub.log.warning("info answered for this node only: broker unavailable",
+                                 error=str(exc))
+            return [self.node_info()]
         others = [r.info for r in replies.values() if isinstance(r, InfoReply)]
         others.sort(key=lambda n: (n.name, n.uid))
         return [self.node_info(), *others]
