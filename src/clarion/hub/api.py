@@ -19,6 +19,7 @@ import msgspec
 from clarion.errors import BrokerError, ReplyError
 from clarion.hub.control import DisconnectCmd, RefreshCmd, SubscribeCmd, UnsubscribeCmd
 from clarion.hub.http import HttpProtocol, Request, Response
+from clarion.hub.publishing import PublishRun
 from clarion.hub.session import TICKET_PREFIX
 from clarion.protocol import client as proto
 from clarion.protocol import codes
@@ -233,6 +234,7 @@ class ServerApi:
 
     async def batch(self, batch: BatchReq) -> bytes:
         replies: list[bytes] = []
+        run = PublishRun(self.hub)  # consecutive publishes: one broker call (publish_many)
         for command in batch.commands:
             if len(command) != 1:
                 replies.append(b'{"error":{"code":107,"message":"bad request: a command '
@@ -256,6 +258,13 @@ class ServerApi:
                 continue
             self.hub.metrics.api_calls[method] += 1
             try:
+                if method == "publish":
+                    run.add(len(replies), req.channel, self._data(req.data, req.b64data),
+                            tags=req.tags or None, skip_history=req.skip_history,
+                            idempotency_key=req.idempotency_key)
+                    replies.append(b"")  # the run's reply goes here
+                    continue
+                await run.send(replies, BROKER_ERROR)
                 result = await func(req)
             except ReplyError as err:
                 replies.append(proto.encode({"error": {"code": err.code,
@@ -269,6 +278,7 @@ class ServerApi:
                 replies.append(BROKER_ERROR)
                 continue
             replies.append(b'{"' + method.encode() + b'":' + proto.encode(result) + b"}")
+        await run.send(replies, BROKER_ERROR)
         return b'{"replies":[' + b",".join(replies) + b"]}"
 
     # -- methods ----------------------------------------------------------------------------

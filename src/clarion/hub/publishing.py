@@ -1,0 +1,78 @@
+"""Consecutive publish commands of one ``/api/batch``, sent to the broker in one call.
+
+Through Redis every publication is a round trip; ``Broker.publish_many`` sends a run of them
+in one pipeline, and their Pub/Sub messages arrive here together, so they also leave in one
+write per subscriber. A run ends at the first command of another kind, so the batch's commands
+still take effect in the order given.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from clarion.broker.base import PublishOptions, PublishResult
+from clarion.errors import BrokerError
+from clarion.protocol import client as proto
+
+if TYPE_CHECKING:
+    from clarion.hub.app import Hub
+
+
+def publish_options(hub: Hub, channel: str, data: bytes, *, tags: dict[str, str] | None,
+                    skip_history: bool, idempotency_key: str) -> tuple[bytes, PublishOptions]:
+    """What ``Hub.publish`` sends the broker: the data, made compact, and the channel's
+    options (raises ReplyError for a channel no rule allows)."""
+    options = hub.rules.options(channel)
+    if b"\n" in data or b"\r" in data:
+        # Frames batch messages by newline: data must be compact JSON.
+        data = msgspec.json.encode(msgspec.json.decode(data))
+    history = options.history_enabled and not skip_history
+    return data, PublishOptions(
+        history_size=options.history_size if history else 0,
+        history_ttl=options.history_ttl if history else 0.0,  # type: ignore[arg-type]
+        tags=tags, idempotency_key=idempotency_key,
+        history_meta_ttl=hub.config.seconds("history_meta_ttl"))
+
+
+class PublishRun:
+    """Publish commands waiting to go out together; ``send`` writes each one's reply into
+    the batch's reply list at the place the command held."""
+
+    __slots__ = ("_hub", "_places", "_requests")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._requests: list[tuple[str, bytes, PublishOptions]] = []
+        self._places: list[int] = []
+
+    def add(self, place: int, channel: str, data: bytes, *, tags: dict[str, str] | None,
+            skip_history: bool, idempotency_key: str) -> None:
+        data, options = publish_options(self._hub, channel, data, tags=tags,
+                                        skip_history=skip_history,
+                                        idempotency_key=idempotency_key)
+        self._requests.append((channel, data, options))
+        self._places.append(place)
+
+    async def send(self, replies: list[bytes], broker_error: bytes) -> None:
+        if not self._requests:
+            return
+        requests, self._requests = self._requests, []
+        places, self._places = self._places, []
+        results: list[PublishResult | BrokerError]
+        try:
+            results = await self._hub.broker.publish_many(requests)
+        except BrokerError as exc:  # not started, or a backend that fails them all at once
+            results = [exc] * len(requests)
+        for place, (channel, _, _), result in zip(places, requests, results, strict=True):
+            replies[place] = _reply(result) if isinstance(result, PublishResult) else broker_error
+            if isinstance(result, BrokerError):
+                self._hub.log.warning("API call failed: broker unavailable", method="publish",
+                                      channel=channel, error=str(result))
+
+
+def _reply(result: PublishResult) -> bytes:
+    pos = result.position
+    body = {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}
+    return b'{"publish":' + proto.encode(body) + b"}"
