@@ -258,7 +258,7 @@ class ServerApi:
                 continue
             self.hub.metrics.api_calls[method] += 1
             try:
-                if method == "publish":
+                if isinstance(req, PublishReq):
                     run.add(len(replies), req.channel, self._data(req.data, req.b64data),
                             tags=req.tags or None, skip_history=req.skip_history,
                             idempotency_key=req.idempotency_key)
