@@ -7,7 +7,7 @@ returns a Response, or takes the connection over (WebSocket, SSE, stream) via ``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -294,28 +294,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
         if not self._running:
             self._running = True
-            self._start_serving()
-
-    def _start_serving(self) -> None:
-        """Serve the queue now, inside this read, and make a task only if a handler suspends.
-
-        Publications that arrive in separate requests share writes this way: everything
-        parsed in one poll of the event loop is published before the flush that the first of
-        them scheduled (``Flusher``), so a publisher that sends one publication per request
-        (cent, the Django helpers) gets one write per subscriber for all that arrived during
-        the previous flush, not one flush per publication. As a task, each request would run
-        a loop turn later, after that flush (Python 3.12's eager tasks do this; 3.11 has
-        none)."""
-        coro = self._serve()
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        except BaseException:
-            coro.close()
-            self._running = False
-            raise
-        self.hub.spawn(_resume(coro, waiting))
+            self.hub.spawn(self._serve())
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -378,7 +357,7 @@ class HttpProtocol(asyncio.Protocol):
         if (self._queue or self._failure is not None) and not self._running \
                 and self.takeover is None:
             self._running = True
-            self._start_serving()
+            self.hub.spawn(self._serve())
 
     def write_response(self, response: Response, request: Request | None = None) -> None:
         """Write a complete answer. Without ``request`` (a refused one) the connection closes
@@ -424,42 +403,6 @@ class HttpProtocol(asyncio.Protocol):
             self._failure = response  # answered after the requests ahead of it, in order
         else:
             self.write_response(response)
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Finish, as a task, a coroutine whose first step ran eagerly and yielded ``waiting``."""
-    await _Continue(coro, waiting)
-
-
-class _Continue:
-    """Hands the task what the coroutine yielded, and the task's answers back to it: the
-    ``yield from`` of a coroutine that already started (``await`` would start it again)."""
-
-    __slots__ = ("_coro", "_waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self._coro = coro
-        self._waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, waiting = self._coro, self._waiting
-        self._waiting = None
-        while True:
-            try:
-                sent = yield waiting
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - the task's cancellation, passed on
-                try:
-                    waiting = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting = coro.send(sent)
-                except StopIteration:
-                    return
 
 
 def _check_transfer_coding(value: str, http10: bool) -> None:
