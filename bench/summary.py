@@ -16,6 +16,8 @@ import fanout_ws
 import grip_fanout
 import idle_memory
 import loadclient as lc
+import publish_styles
+import scaleout
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -29,6 +31,9 @@ def main() -> int:
         ("fanout_stream", fanout_stream),
         ("idle_memory", idle_memory),
         ("grip_fanout", grip_fanout),
+        ("publish_styles", publish_styles),
+        ("publish_styles_redis2", publish_styles),
+        ("scaleout", scaleout),
     ):
         path = os.path.join(RESULTS, f"{name}.json")
         if not os.path.exists(path):
