@@ -88,12 +88,30 @@ class RedisSentinelBroker(RedisBroker):
                 host, port = await sentinel.discover_master(self.service)
         except (RedisError, OSError, TimeoutError):
             return False  # Sentinel unsure or away: keep what works
+        await self._follow_primary((host, int(port)))
         current = (getattr(conn, "host", None), getattr(conn, "port", None))
         if current != (host, int(port)):
             log.warning("redis Pub/Sub link is on %s:%s, Sentinel's primary is %s:%s; "
                         "reconnecting (%s)", *current, host, port, self._where)
             return True
         return False
+
+    async def _follow_primary(self, primary: tuple[str, int]) -> None:
+        """Move the command pool to Sentinel's primary. redis-py's pool asks Sentinel only when
+        it opens a connection, and a demoted primary keeps accepting writes until Sentinel
+        reconfigures it (up to its 10 s INFO period): pooled connections left there split the
+        nodes, each publishing where only it listens, and what they wrote is dropped when the
+        old primary resyncs. Checked on every keepalive, so the window is one ping_interval."""
+        pool = getattr(self, "_pool", None)
+        known = getattr(pool, "master_address", None)
+        if pool is None or known is None or tuple(known) == primary:
+            return
+        log.warning("Sentinel's primary moved from %s:%s to %s:%s; reconnecting commands (%s)",
+                    *known, *primary, self._where)
+        pool.master_address = primary
+        # In-use connections too: a command in flight on the old primary fails (the caller
+        # sees BrokerError) rather than committing where nobody reads.
+        await pool.disconnect(inuse_connections=True)
 
     async def _release(self) -> None:
         await super()._release()
