@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,16 +291,18 @@ def check(log: Log, published: Published) -> None:
             f"{log.name}: acknowledged publication {i} missing without a notice")
 
 
-# -- the test ------------------------------------------------------------------------------------
+# -- the flow ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("redis_server", [True, False], indirect=True,
-                         ids=["persistent", "volatile"])
-async def test_redis_killed_and_restarted_while_publishing(
-        hub_factory: HubFactory, redis_server: RedisServer) -> None:
+Disruption = Callable[[httpx.AsyncClient, list[Hub], Published], Awaitable[None]]
+
+
+async def flow(hub_factory: HubFactory, broker: str, disrupt: Disruption
+               ) -> tuple[Published, list[Log], list[dict[str, Any]]]:
+    """Two nodes, a WebSocket and an NDJSON stream on each, publications alternating between
+    the nodes; ``disrupt`` runs after 100 are acknowledged, then 100 more and the end."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
-    config = (f'broker = "{redis_server.url}"\n[redis]\nprefix = "{prefix}"\n'
-              + REDIS_OPTIONS + NAMESPACE)
+    config = f"broker = {broker}\n[redis]\nprefix = \"{prefix}\"\n" + REDIS_OPTIONS + NAMESPACE
     nodes = [hub_factory(config), hub_factory(config)]
     logs = [Log(f"ws{k}") for k in range(2)] + [Log(f"stream{k}") for k in range(2)]
     ws = [await ws_client(nodes[k], logs[k]) for k in range(2)]
@@ -309,12 +311,11 @@ async def test_redis_killed_and_restarted_while_publishing(
                for k in range(2)]
     for event in ready:
         await asyncio.wait_for(event.wait(), T)
-
     published = Published()
     async with httpx.AsyncClient(timeout=10.0) as http:
         i = 0
 
-        async def until(condition: Any) -> None:
+        async def until(condition: Callable[[], bool]) -> None:
             nonlocal i
             deadline = time.monotonic() + 2 * T
             while not condition():
@@ -324,9 +325,49 @@ async def test_redis_killed_and_restarted_while_publishing(
                 await asyncio.sleep(0.01)
 
         await until(lambda: len(published.ok) >= 100)
+        await disrupt(http, nodes, published)
+        ok = len(published.ok)
+        await until(lambda: len(published.ok) >= ok + 100)
+        for _ in range(200):
+            if await publish(http, nodes[i % 2], END, published):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the end marker was never acknowledged: {published.other}")
+        for log in logs:
+            await asyncio.wait_for(log.done.wait(), T)
+        health = [(await http.get(f"{n.url}/health")).json() for n in nodes]
+    for task in streams:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for client in ws:
+        await client.disconnect()
+    for node in nodes:
+        assert node.process.poll() is None, node.output()
+    assert not published.other, published.other
+    for log in logs:
+        check(log, published)
+    for log in logs[:2]:
+        assert log.disconnects == 0, f"{log.name}: the hub dropped a WebSocket client"
+    return published, logs, health
+
+
+# -- the test ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("redis_server", [True, False], indirect=True,
+                         ids=["persistent", "volatile"])
+async def test_redis_killed_and_restarted_while_publishing(
+        hub_factory: HubFactory, redis_server: RedisServer) -> None:
+    async def kill_and_restart(http: httpx.AsyncClient, nodes: list[Hub],
+                               published: Published) -> None:
         redis_server.kill()
         before = published.unavailable
-        await until(lambda: published.unavailable >= before + 10)
+        i = 10_000  # refused while Redis is away; no client may ever see these
+        while published.unavailable < before + 10:
+            assert await publish(http, nodes[i % 2], i, published) is False, published.other
+            i += 1
         # While Redis is away every node says so, and answers readiness probes with 503.
         for node in nodes:
             deadline = time.monotonic() + T
@@ -336,33 +377,11 @@ async def test_redis_killed_and_restarted_while_publishing(
             assert h["broker"]["connected"] is False
             assert (await http.get(f"{node.url}/health", params={"strict": "1"})
                     ).status_code == 503
+        published.attempted[:] = [p for p in published.attempted if p < 10_000]
         redis_server.start()
-        ok = len(published.ok)
-        await until(lambda: len(published.ok) >= ok + 100)
-        # The end marker, retried until acknowledged (Redis may still be settling).
-        for _ in range(100):
-            if await publish(http, nodes[i % 2], END, published):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"the end marker was never acknowledged: {published.other}")
 
-        for log in logs:
-            await asyncio.wait_for(log.done.wait(), T)
-
-        health = [(await http.get(f"{n.url}/health")).json() for n in nodes]
-
-    for task in streams:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    for client in ws:
-        await client.disconnect()
-
-    assert not published.other, published.other
+    published, logs, health = await flow(hub_factory, f'"{redis_server.url}"', kill_and_restart)
     assert published.unavailable >= 10
-    for node in nodes:
-        assert node.process.poll() is None, node.output()
     for h in health:
         assert h["status"] == "ok" and h["broker"]["connected"] is True, h
         assert h["broker"]["reconnects"] >= 1, h
@@ -371,10 +390,6 @@ async def test_redis_killed_and_restarted_while_publishing(
     print(f"\nacknowledged {len(published.ok)}, refused 503 {published.unavailable}, "
           f"clients (received, told position gone, resubscribed, disconnected): {report}, "
           f"nodes: {[h['streams'] for h in health]}")
-    for log in logs:
-        check(log, published)
-    for log in logs[:2]:
-        assert log.disconnects == 0, f"{log.name}: the hub dropped a WebSocket client"
     if redis_server.persistent:
         # Nothing was lost in Redis, so nobody may be told that its position is gone.
         for log in logs:

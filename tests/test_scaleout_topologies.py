@@ -10,10 +10,7 @@ sampled; a last publication marks the end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -23,17 +20,12 @@ from tests.test_broker_redis_topologies import SentinelSetup, _cli, _tool, _wait
 from tests.test_scaleout_redis_failure import (
     CHANNEL,
     END,
-    NAMESPACE,
-    REDIS_OPTIONS,
     REDIS_SERVER,
-    Log,
     Published,
     RedisServer,
     T,
-    check,
+    flow,
     publish,
-    stream_client,
-    ws_client,
 )
 
 from clarion.broker.sharded import jump_hash
@@ -41,64 +33,6 @@ from clarion.broker.sharded import jump_hash
 # Under CI=true a missing redis-server fails the tests (scripts/install-test-deps installs it).
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None and not in_ci(),
                                 reason="redis-server is not installed")
-
-Disruption = Callable[[httpx.AsyncClient, list[Hub], Published], Awaitable[None]]
-
-
-async def flow(hub_factory: HubFactory, broker: str, disrupt: Disruption
-               ) -> tuple[Published, list[Log]]:
-    """Two nodes, a WebSocket and an NDJSON stream on each, publications alternating between
-    the nodes; ``disrupt`` runs after 100 are acknowledged, then 100 more and the end."""
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    config = f"broker = {broker}\n[redis]\nprefix = \"{prefix}\"\n" + REDIS_OPTIONS + NAMESPACE
-    nodes = [hub_factory(config), hub_factory(config)]
-    logs = [Log(f"ws{k}") for k in range(2)] + [Log(f"stream{k}") for k in range(2)]
-    ws = [await ws_client(nodes[k], logs[k]) for k in range(2)]
-    ready = [asyncio.Event() for _ in range(2)]
-    streams = [asyncio.ensure_future(stream_client(nodes[k], logs[2 + k], ready[k]))
-               for k in range(2)]
-    for event in ready:
-        await asyncio.wait_for(event.wait(), T)
-    published = Published()
-    async with httpx.AsyncClient(timeout=10.0) as http:
-        i = 0
-
-        async def until(condition: Callable[[], bool]) -> None:
-            nonlocal i
-            deadline = time.monotonic() + 2 * T
-            while not condition():
-                assert time.monotonic() < deadline, f"publishing stalled: {published}"
-                await publish(http, nodes[i % 2], i, published)
-                i += 1
-                await asyncio.sleep(0.01)
-
-        await until(lambda: len(published.ok) >= 100)
-        await disrupt(http, nodes, published)
-        ok = len(published.ok)
-        await until(lambda: len(published.ok) >= ok + 100)
-        for _ in range(200):
-            if await publish(http, nodes[i % 2], END, published):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"the end marker was never acknowledged: {published.other}")
-        for log in logs:
-            await asyncio.wait_for(log.done.wait(), T)
-    for task in streams:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    for client in ws:
-        await client.disconnect()
-    for node in nodes:
-        assert node.process.poll() is None, node.output()
-    assert not published.other, published.other
-    for log in logs:
-        check(log, published)
-    for log in logs[:2]:
-        assert log.disconnects == 0, f"{log.name}: the hub dropped a WebSocket client"
-    return published, logs
-
 
 async def test_the_shard_holding_the_channel_dies_and_comes_back_empty(
         hub_factory: HubFactory, tmp_path: Path) -> None:
@@ -123,7 +57,7 @@ async def test_the_shard_holding_the_channel_dies_and_comes_back_empty(
             owner.start()
 
         urls = ", ".join(f'"{s.url}"' for s in shards)
-        published, logs = await flow(hub_factory, f"[{urls}]", kill_owner)
+        published, logs, _ = await flow(hub_factory, f"[{urls}]", kill_owner)
     finally:
         for shard in shards:
             shard.stop()
@@ -154,7 +88,7 @@ async def test_sentinel_failover_with_clients_connected(
                     assert time.monotonic() < deadline, "a node did not follow the failover"
                     await asyncio.sleep(0.05)
 
-        published, logs = await flow(hub_factory, f'"{setup.url}"', fail_over)
+        published, logs, _ = await flow(hub_factory, f'"{setup.url}"', fail_over)
     finally:
         setup.stop()
     # A failover Sentinel was asked for waits for the replica to catch up: nothing is lost,
