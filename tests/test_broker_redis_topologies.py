@@ -97,7 +97,16 @@ class SentinelSetup:
     def __init__(self, base: Path) -> None:
         self.primary = RedisServer(base / "primary").start()
         self.replica = RedisServer(base / "replica", "--replicaof", "127.0.0.1",
-                                   str(self.primary.port)).start()
+                                   str(self.primary.port))
+        self.process: subprocess.Popen[bytes] | None = None
+        try:
+            self.replica.start()
+            self._start(base)
+        except BaseException:
+            self.stop()  # a setup that failed halfway must not leave servers behind
+            raise
+
+    def _start(self, base: Path) -> None:
         _wait(lambda: "master_link_status:up" in _cli(self.replica.port, "info", "replication"),
               "the replica did not sync")
         self.port = free_port()
@@ -127,8 +136,9 @@ class SentinelSetup:
         return f"redis+sentinel://127.0.0.1:{self.port}/mymaster?db=0"
 
     def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(5)
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
         self.replica.stop()
         self.primary.stop()
 
