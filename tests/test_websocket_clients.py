@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -14,53 +13,12 @@ from centrifuge import (
     Client,
     ClientEventHandler,
     ConnectedContext,
-    JoinContext,
-    LeaveContext,
-    PublicationContext,
     ServerPublicationContext,
     ServerSubscribedContext,
-    SubscribedContext,
-    SubscriptionEventHandler,
 )
+from tests.centrifuge_support import Recorder
 from tests.conftest import Hub, token
 from tests.netproxy import NetProxy
-
-
-class Recorder(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.pubs: list[Any] = []
-        self.offsets: list[int] = []
-        self.subscribed: list[SubscribedContext] = []
-        self.joins: list[str] = []
-        self.leaves: list[str] = []
-        self.changed = asyncio.Event()
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.pubs.append(ctx.pub.data)
-        self.offsets.append(ctx.pub.offset)
-        self.changed.set()
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        self.subscribed.append(ctx)
-        self.changed.set()
-
-    async def on_join(self, ctx: JoinContext) -> None:
-        self.joins.append(ctx.info.user)
-        self.changed.set()
-
-    async def on_leave(self, ctx: LeaveContext) -> None:
-        self.leaves.append(ctx.info.user)
-        self.changed.set()
-
-    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            self.changed.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("condition not met in time")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), remaining)
 
 
 def cent(hub: Hub) -> Cent:
