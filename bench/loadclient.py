@@ -422,7 +422,9 @@ async def _child_async(conn: Any, spec: dict[str, Any]) -> None:
             return
 
 
-def child_main(conn: Any, spec: dict[str, Any]) -> None:
+def run_child(main: Callable[[Any, dict[str, Any]], Awaitable[None]], conn: Any,
+              spec: dict[str, Any]) -> None:
+    """A client process's entry: the file limit raised, uvloop, ``main(conn, spec)``."""
     raise_nofile()
     try:
         import uvloop
@@ -431,7 +433,11 @@ def child_main(conn: Any, spec: dict[str, Any]) -> None:
     except ImportError:
         pass
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_child_async(conn, spec))
+        asyncio.run(main(conn, spec))
+
+
+def child_main(conn: Any, spec: dict[str, Any]) -> None:
+    run_child(_child_async, conn, spec)
 
 
 # --------------------------------------------------------------------------------------------

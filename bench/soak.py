@@ -555,15 +555,7 @@ def _verify(s: State, acks: dict[str, list[float | None]]) -> dict[str, Any]:
 
 
 def child_main(conn: Any, spec: dict[str, Any]) -> None:
-    lc.raise_nofile()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_child_async(conn, spec))
+    lc.run_child(_child_async, conn, spec)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from clarion.errors import AddressRejected, ConfigError, WebhookError
 from clarion.webhooks.addresses import AddressPolicy
-from clarion.webhooks.limits import check_header, clamp_delay
+from clarion.webhooks.limits import check_header
 from clarion.webhooks.retry import Outcome, RetryPolicy, classify, parse_retry_after
 from clarion.webhooks.signing import SigningKey, signature_headers
 from clarion.webhooks.store import AttemptResult, Job
@@ -99,7 +99,5 @@ class Sender:
         except ConfigError:
             policy = self.retry  # a broken override must not stall the delivery
         next_in = None if job.manual else policy.delay(job.attempt, outcome, retry_after)
-        if next_in is not None:
-            next_in = clamp_delay(next_in)
         return AttemptResult(job, started, duration_ms, outcome, status, headers, body, error,
                              next_in)
