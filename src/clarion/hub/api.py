@@ -10,7 +10,6 @@ within the broker's command timeout; in a batch, each command that met it carrie
 from __future__ import annotations
 
 import hmac
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,8 @@ from clarion.errors import BrokerError, ReplyError
 from clarion.hub.control import DisconnectCmd, RefreshCmd, SubscribeCmd, UnsubscribeCmd
 from clarion.hub.http import HttpProtocol, Request, Response
 from clarion.hub.publishing import PublishRun
-from clarion.hub.session import TICKET_PREFIX
 from clarion.protocol import client as proto
-from clarion.protocol import codes
+from clarion.protocol import codes, tickets
 
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
@@ -393,16 +391,14 @@ class ServerApi:
         if not 0 < ttl <= config.seconds("ticket_max_ttl"):
             raise ReplyError(107, f"bad request: ttl must be within 0-"
                                   f"{config.seconds('ticket_max_ttl'):g} seconds")
-        ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
-        payload: dict[str, Any] = {"user": req.user}
+        ticket = tickets.new_ticket()
         info = _raw_or_none(req.info)
-        if info is not None:
-            payload["info"] = msgspec.Raw(info)
-        if req.channels:
-            for channel in req.channels:
-                self.hub.rules.options(channel)
-            payload["channels"] = req.channels
-        await self.hub.broker.store_ticket(ticket, proto.encode(payload), ttl)
+        for channel in req.channels or ():
+            self.hub.rules.options(channel)
+        payload = tickets.encode_payload(
+            req.user, info=None if info is None else msgspec.Raw(info),
+            channels=req.channels or ())
+        await self.hub.broker.store_ticket(ticket, payload, ttl)
         self.hub.metrics.tickets_issued += 1
         return {"ticket": ticket, "expires_in": ttl}
 

@@ -20,7 +20,7 @@ from clarion.errors import BrokerError, Disconnect, ReplyError, TokenError
 from clarion.hub.config import ChannelOptions
 from clarion.hub.push import EncodedPush
 from clarion.protocol import client as proto
-from clarion.protocol import codes
+from clarion.protocol import codes, tickets
 from clarion.protocol.tokens import (
     ConnectClaims,
     SubscribeClaims,
@@ -33,7 +33,6 @@ from clarion.protocol.tokens import (
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
 
-TICKET_PREFIX = "tkt_"
 _Claims = TypeVar("_Claims", ConnectClaims, SubscribeClaims)
 
 
@@ -101,16 +100,21 @@ class Session:
             if hub.config.allow_anonymous_connect_without_token:
                 return ()
             raise Disconnect(*codes.INVALID_TOKEN)
-        if token.startswith(TICKET_PREFIX):
+        if tickets.is_ticket(token):
             payload = await hub.broker.consume_ticket(token)
             if payload is None:
                 raise Disconnect(*codes.INVALID_TOKEN)
-            ticket = msgspec.json.decode(payload)
-            self.user = str(ticket.get("user", ""))
-            info = ticket.get("info")
-            self.conn_info = None if info is None else proto.encode(info)
+            try:
+                ticket = tickets.decode_payload(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # Written by something other than the hub (the Django app, a script): refuse
+                # it as a bad credential, and say why in the log, not to the client.
+                hub.log.warning("ticket payload rejected", reason=str(exc))
+                raise Disconnect(*codes.INVALID_TOKEN) from None
+            self.user = ticket.user
+            self.conn_info = ticket.info_json
             hub.metrics.tickets_consumed += 1
-            return tuple(ticket.get("channels", ()))
+            return ticket.channels
         if token.startswith("ses_"):
             if self.transport == "websocket":
                 raise Disconnect(*codes.INVALID_TOKEN)  # resume tokens are for uni transports

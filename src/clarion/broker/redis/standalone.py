@@ -40,6 +40,7 @@ from clarion.broker.base import (
     StreamPosition,
 )
 from clarion.errors import BrokerError, ConfigError
+from clarion.protocol import tickets
 
 try:
     from redis.asyncio import BlockingConnectionPool, Redis
@@ -761,7 +762,7 @@ class RedisBroker(Broker):
 
     def ticket_key(self, ticket: str) -> str:
         """The key a ticket is stored under (what the Django tickets app writes)."""
-        return f"{self.prefix}:ticket:{ticket}"
+        return tickets.ticket_key(ticket, self.prefix)
 
     # -- publishing ---------------------------------------------------------------------------
 
