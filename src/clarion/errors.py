@@ -98,3 +98,36 @@ class LimitError(WebhookError, ValueError):
     """A value a tenant chose (a header, a retry schedule, a timeout, a filter) is outside what
     Clarion accepts; the message says which bound and by how much. A ``ValueError`` too, so
     callers that validate values by that rule keep working."""
+
+
+class HubError(ClarionError):
+    """A call to the hub's server API (``POST /api/<method>``) failed; raised by
+    :mod:`clarion.client`. Catch this to handle every failure of a call at once."""
+
+
+class HubUnavailable(HubError):
+    """The hub could not be reached or could not serve the call: the connection failed, the
+    call timed out, or the hub (or its broker, or a proxy in front of it) answered 502, 503 or
+    504. ``retry_after`` is the answer's ``Retry-After`` in seconds, when it gave one.
+
+    Whether the call took effect is unknown after a timeout: retry a publish only with the same
+    idempotency key."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HubReplyError(HubError):
+    """The hub answered the call with an error: an API error in the body (``code`` and
+    ``message`` as Centrifugo's, e.g. 102 unknown channel, 108 not available), or an HTTP error
+    status (401 wrong API key, 422 invalid request with the failing ``fields``, 413 too large).
+    ``status`` is the HTTP status (200 for an API error in a successful answer)."""
+
+    def __init__(self, code: int, message: str, *, status: int = 200,
+                 fields: list[dict[str, str]] | None = None) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.fields: list[dict[str, str]] = fields or []
