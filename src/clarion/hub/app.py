@@ -102,6 +102,7 @@ class Hub:
         r.add("/connection/stream", handle_http_stream)
         r.add("/connection/poll", handle_poll)
         r.add_prefix("/api/", self.api.handle)
+        r.add_run("/api/publish", self.api.handle_publishes)
         r.add_prefix("/static/", handle_static)
         r.add("/health", self._health)
         r.add("/metrics", self._metrics)

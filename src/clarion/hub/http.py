@@ -88,6 +88,9 @@ class Takeover:
 
 
 Handler = Callable[[Request, "HttpProtocol"], Awaitable["Response | Takeover"]]
+# Answers consecutive requests for one path together (requests pipelined on one connection),
+# one response each, in order.
+RunHandler = Callable[[list[Request], "HttpProtocol"], Awaitable[list["Response"]]]
 
 
 def encode_head(status: int, headers: list[tuple[str, str]], reason: str = "") -> bytes:
@@ -115,13 +118,17 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = ("_body", "_body_size", "_client", "_dispatch", "_failure", "_header_bytes",
                  "_headers", "_held", "_http10", "_in_body", "_keep_alive", "_max_body",
-                 "_parser", "_queue", "_raw_headers", "_running", "_url", "hub", "takeover",
-                 "transport")
+                 "_parser", "_queue", "_raw_headers", "_run_handler", "_running", "_url", "hub",
+                 "takeover", "transport")
 
     def __init__(self, hub: Hub, dispatch: Handler | None = None,
                  max_body: int | None = None) -> None:
         self.hub = hub
         self._dispatch: Handler = dispatch or hub.router.dispatch
+        # Which requests may be answered together when pipelined: the hub's router knows;
+        # a protocol with a handler of its own answers one request at a time.
+        self._run_handler: Callable[[Request], RunHandler | None] | None = (
+            None if dispatch else hub.router.run_handler)
         self._max_body = max_body or hub.config.api_max_body_size
         self._raw_headers: list[tuple[str, str]] = []
         self._held = b""
@@ -319,6 +326,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._keep_alive = request.keep_alive
                 if len(self._queue) <= MAX_PIPELINED:
                     self.transport.resume_reading()
+                if self._queue and self._run_handler is not None:
+                    handler = self._run_handler(request)
+                    if handler is not None and self._run_handler(self._queue[0]) == handler:
+                        await self._serve_run(handler, request)
+                        continue
                 try:
                     result = await self._dispatch(request, self)
                 except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
@@ -338,6 +350,25 @@ class HttpProtocol(asyncio.Protocol):
                 self.write_response(failure)
         finally:
             self._running = False
+
+    async def _serve_run(self, handler: RunHandler, first: Request) -> None:
+        # Every request of the run was read before the first is answered, so answering them
+        # together changes no answer a client could see, only how many broker round trips
+        # and fan-out flushes they cost (one, not one each).
+        run = [first]
+        while self._queue and self._run_handler is not None \
+                and self._run_handler(self._queue[0]) == handler:
+            run.append(self._queue.pop(0))
+        self._keep_alive = run[-1].keep_alive
+        if self.transport is not None and len(self._queue) <= MAX_PIPELINED:
+            self.transport.resume_reading()
+        try:
+            responses = await handler(run, self)
+        except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
+            self.hub.failed("handler", exc, path=first.path)
+            responses = [Response.error(500, "internal server error")] * len(run)
+        for request, response in zip(run, responses, strict=True):
+            self.write_response(response, request)
 
     def hold(self, data: bytes) -> None:
         """Keep bytes a client sent while its connection was taken over (a pipelined request

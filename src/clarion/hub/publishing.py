@@ -1,4 +1,5 @@
-"""Consecutive publish commands of one ``/api/batch``, sent to the broker in one call.
+"""Consecutive publications sent to the broker in one call: the publish commands of one
+``/api/batch``, and ``POST /api/publish`` requests pipelined on one connection.
 
 Through Redis every publication is a round trip; ``Broker.publish_many`` sends a run of them
 in one pipeline, and their Pub/Sub messages arrive here together, so they also leave in one
@@ -55,9 +56,11 @@ class PublishRun:
         self._requests.append((channel, data, options))
         self._places.append(place)
 
-    async def send(self, replies: list[bytes], broker_error: bytes) -> None:
+    async def results(self) -> list[tuple[int, PublishResult | BrokerError]]:
+        """Publish what was added, in one broker call; each place with its result, or with
+        the broker's error (logged here) when that publication did not happen."""
         if not self._requests:
-            return
+            return []
         requests, self._requests = self._requests, []
         places, self._places = self._places, []
         results: list[PublishResult | BrokerError]
@@ -65,14 +68,21 @@ class PublishRun:
             results = await self._hub.broker.publish_many(requests)
         except BrokerError as exc:  # not started, or a backend that fails them all at once
             results = [exc] * len(requests)
-        for place, (channel, _, _), result in zip(places, requests, results, strict=True):
-            replies[place] = _reply(result) if isinstance(result, PublishResult) else broker_error
+        for (channel, _, _), result in zip(requests, results, strict=True):
             if isinstance(result, BrokerError):
                 self._hub.log.warning("API call failed: broker unavailable", method="publish",
                                       channel=channel, error=str(result))
+        return list(zip(places, results, strict=True))
+
+    async def send(self, replies: list[bytes], broker_error: bytes) -> None:
+        """``results``, written into a batch's reply list in Centrifugo's batch shape."""
+        for place, result in await self.results():
+            replies[place] = (b'{"publish":' + result_json(result) + b"}"
+                              if isinstance(result, PublishResult) else broker_error)
 
 
-def _reply(result: PublishResult) -> bytes:
+def result_json(result: PublishResult) -> bytes:
+    """A publish result as the server API gives it: offset and epoch, or ``{}`` for a
+    channel without history."""
     pos = result.position
-    body = {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}
-    return b'{"publish":' + proto.encode(body) + b"}"
+    return proto.encode({"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {})
