@@ -1,0 +1,172 @@
+"""Hubs on a three-master Redis Cluster with clients connected while the master that owns the
+channel is killed with SIGKILL and restarted on the same port (issue 10, part 6: "the same on
+two shards and on the cluster").
+
+The clients, the publisher and the per-publication check are ``flow()``'s, from
+``test_scaleout_redis_failure``: two hub nodes, a WebSocket (centrifuge-python) and an NDJSON
+stream on each, publications alternating between the nodes' server APIs. Every client receives
+every acknowledged publication exactly once and in order, or is told that its position is gone
+between its neighbours. Counted, not sampled; a last publication marks the end.
+
+The cluster is started once for the module, on free ports, with AOF and fsync on every write
+on each master. The killed master keeps its cluster config file (``nodes.conf``), so it rejoins
+with its slots as the same node; whether it keeps its data is the test's choice: its AOF is
+kept (it comes back with every acknowledged publication) or deleted (it comes back empty, a
+new epoch for every channel it owns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.crc import key_slot
+from tests.conftest import Hub, HubFactory, free_port, in_ci
+from tests.test_broker_redis import RedisServer
+from tests.test_broker_redis_topologies import _cli, _tool, _wait
+from tests.test_scaleout_redis_failure import (
+    CHANNEL,
+    END,
+    REDIS_SERVER,
+    Published,
+    T,
+    flow,
+    publish,
+)
+
+# Under CI=true a missing redis-server fails the tests (scripts/install-test-deps installs it).
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None and not in_ci(),
+                                reason="redis-server is not installed")
+
+# Every key and the Pub/Sub name of a channel carry the hash tag {channel}: one slot, one owner.
+SLOT = key_slot(CHANNEL.encode())
+# Seconds before the other masters mark a silent one as failed (CLUSTERDOWN everywhere, as no
+# replica can take over its slots); short, so the outage is seen within the test.
+NODE_TIMEOUT_MS = 2000
+
+
+class Cluster:
+    """Three masters, no replicas, each persisting every write (AOF, fsync always)."""
+
+    def __init__(self, base: Path) -> None:
+        self.servers = [
+            RedisServer(base / f"n{i}", "--cluster-enabled", "yes",
+                        "--cluster-config-file", "nodes.conf",
+                        # The bus port defaults to port + 10000, past 65535 for most free ports.
+                        "--cluster-port", str(free_port()),
+                        "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                        "--appendonly", "yes", "--appendfsync", "always")
+            for i in range(3)]
+        try:
+            for server in self.servers:
+                server.start()
+            _cli(self.servers[0].port, "--cluster", "create",
+                 *(f"127.0.0.1:{s.port}" for s in self.servers),
+                 "--cluster-replicas", "0", "--cluster-yes")
+            self.wait_healthy()
+        except BaseException:
+            self.stop()  # a setup that failed halfway must not leave servers behind
+            raise
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def wait_healthy(self) -> None:
+        for s in self.servers:
+            _wait(lambda s=s: "cluster_state:ok" in _cli(s.port, "cluster", "info"),
+                  f"the cluster is not ok on node {s.port}", 60)
+
+    def owner(self, slot: int) -> RedisServer:
+        """The master that serves ``slot``, by each node's own account of its slots."""
+        for s in self.servers:
+            mine = next(line for line in _cli(s.port, "cluster", "nodes").splitlines()
+                        if "myself" in line.split()[2])
+            for part in mine.split()[8:]:
+                if part.startswith("["):
+                    continue  # a slot being migrated or imported
+                low, _, high = part.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return s
+        raise AssertionError(f"no master serves slot {slot}")
+
+    def restart(self, server: RedisServer, *, keep_data: bool) -> None:
+        """Start a killed master again on its port. Its cluster config stays either way."""
+        if not keep_data:
+            for path in server.directory.iterdir():
+                if path.name != "nodes.conf":
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        server.start()
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    _tool("redis-cli")
+    setup = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield setup
+    setup.stop()
+
+
+@pytest.mark.parametrize("keep_data", [True, False], ids=["persistent", "volatile"])
+async def test_cluster_master_killed_and_restarted_with_clients_connected(
+        hub_factory: HubFactory, cluster: Cluster, keep_data: bool) -> None:
+    cluster.wait_healthy()  # the previous case's master has rejoined
+    owner = cluster.owner(SLOT)
+    killed_port = owner.port
+
+    async def kill_and_restart(http: httpx.AsyncClient, nodes: list[Hub],
+                               published: Published) -> None:
+        owner.stop()  # SIGKILL
+        survivors = [s for s in cluster.servers if s is not owner]
+
+        def marked_failed() -> bool:
+            return all("cluster_state:fail" in _cli(s.port, "cluster", "info")
+                       for s in survivors)
+
+        # Publishing goes on until the other masters have marked the owner failed (from then
+        # on they refuse every command, CLUSTERDOWN): the hubs see both a dead node and a
+        # cluster that is down, and the owner has to rejoin, not just come back.
+        before = published.unavailable
+        i = 10_000  # data no client expects in order: these publishes must be refused
+        deadline = time.monotonic() + T
+        while published.unavailable < before + 10 or not await asyncio.to_thread(marked_failed):
+            assert time.monotonic() < deadline, "the cluster did not mark the master failed"
+            assert await publish(http, nodes[i % 2], i, published) is False, published.other
+            i += 1
+            await asyncio.sleep(0.01)
+        # While the owner is away every node says so, and answers readiness probes with 503.
+        for node in nodes:
+            h = (await http.get(f"{node.url}/health")).json()
+            assert h["status"] == "degraded" and h["broker"]["connected"] is False, h
+            assert (await http.get(f"{node.url}/health", params={"strict": "1"})
+                    ).status_code == 503
+        published.attempted[:] = [p for p in published.attempted if p < 10_000]
+        cluster.restart(owner, keep_data=keep_data)
+
+    published, logs, health = await flow(hub_factory, f'"{cluster.url}"', kill_and_restart)
+    assert owner.port == killed_port and cluster.owner(SLOT) is owner  # it rejoined as itself
+    assert published.unavailable >= 10
+    for h in health:
+        assert h["status"] == "ok" and h["broker"]["connected"] is True, h
+    report = {log.name: (len(log.received), log.losses, log.resubscribes, log.disconnects)
+              for log in logs}
+    print(f"\nacknowledged {len(published.ok)}, refused 503 {published.unavailable}, "
+          f"clients (received, told position gone, resubscribed, disconnected): {report}")
+    if keep_data:
+        # Every acknowledged write was on disk: nobody may be told its position is gone.
+        for log in logs:
+            assert log.losses == 0, f"{log.name}: {log.events[-5:]}"
+            assert set(published.ok) - {END} <= set(log.received), log.name
+    else:
+        # The master came back empty: a new epoch for the channel, and every client was told.
+        for log in logs:
+            assert log.losses >= 1, f"{log.name} was not told its position is gone"
