@@ -19,12 +19,14 @@ class ClarionConfig(AppConfig):  # type: ignore[misc]  # Django ships no type in
         from clarion.django.hooks import OPERATIONAL, hooks
         from clarion.django.security import check_middleware, check_sqlite
         from clarion.django.store import register_sqlite_match
+        from clarion.django.tickets.checks import check_ticket_settings
 
         connection_created.connect(register_sqlite_match, dispatch_uid="clarion.sqlite_match")
         checks.register(check_keys, checks.Tags.security)
         checks.register(check_derived_key, checks.Tags.security, deploy=True)
         checks.register(check_middleware, checks.Tags.security)
         checks.register(check_sqlite, checks.Tags.database)
+        checks.register(check_ticket_settings)
         for hook in OPERATIONAL:
             if hook.name not in hooks:
                 hooks.register(hook)

@@ -1,0 +1,1 @@
+"""Template tag libraries of ``clarion.django`` (``{% load clarion %}``)."""
