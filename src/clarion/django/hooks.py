@@ -14,6 +14,11 @@ once, signed per Standard Webhooks.
     ...     provides_args = ["name", "address"]
     >>> hooks.register(PersonHook)
     >>> PersonHook().listener(url="https://where.joe/is/listening").match(name="Joe").save()
+
+A hook that names a ``channel`` (a format string over its ``provides_args``, or a
+``get_channel(fields)`` method) is also a realtime publication: the same outbox row is
+published to that channel by the worker, with the ``webhook-id`` as idempotency key and the
+webhook's body as data (see ``clarion.django.outbox``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from django.db import models, router, transaction
 
 from clarion.django import match as _match
 from clarion.django.conf import webhook_settings
+from clarion.django.outbox import check_channel, check_template
 from clarion.errors import PayloadTooLarge, WebhookError
 from clarion.webhooks.signing import generate_secret
 
@@ -110,6 +116,23 @@ class Hook:
     provides_args: Iterable[str] | None = None
     retry_schedule: Iterable[float] | None = None  # overrides the global schedule for this hook
     owner_field: str | None = None  # a field (or attribute) naming the user who owns the event
+    # A channel the event is also published to: a format string over provides_args
+    # ("orders:{customer_id}"); or override get_channel(fields).
+    channel: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A template naming a field the hook does not provide fails where the class is
+        # written, not at the first send.
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("channel") is not None or "provides_args" in cls.__dict__:
+            cls._check_channel(cls.channel, cls.provides_args, cls.__qualname__)
+
+    @staticmethod
+    def _check_channel(channel: str | None, provides: Iterable[str] | None, who: str) -> None:
+        if channel is None:
+            return
+        check_template(channel, None if provides is None else set(provides),
+                       where=f"hook {who}")
 
     def __init__(self, **attrs: Any) -> None:
         for key, value in attrs.items():
@@ -124,6 +147,7 @@ class Hook:
             raise ValueError(
                 f"hook name {self.name!r} must be dot-separated parts of letters, digits and _"
             )
+        self._check_channel(self.channel, self.provides_args, repr(self.name))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -157,6 +181,19 @@ class Hook:
             "data": data,
         }
 
+    def get_channel(self, fields: Mapping[str, Any]) -> str | None:
+        """The channel this event is published to (None: none): ``channel`` formatted with
+        the event's fields. Override it for channels a template cannot say."""
+        if self.channel is None:
+            return None
+        try:
+            return self.channel.format_map(fields)
+        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise WebhookError(
+                f"hook {self.name!r}: channel template {self.channel!r} cannot be formatted "
+                f"with this event's fields ({type(exc).__name__}: {exc}); send every field it "
+                f"names") from None
+
     def owner_for(self, sender: Any, fields: Mapping[str, Any]) -> Any:
         if self.owner_field is None:
             return None
@@ -168,7 +205,11 @@ class Hook:
 
         conf = webhook_settings()
         owner = self.owner_for(sender, fields)
-        encoded = json.dumps(self.prepare_payload(sender, **fields), cls=DjangoJSONEncoder)
+        prepared = self.prepare_payload(sender, **fields)
+        channel = self.get_channel(prepared)
+        if channel is not None:
+            check_channel(channel, where=f"hook {self.name!r}")
+        encoded = json.dumps(prepared, cls=DjangoJSONEncoder)
         data = json.loads(encoded)
         msg_id = new_message_id()
         now = datetime.now(UTC)
@@ -188,11 +229,17 @@ class Hook:
         event = Event.objects.using(db).create(
             msg_id=msg_id, hook=self.name, payload=body, data=data, retry_schedule=schedule,
             owner_id=owner.pk if isinstance(owner, models.Model) else owner,
-            created_at=now,
+            created_at=now, channel=channel or "",
         )
         if _wakers:
             transaction.on_commit(_wake, using=db)
         return event
+
+
+def wake_after_commit(using: str) -> None:
+    """Wake in-process workers once the current transaction of ``using`` commits."""
+    if _wakers:
+        transaction.on_commit(_wake, using=using)
 
 
 def _wake() -> None:
@@ -241,6 +288,7 @@ class ModelHook(SignalHook):
             self.provides_args = [
                 f.name for f in self.model._meta.concrete_fields if not f.primary_key
             ]
+            self._check_channel(self.channel, self.provides_args, repr(self.name))
 
     def connect(self, sender: Any = None) -> None:
         super().connect(sender or self.model)

@@ -156,6 +156,21 @@ class Event(models.Model):  # type: ignore[misc]
     retry_schedule = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The realtime half (clarion.django.outbox): a row with a channel is also published there,
+    # by the worker, after commit. A row with no hook is a publication alone.
+    channel = models.CharField(max_length=255, blank=True, default="",
+                               help_text="Channel the payload is published to; empty: none.")
+    publish_key = models.CharField(
+        "idempotency key", max_length=255, blank=True, default="",
+        help_text="The hub drops a repeated publication with this key; empty: the webhook-id.")
+    relayed_at = models.DateTimeField(
+        "published at", null=True, blank=True,
+        help_text="When the publication ended: published, or refused by the hub (see error).")
+    relay_attempts = models.PositiveIntegerField(default=0, editable=False)
+    relay_next_at = models.DateTimeField(null=True, blank=True, editable=False)
+    relay_error = models.TextField(blank=True, default="", editable=False)
+    # POST /api/event's idempotency_key: a repeated request answers with this event.
+    request_key = models.CharField(max_length=255, blank=True, default="", editable=False)
 
     class Meta:
         db_table = "clarion_event"
@@ -163,7 +178,16 @@ class Event(models.Model):  # type: ignore[misc]
         indexes = [
             models.Index(fields=["id"], name="clarion_event_undispatched",
                          condition=models.Q(dispatched_at__isnull=True)),
+            models.Index(fields=["id"], name="clarion_event_unrelayed",
+                         condition=models.Q(relayed_at__isnull=True) & ~models.Q(channel="")),
+            models.Index(fields=["hook", "request_key"], name="clarion_event_request_key",
+                         condition=~models.Q(request_key="")),
         ]
+
+    @property
+    def idempotency_key(self) -> str:
+        """What the hub sees as the publication's idempotency key."""
+        return str(self.publish_key or self.msg_id)
 
     def __str__(self) -> str:
         return f"{self.hook} {self.msg_id}"

@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Exists, Min, OuterRef, Q
+from django.db.models import Exists, F, Min, OuterRef, Q
 from django.utils import timezone
 
 from clarion.django import match as _match
@@ -33,7 +33,7 @@ from clarion.django.models import Attempt, Delivery, Event, Listener, valid_secr
 from clarion.errors import LimitError
 from clarion.webhooks.limits import MAX_TIMEOUT, MIN_TIMEOUT, check_schedule, clamp_delay
 from clarion.webhooks.retry import Outcome
-from clarion.webhooks.store import AttemptResult, Job
+from clarion.webhooks.store import AttemptResult, Job, Publication, RelayResult
 
 log = logging.getLogger("clarion.webhooks")
 
@@ -116,17 +116,60 @@ def _guarded_job(delivery_id: int, listener_id: int, attempt: int, url: str,
                    problem=f"the delivery could not be prepared: {type(exc).__name__}: {exc}")
 
 
-class DjangoStore:
-    """Any database Django supports, through the ORM."""
+def fan_out(db: str, events: Sequence[Event]) -> int:
+    """One delivery per listener that matches each event, and the events marked dispatched;
+    in the caller's transaction. Returns how many deliveries were written."""
+    vendor = connections[db].vendor
+    now = timezone.now()
+    rows: list[Delivery] = []
+    for event in events:
+        if not event.hook:
+            continue  # a publication alone: no webhook listeners
+        candidates = Listener.objects.using(db).filter(hook=event.hook, active=True)
+        if event.hook.startswith(OPERATIONAL_PREFIX):
+            # about one owner's listener: never to anyone else (nor app-wide ones)
+            candidates = candidates.filter(owner_id=event.owner_id)
+        elif event.owner_id is not None:
+            candidates = candidates.filter(owner_id=event.owner_id)
+        if vendor == "sqlite":
+            ids = list(candidates.extra(
+                where=['clarion_match("clarion_listener"."match", %s)'],
+                params=[json.dumps(event.data)],
+            ).values_list("id", flat=True))
+        else:
+            ids = [
+                lid for lid, spec in candidates.values_list("id", "match")
+                if _match.matches_json(spec, event.data)
+            ]
+        rows.extend(
+            Delivery(event_id=event.id, listener_id=lid, next_attempt_at=now, created_at=now)
+            for lid in ids
+        )
+    Delivery.objects.using(db).bulk_create(rows, ignore_conflicts=True)
+    Event.objects.using(db).filter(id__in=[e.id for e in events]).update(dispatched_at=now)
+    return len(rows)
 
-    def __init__(self, using: str = "default") -> None:
+
+# Claims of publications take this transaction-scoped lock on PostgreSQL, so two workers never
+# hand out the same channel's publications at once (one would publish ahead of the other).
+RELAY_LOCK = 0x636C6172  # "clar"
+RELAY_SCAN = 4  # a claim looks at this many times its limit of the oldest unrelayed rows
+
+
+class DjangoStore:
+    """Any database Django supports, through the ORM.
+
+    ``publications``: the worker relays publications (it has a relay), so ``next_due`` counts
+    them; without one they wait in the outbox and must not keep the worker busy."""
+
+    def __init__(self, using: str = "default", *, publications: bool = False) -> None:
         self.using = using
+        self.publications = publications
         self._wake = threading.Event()
 
     # -- fan-out -------------------------------------------------------------------------------
     def dispatch(self, limit: int) -> int:
         db = self.using
-        vendor = connections[db].vendor
         with transaction.atomic(using=db):
             events = list(
                 Event.objects.using(db)
@@ -137,32 +180,7 @@ class DjangoStore:
             )
             if not events:
                 return 0
-            now = timezone.now()
-            rows: list[Delivery] = []
-            for event in events:
-                candidates = Listener.objects.using(db).filter(hook=event.hook, active=True)
-                if event.hook.startswith(OPERATIONAL_PREFIX):
-                    # about one owner's listener: never to anyone else (nor app-wide ones)
-                    candidates = candidates.filter(owner_id=event.owner_id)
-                elif event.owner_id is not None:
-                    candidates = candidates.filter(owner_id=event.owner_id)
-                if vendor == "sqlite":
-                    ids = list(candidates.extra(
-                        where=['clarion_match("clarion_listener"."match", %s)'],
-                        params=[json.dumps(event.data)],
-                    ).values_list("id", flat=True))
-                else:
-                    ids = [
-                        lid for lid, spec in candidates.values_list("id", "match")
-                        if _match.matches_json(spec, event.data)
-                    ]
-                rows.extend(
-                    Delivery(event_id=event.id, listener_id=lid, next_attempt_at=now,
-                             created_at=now)
-                    for lid in ids
-                )
-            Delivery.objects.using(db).bulk_create(rows, ignore_conflicts=True)
-            Event.objects.using(db).filter(id__in=[e.id for e in events]).update(dispatched_at=now)
+            fan_out(db, events)
         return len(events)
 
     def _lock_options(self) -> dict[str, bool]:
@@ -322,8 +340,82 @@ class DjangoStore:
         for listener in queryset.select_for_update():
             disable_listener(listener, reason, using=self.using)
 
+    # -- publications ----------------------------------------------------------------------
+    def _relay_lock(self) -> None:
+        """Serialize claims (SQLite's write transactions already are)."""
+
+    def claim_publications(self, limit: int, lease: float) -> list[Publication]:
+        """The oldest unrelayed publications, per channel a prefix in outbox order: a channel
+        whose oldest publication is leased or backing off gives none, so its order holds
+        across workers and retries."""
+        db = self.using
+        with transaction.atomic(using=db):
+            self._relay_lock()
+            now = timezone.now()
+            rows = list(
+                Event.objects.using(db)
+                .filter(relayed_at__isnull=True).exclude(channel="")
+                .order_by("id")
+                .values_list("id", "channel", "payload", "publish_key", "msg_id",
+                             "relay_attempts", "relay_next_at")[:limit * RELAY_SCAN]
+            )
+            blocked: set[str] = set()
+            claimed: list[Publication] = []
+            for eid, channel, payload, key, msg_id, attempts, next_at in rows:
+                if channel in blocked:
+                    continue
+                if next_at is not None and next_at > now:
+                    blocked.add(channel)
+                    continue
+                claimed.append(Publication(eid, channel, payload.encode(), key or msg_id,
+                                           attempts + 1))
+                if len(claimed) >= limit:
+                    break
+            if claimed:
+                Event.objects.using(db).filter(id__in=[p.event_id for p in claimed]).update(
+                    relay_next_at=now + timedelta(seconds=lease))
+            return claimed
+
+    def record_publications(self, results: Sequence[RelayResult]) -> None:
+        if not results:
+            return
+        db = self.using
+        now = timezone.now()
+        rows = Event.objects.using(db)
+        with transaction.atomic(using=db):
+            done = [r.publication.event_id for r in results if r.attempted and not r.error]
+            if done:
+                rows.filter(id__in=done).update(relayed_at=now, relay_next_at=None,
+                                                relay_error="",
+                                                relay_attempts=F("relay_attempts") + 1)
+            for r in results:
+                if not r.error and r.attempted:
+                    continue
+                fields: dict[str, Any] = {}
+                if r.attempted:
+                    fields.update(relay_error=r.error[:2000].replace("\x00", ""),
+                                  relay_attempts=F("relay_attempts") + 1)
+                if r.retry_in is None:
+                    fields.update(relayed_at=now, relay_next_at=None)
+                else:
+                    fields.update(relay_next_at=now + timedelta(seconds=r.retry_in))
+                rows.filter(id=r.publication.event_id).update(**fields)
+
+    def _publications_due(self) -> float | None:
+        pending = (Event.objects.using(self.using)
+                   .filter(relayed_at__isnull=True).exclude(channel=""))
+        if pending.filter(Q(relay_next_at__isnull=True)
+                          | Q(relay_next_at__lte=timezone.now())).exists():
+            return 0.0
+        first: datetime | None = pending.aggregate(at=Min("relay_next_at"))["at"]
+        return None if first is None else max(0.0, (first - timezone.now()).total_seconds())
+
     # -- waiting and housekeeping --------------------------------------------------------------
     def next_due(self) -> float | None:
+        return _earliest(self._deliveries_due(),
+                         self._publications_due() if self.publications else None)
+
+    def _deliveries_due(self) -> float | None:
         db = self.using
         if Event.objects.using(db).filter(dispatched_at__isnull=True).exists():
             return 0.0
@@ -352,6 +444,7 @@ class DjangoStore:
             ids = list(
                 Event.objects.using(db)
                 .filter(created_at__lt=cutoff, dispatched_at__isnull=False)
+                .filter(Q(channel="") | Q(relayed_at__isnull=False))  # never one unpublished
                 .exclude(Exists(pending))
                 .values_list("id", flat=True)[:5000]
             )
@@ -370,8 +463,8 @@ class DjangoStore:
 class PostgresStore(DjangoStore):
     """Set-based SQL for the hot path, and LISTEN/NOTIFY for wake-ups."""
 
-    def __init__(self, using: str = "default") -> None:
-        super().__init__(using)
+    def __init__(self, using: str = "default", *, publications: bool = False) -> None:
+        super().__init__(using, publications=publications)
         self._listen: Any = None
         self._stop = False
 
@@ -505,7 +598,15 @@ class PostgresStore(DjangoStore):
             return
         super()._listener_health(results, disable_after)
 
+    def _relay_lock(self) -> None:
+        with connections[self.using].cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [RELAY_LOCK])
+
     def next_due(self) -> float | None:
+        return _earliest(self._pg_deliveries_due(),
+                         self._publications_due() if self.publications else None)
+
+    def _pg_deliveries_due(self) -> float | None:
         with connections[self.using].cursor() as cur:
             cur.execute(
                 """
@@ -584,10 +685,16 @@ class PostgresStore(DjangoStore):
         super().close()
 
 
-def open_store(using: str = "default") -> DjangoStore:
+def _earliest(*waits: float | None) -> float | None:
+    known = [w for w in waits if w is not None]
+    return min(known) if known else None
+
+
+def open_store(using: str = "default", *, publications: bool = False) -> DjangoStore:
+    """The store for database ``using``; ``publications``: its worker relays them."""
     if connections[using].vendor == "postgresql":
-        return PostgresStore(using)
-    return DjangoStore(using)
+        return PostgresStore(using, publications=publications)
+    return DjangoStore(using, publications=publications)
 
 
 def disable_listener(listener: Listener, reason: str, *, using: str | None = None) -> None:

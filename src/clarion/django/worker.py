@@ -1,28 +1,83 @@
 """Build and run the delivery worker from the ``CLARION['WEBHOOKS']`` settings.
 
 Shared by ``manage.py clarion_worker`` and ``clarion worker``: both end up in :func:`run`.
+
+The worker also relays the outbox's publications (``clarion.django.outbox``, hooks with a
+channel). Its relay is, in order: the one given to :func:`build`; inside the hub
+(``clarion serve --webhooks-db``), the hub's own publish, straight into its broker and
+fan-out; else ``clarion.django.realtime.apublish`` when ``CLARION['HUB']`` or
+``CLARION['BROKER']`` is set. With none, publications wait in the outbox (logged once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from clarion.django.conf import webhook_settings
 from clarion.django.store import open_store
 from clarion.webhooks.sender import Sender
 from clarion.webhooks.transport import PinnedTransport
-from clarion.webhooks.worker import Worker, WorkerConfig
+from clarion.webhooks.worker import Relay, Worker, WorkerConfig
+
+if TYPE_CHECKING:
+    from clarion.hub.app import Hub
 
 log = logging.getLogger("clarion.webhooks")
 
+# The hub this process runs, if any (set by clarion.django.embedded when the hub starts).
+_local_hub: list[Hub] = []
+
+
+def hub_relay(hub: Hub) -> Relay:
+    """Publish through ``hub`` itself: its broker and fan-out, no HTTP."""
+
+    async def relay(channel: str, data: bytes, idempotency_key: str) -> Any:
+        return await hub.publish(channel, data, idempotency_key=idempotency_key)
+
+    return relay
+
+
+def realtime_relay() -> Relay | None:
+    """``clarion.django.realtime.apublish``, when the project configures a hub or broker."""
+    from django.conf import settings
+
+    conf = getattr(settings, "CLARION", {}) or {}
+    if not (conf.get("HUB") or conf.get("BROKER")):
+        return None
+    try:
+        from clarion.django import realtime
+    except ImportError:
+        log.exception("clarion.django.realtime cannot be imported: publications are not relayed")
+        return None
+    apublish = realtime.apublish  # type: ignore[attr-defined,unused-ignore]
+
+    async def relay(channel: str, data: bytes, idempotency_key: str) -> Any:
+        return await apublish(channel, json.loads(data), idempotency_key=idempotency_key)
+
+    return relay
+
+
+def default_relay() -> Relay | None:
+    if _local_hub:
+        return hub_relay(_local_hub[-1])
+    relay = realtime_relay()
+    if relay is None:
+        log.info("durable publications are not relayed by this worker: set CLARION['HUB'] "
+                 "(or CLARION['BROKER']) to publish them")
+    return relay
+
 
 def build(*, exit_when_idle: bool = False, concurrency: int | None = None,
-          using: str | None = None) -> Worker:
+          using: str | None = None,
+          relay: Relay | Literal["default"] | None = "default") -> Worker:
+    """``relay``: how publications reach the hub; None: this worker does not relay them."""
     conf = webhook_settings()
     policy = conf.policy()
     transport = PinnedTransport(policy, max_connections_per_host=conf.MAX_CONNECTIONS_PER_HOST)
@@ -34,7 +89,10 @@ def build(*, exit_when_idle: bool = False, concurrency: int | None = None,
     )
     if concurrency:
         config = replace(config, concurrency=concurrency)
-    return Worker(open_store(using or conf.DATABASE), sender, config)
+    if relay == "default":
+        relay = default_relay()
+    store = open_store(using or conf.DATABASE, publications=relay is not None)
+    return Worker(store, sender, config, relay=relay)
 
 
 class Supervisor:

@@ -9,6 +9,10 @@ thread, as Django's do.
 Claiming is a lease: ``claim`` moves each claimed delivery's due time ``lease`` seconds ahead.
 If the worker dies before ``record``, the delivery simply becomes due again when the lease
 ends and another worker sends it (at least once; the ``webhook-id`` stays the same).
+
+Publications (events with a channel) are leased the same way: ``claim_publications`` hands
+out, per channel, the oldest ones not yet relayed, never one whose earlier sibling is still
+leased elsewhere, so a channel's publications reach the hub in outbox order.
 """
 
 from __future__ import annotations
@@ -55,6 +59,25 @@ class AttemptResult:
     next_attempt_in: float | None = None  # seconds; None: the delivery has ended
 
 
+@dataclass(slots=True)
+class Publication:
+    """One claimed publication: what the relay sends to the hub."""
+
+    event_id: int
+    channel: str
+    data: bytes  # JSON
+    idempotency_key: str
+    attempt: int  # 1-based
+
+
+@dataclass(slots=True)
+class RelayResult:
+    publication: Publication
+    error: str = ""  # empty (and attempted): published
+    retry_in: float | None = None  # seconds; None with an error: refused for good
+    attempted: bool = True  # False: held back behind an earlier failure of its channel
+
+
 class Store(Protocol):
     def dispatch(self, limit: int) -> int:
         """Fan out up to ``limit`` new events into deliveries, one per matching listener."""
@@ -87,4 +110,16 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class PublicationStore(Protocol):
+    """What a store offers when its worker relays publications (the worker's ``relay``)."""
+
+    def claim_publications(self, limit: int, lease: float) -> list[Publication]:
+        """Up to ``limit`` due publications in outbox order, each leased for ``lease`` s."""
+        ...
+
+    def record_publications(self, results: Sequence[RelayResult]) -> None:
+        """Mark publications relayed, refused for good, or due again after ``retry_in``."""
+        ...
 
