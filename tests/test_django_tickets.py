@@ -29,7 +29,7 @@ from centrifuge import (
 from redis import Redis
 
 import django_env
-from conftest import CHAT_NAMESPACE, Hub, HubFactory, free_port, in_ci
+from conftest import API_KEY, CHAT_NAMESPACE, HMAC_SECRET, Hub, HubFactory, free_port, in_ci
 from sse_reader import SSEReader
 
 django_env.configure()
@@ -323,6 +323,44 @@ def test_deleted_user_gets_no_new_ticket_and_is_disconnected_by_the_app(setup: S
     asyncio.run(run())
 
 
+# -- without REALTIME_TICKET_REDIS: through clarion.django.realtime (the hub's API) ----------
+
+def hub_settings(url: str) -> dict[str, Any]:
+    return {"HUB": {"URL": url, "API_KEY": API_KEY, "TOKEN_HMAC_SECRET": HMAC_SECRET}}
+
+
+def test_without_redis_setting_tickets_come_from_the_hub_api(setup: Setup) -> None:
+    with override_settings(REALTIME_TICKET_REDIS=None, REALTIME_TICKET_EXPIRE=20,
+                           CLARION=hub_settings(setup.hub.url)):
+        client, user = logged_in("ivan")
+        body = client.post("/ticket/").json()
+        rendered = rendered_ticket(client)
+    assert body["status"] == "ok" and body["expires_in"] == 20
+    ticket = body["message"]
+    # Issued by the hub's Redis broker under the same key, with the same payload.
+    key = ticket_key(ticket, setup.prefix)
+    payload = decode_payload(setup.redis.get(key) or b"")
+    assert payload.user == str(user.pk) and payload.info_json == b'{"username":"ivan"}'
+    assert 0 < setup.redis.pttl(key) <= 20_000
+    assert asyncio.run(sse_connect(setup.hub, ticket)) == 200
+    assert asyncio.run(sse_connect(setup.hub, ticket)) == 401
+    assert rendered is not None
+    assert asyncio.run(sse_connect(setup.hub, rendered)) == 200
+
+
+def test_hub_down_means_503_and_none(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with override_settings(REALTIME_TICKET_REDIS=None, CLARION=hub_settings(down)), \
+            caplog.at_level(logging.ERROR, logger="clarion.django.tickets"):
+        client, _ = logged_in("jane")
+        response = client.post("/ticket/")
+        assert response.status_code == 503
+        assert response.json()["status"] == "error"
+        assert rendered_ticket(client) is None
+    failures = [r for r in caplog.records if r.name == "clarion.django.tickets"]
+    assert len(failures) == 2 and all(r.exc_info for r in failures)
+
+
 # -- template tags ----------------------------------------------------------------------------
 
 def test_template_tags(setup: Setup) -> None:
@@ -332,7 +370,8 @@ def test_template_tags(setup: Setup) -> None:
     hub = {"URL": setup.hub.url + "/"}
     with override_settings(CLARION={"HUB": hub}):
         script = engine.from_string("{% load clarion %}{% clarion_script %}").render()
-    assert script == f'<script src="{setup.hub.url}/static/clarion.js"></script>'
+    assert script == (f'<script type="module" src="{setup.hub.url}'
+                      '/static/clarion.js"></script>')
     assert httpx.get(f"{setup.hub.url}/static/clarion.js").status_code == 200
 
     page = engine.from_string("{% load clarion %}{% realtime_ticket as t %}[{{ t }}]")
@@ -341,6 +380,14 @@ def test_template_tags(setup: Setup) -> None:
     assert asyncio.run(sse_connect(setup.hub, ticket)) == 200
     anonymous = DjangoClient().get("/chat/").wsgi_request
     assert page.render(request=anonymous) == "[]"
+
+    jwt_page = engine.from_string("{% load clarion %}{% clarion_token %}")
+    with override_settings(CLARION=hub_settings(setup.hub.url)):
+        token = jwt_page.render(request=request)
+        assert jwt_page.render(request=anonymous) == ""
+    assert token.count(".") == 2
+    assert asyncio.run(sse_connect(setup.hub, token)) == 200
+    assert asyncio.run(sse_connect(setup.hub, token)) == 200  # a JWT is not one-time
 
 
 # -- settings checks (pure) -------------------------------------------------------------------

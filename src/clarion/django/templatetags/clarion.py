@@ -1,6 +1,7 @@
 """``{% load clarion %}``: the hub's browser client and connection credentials in templates.
 
-* ``{% clarion_script %}``: ``<script src="<CLARION['HUB']['URL']>/static/clarion.js">``.
+* ``{% clarion_script %}``: ``<script type="module" src="…/static/clarion.js">``, from
+  ``CLARION['HUB']['URL']``.
 * ``{% realtime_ticket %}``: a one-time ticket for ``request.user`` (as
   ``RealtimeTicketMiddleware`` puts in the context), or ``""`` for an anonymous user or a
   failed store (logged); ``{% realtime_ticket as ticket %}`` stores it instead.
@@ -42,7 +43,8 @@ def hub_url() -> str:
 
 
 def clarion_script() -> SafeString:
-    return format_html('<script src="{}/static/clarion.js"></script>', hub_url())
+    # clarion.js is an ES module (it also sets window.Clarion once evaluated).
+    return format_html('<script type="module" src="{}/static/clarion.js"></script>', hub_url())
 
 
 def _request(context: template.Context, tag: str) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from clarion.errors import ClarionError, ConfigError
+from clarion.errors import BrokerError, HubError
 
 from .issuing import create_ticket
 
@@ -70,9 +70,9 @@ class RealtimeTicketMiddleware:
         try:
             ticket = create_ticket(user, info=self.ticket_info(request),
                                    channels=self.ticket_channels(request))
-        except ConfigError:
-            raise  # a broken configuration must be seen, not rendered as "no ticket"
-        except ClarionError:
+        except (BrokerError, HubError):
+            # Not ConfigError or ImproperlyConfigured: a broken configuration must be seen,
+            # not rendered as "no ticket".
             log.exception("no realtime ticket for user %s on %s", user.pk, request.path)
             return None
         return ticket.ticket

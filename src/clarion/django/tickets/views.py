@@ -5,8 +5,9 @@ Answers (always JSON, never cached):
 * 200 ``{"status": "ok", "message": "<ticket>", "expires_in": <seconds>}``;
 * 403 ``{"status": "error", "message": …}`` for an anonymous user, or when the CSRF check
   fails (the view is CSRF-protected whether or not the project runs ``CsrfViewMiddleware``);
-* 503 when the ticket store (Redis, or the hub) is unreachable: the reason is logged with its
-  traceback, the client is told only to retry;
+* 503 (with ``Retry-After``) when the ticket store (Redis, or the hub) is unreachable, 500
+  when the hub refuses the request: the reason is logged with its traceback, the client is
+  told only that there is no ticket;
 * 405 with ``Allow: POST`` for any other method.
 
 django-realtime-ticket answered 200 with ``"status": "error"`` for failures; a status code
@@ -25,7 +26,7 @@ from django.utils.decorators import decorator_from_middleware, method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from clarion.errors import ClarionError, ConfigError
+from clarion.errors import BrokerError, HubError, HubUnavailable
 
 from .issuing import create_ticket
 
@@ -74,13 +75,18 @@ class RealtimeTicketView(View):  # type: ignore[misc]
         try:
             ticket = create_ticket(user, info=self.ticket_info(request),
                                    channels=self.ticket_channels(request))
-        except ConfigError:
-            raise  # a broken configuration is the operator's 500, not a retryable 503
-        except ClarionError:
+        except (BrokerError, HubUnavailable) as exc:
+            # Unreachable (Redis or the hub): worth a retry. A broken configuration is not
+            # caught (ConfigError, ImproperlyConfigured): it is the operator's 500.
             log.exception("ticket for user %s not issued", user.pk)
             response = error(503, "tickets are unavailable right now; try again shortly")
-            response["Retry-After"] = "1"
+            retry_after = getattr(exc, "retry_after", None) or 1
+            response["Retry-After"] = str(max(1, round(retry_after)))
             return response
+        except HubError:
+            # The hub refused the request (say a ttl above its ticket_max_ttl): no retry helps.
+            log.exception("ticket for user %s refused by the hub", user.pk)
+            return error(500, "the ticket could not be issued")
         response = JsonResponse({"status": "ok", "message": ticket.ticket,
                                  "expires_in": ticket.expires_in})
         response["Cache-Control"] = "no-store"
