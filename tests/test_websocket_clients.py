@@ -164,6 +164,52 @@ async def test_server_side_subscriptions_from_token_channels(hub: Hub) -> None:
     await client.disconnect()
 
 
+async def test_server_side_subscriptions_recover_what_a_dropped_connection_missed(
+        hub: Hub) -> None:
+    # The SDK sends connect.subs with the offset and epoch it reached on each recoverable
+    # server-side subscription; the new connection's reply carries what was missed.
+    got: list[tuple[int, Any]] = []
+    subscribed: list[ServerSubscribedContext] = []
+
+    class Handler(ClientEventHandler):
+        async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
+            subscribed.append(ctx)
+
+        async def on_publication(self, ctx: ServerPublicationContext) -> None:
+            got.append((ctx.pub.offset, ctx.pub.data))
+
+    async def until(cond: Any) -> None:
+        for _ in range(300):
+            if cond():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out: subscribed={subscribed} got={got}")
+
+    proxy = await NetProxy(hub.port).start()
+    client = Client(f"ws://127.0.0.1:{proxy.port}/connection/websocket",
+                    token=token("gwen", channels=["chat:gwen-feed"]), events=Handler(),
+                    min_reconnect_delay=0.1, max_reconnect_delay=0.3)
+    api = cent(hub)
+    await client.connect()
+    await until(lambda: len(subscribed) == 1)
+    assert subscribed[0].recoverable is True
+    api.publish(PublishRequest(channel="chat:gwen-feed", data={"n": 1}))
+    await until(lambda: len(got) == 1)
+
+    proxy.cut()
+    for n in (2, 3, 4):
+        api.publish(PublishRequest(channel="chat:gwen-feed", data={"n": n}))
+    proxy.restore()
+    await until(lambda: len(subscribed) == 2)
+    assert subscribed[1].was_recovering is True
+    assert subscribed[1].recovered is True
+    api.publish(PublishRequest(channel="chat:gwen-feed", data={"n": 5}))
+    await until(lambda: len(got) == 5)
+    assert got == [(n, {"n": n}) for n in range(1, 6)]  # each once, in order
+    await client.disconnect()
+    await proxy.close()
+
+
 async def test_token_refresh_before_expiry(hub: Hub) -> None:
     calls = 0
 

@@ -368,12 +368,19 @@ class Session:
         result = self.connect_result()
         if resolved:
             subs: dict[str, Any] = {}
+            left_at = cmd.connect.subs
             try:
                 for channel, options in resolved:
                     sub = Subscription(options, options.force_recovery,
                                        options.join_leave and options.force_push_join_leave,
                                        server_side=True)
-                    attached = await self.attach(channel, sub, None, False)
+                    # A reconnecting client names where it left each recoverable server-side
+                    # subscription; it gets what it missed in this reply, as with subscribe.
+                    was = left_at.get(channel)
+                    recover = StreamPosition(was.offset, was.epoch) if (
+                        was is not None and was.recover and sub.recoverable) else None
+                    attached = await self.attach(channel, sub, recover,
+                                                 options.force_positioning)
                     self.post_reply.append(attached.activate)
                     self.post_reply.append(functools.partial(self.announce_join, channel, sub))
                     subs[channel] = attached.result

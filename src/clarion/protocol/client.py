@@ -21,11 +21,21 @@ class StreamPositionIn(msgspec.Struct, omit_defaults=True):
     epoch: str = ""
 
 
+class ServerSubRecovery(msgspec.Struct, omit_defaults=True):
+    """Where a client left a server-side subscription: sent back in ``connect.subs`` so the
+    new connection recovers what it missed (Centrifugo's ``SubscribeRequest`` in a connect)."""
+
+    recover: bool = False
+    epoch: str = ""
+    offset: int = 0
+
+
 class ConnectRequest(msgspec.Struct, omit_defaults=True):
     token: str = ""
     data: msgspec.Raw = _EMPTY
     name: str = ""
     version: str = ""
+    subs: dict[str, ServerSubRecovery] = {}
 
 
 class SubscribeRequest(msgspec.Struct, omit_defaults=True):
