@@ -118,6 +118,101 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
+    from clarion.hub.app import HUB_CREATED
+
+    if attach_hub not in HUB_CREATED:
+        HUB_CREATED.append(attach_hub)
+
+
+def attach_hub(hub: Any) -> None:
+    """Called with the hub this process runs: its API writes events to this app's outbox
+    (``POST /api/event``), and the worker started here publishes through the hub itself."""
+    from clarion.django import worker
+
+    hub.api.events = EventSink()
+    worker._local_hub[:] = [hub]
+
+
+class EventSink:
+    """``POST /api/event`` on the webhook outbox; database work on a thread of its own (the
+    hub's event loop never blocks on SQLite)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="clarion-events")
+
+    async def record(self, type: str, data: bytes, channel: str,
+                     idempotency_key: str) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, self._record, type, data, channel,
+                                          idempotency_key)
+
+    async def relayed(self, event_id: str) -> None:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(self._db, self._relayed, event_id)
+
+    def _record(self, type: str, data: bytes, channel: str, idempotency_key: str) -> Any:
+        from django.db import transaction
+        from django.utils import timezone
+
+        from clarion.django.conf import webhook_settings
+        from clarion.django.hooks import NotRegistered, hooks
+        from clarion.django.models import Event
+        from clarion.django.outbox import MAX_KEY_LENGTH, check_channel
+        from clarion.django.store import fan_out
+        from clarion.errors import ReplyError, WebhookError
+        from clarion.hub.api import RecordedEvent
+
+        try:
+            hook = hooks.get_hook(type)
+        except NotRegistered:
+            raise ReplyError(107, f"bad request: unknown event type {type!r}; the hub knows "
+                                  f"{sorted(h.name for h in hooks)} (add types with "
+                                  f"--webhook-types)") from None
+        fields = json.loads(data)
+        if not isinstance(fields, dict):
+            raise ReplyError(107, "bad request: data must be a JSON object (the event's "
+                                  "fields)")
+        if len(idempotency_key) > MAX_KEY_LENGTH:
+            raise ReplyError(107, f"bad request: idempotency_key is longer than "
+                                  f"{MAX_KEY_LENGTH} characters")
+        db = webhook_settings().DATABASE
+        with transaction.atomic(using=db):
+            if idempotency_key:
+                earlier = (Event.objects.using(db)
+                           .filter(hook=type, request_key=idempotency_key).first())
+                if earlier is not None:
+                    return RecordedEvent(earlier.msg_id, earlier.deliveries.count(),
+                                         earlier.payload.encode(), earlier.channel,
+                                         relayed=earlier.relayed_at is not None)
+            try:
+                if channel:
+                    check_channel(channel, where="event")
+                event = hook.send(None, using=db, **fields)
+            except (WebhookError, TypeError) as exc:
+                raise ReplyError(107, f"bad request: {exc}") from None
+            event.channel = channel or event.channel
+            event.request_key = idempotency_key
+            Event.objects.using(db).filter(pk=event.pk).update(
+                channel=event.channel, request_key=idempotency_key)
+            deliveries = fan_out(db, [event])
+            event.dispatched_at = timezone.now()
+        return RecordedEvent(event.msg_id, deliveries, event.payload.encode(), event.channel)
+
+    def _relayed(self, event_id: str) -> None:
+        from django.db.models import F
+        from django.utils import timezone
+
+        from clarion.django.conf import webhook_settings
+        from clarion.django.models import Event
+
+        Event.objects.using(webhook_settings().DATABASE).filter(
+            msg_id=event_id, relayed_at__isnull=True,
+        ).update(relayed_at=timezone.now(), relay_attempts=F("relay_attempts") + 1)
 
 
 def _words(name: str) -> list[str]:

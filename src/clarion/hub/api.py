@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -121,6 +122,35 @@ class TicketReq(_Req):
     ttl: float = 0.0
 
 
+class EventReq(_Req):
+    """One event to the webhook listeners of ``type`` and, with a channel, published there."""
+
+    type: str
+    data: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    channel: str = ""
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    id: str  # the webhook-id, and the publication's idempotency key
+    deliveries: int
+    payload: bytes  # the webhook body, published as it is
+    channel: str  # "" for none
+    relayed: bool = False  # published already (a repeated request)
+
+
+class EventSink(Protocol):
+    """Where ``POST /api/event`` writes events: the webhook outbox, given to the hub by
+    whoever runs it with webhooks (``clarion serve --webhooks-db``); the hub imports no
+    Django. ``record`` raises ReplyError for bad input; nothing is written then."""
+
+    async def record(self, type: str, data: bytes, channel: str,
+                     idempotency_key: str) -> RecordedEvent: ...
+
+    async def relayed(self, event_id: str) -> None: ...
+
+
 class BatchReq(_Req):
     commands: list[dict[str, msgspec.Raw]]
     parallel: bool = False  # accepted for cent; commands always run in order
@@ -147,6 +177,7 @@ class ServerApi:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.events: EventSink | None = None  # set when the hub runs the webhook app
         self.methods: dict[str, tuple[type[_Req], Callable[[Any], Awaitable[Any]]]] = {
             "publish": (PublishReq, self.publish),
             "broadcast": (BroadcastReq, self.broadcast),
@@ -161,6 +192,7 @@ class ServerApi:
             "channels": (ChannelsReq, self.channels),
             "info": (InfoReq, self.info),
             "ticket": (TicketReq, self.ticket),
+            "event": (EventReq, self.event),
         }
 
     # -- HTTP edge --------------------------------------------------------------------------
@@ -438,6 +470,44 @@ class ServerApi:
         await self.hub.broker.store_ticket(ticket, payload, ttl)
         self.hub.metrics.tickets_issued += 1
         return {"ticket": ticket, "expires_in": ttl}
+
+
+    async def event(self, req: EventReq) -> Any:
+        """Write the event to the webhook outbox (committed before this answers), then publish
+        its body to the channel with the event's id as idempotency key. A broker that is away
+        leaves the publication to the webhook worker, which retries it: ``publication`` is
+        null then, and the event is not lost."""
+        sink = self.events
+        if sink is None:
+            raise ReplyError(108, "not available: events need the webhook store "
+                                  "(clarion serve --webhooks-db FILE)")
+        if req.channel:
+            self.hub.rules.options(req.channel)  # a channel the hub refuses: nothing written
+        data = bytes(req.data)
+        if not data:
+            raise ReplyError(107, "bad request: data is required")
+        recorded = await sink.record(req.type, data, req.channel, req.idempotency_key)
+        publication = None
+        if recorded.channel:
+            try:
+                result = await self.hub.publish(recorded.channel, recorded.payload,
+                                                idempotency_key=recorded.id)
+            except BrokerError as exc:
+                self.hub.log.warning("event published later: broker unavailable",
+                                     event_id=recorded.id, error=str(exc))
+            except ReplyError as exc:
+                # The hook's own channel, refused: the event stands for its webhooks; the
+                # worker records the refusal.
+                self.hub.log.warning("event not published: the channel is refused",
+                                     event_id=recorded.id, channel=recorded.channel,
+                                     error=exc.message)
+            else:
+                pos = result.position
+                publication = {"offset": pos.offset, "epoch": pos.epoch}
+                if not recorded.relayed:
+                    await sink.relayed(recorded.id)
+        return {"id": recorded.id, "deliveries": recorded.deliveries,
+                "publication": publication}
 
 
 def _too_deep() -> Response:

@@ -29,6 +29,13 @@ _DESCRIPTIONS = {
     "info": "Statistics of every node (the answering node first).",
     "ticket": "Issue a one-time connection ticket for a user (Clarion). Valid once, "
               "for `ttl` seconds (default 10).",
+    "event": "One event to every audience (Clarion; needs `serve --webhooks-db`): written to "
+             "the webhook outbox for the listeners of `type` and, with a `channel` (or the "
+             "hook's own), its body is published there with the event's id as idempotency "
+             "key. Answers `{\"id\", \"deliveries\", \"publication\": {\"offset\", "
+             "\"epoch\"} | null}`; `publication` is null when the broker was away (the "
+             "worker publishes it later). A repeated `idempotency_key` answers the first "
+             "event. Without the webhook store: error 108.",
     "batch": "Run several commands in one request; replies come in the same order.",
 }
 
