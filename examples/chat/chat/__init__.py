@@ -1,0 +1,1 @@
+"""The chat of the Django Channels articles, with Clarion as its realtime part."""
