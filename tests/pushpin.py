@@ -7,7 +7,7 @@ One launcher for the tests and the benchmarks (bench/common.py imports this modu
   sockets and logs in that directory, a routes file pointing at one origin, and a zurl allowed
   to reach 127.0.0.1.
 * :class:`Pushpin` runs it: ``pushpin --config <dir>/pushpin.conf`` in its own session
-  (process group), waits until the client port answers, kills the whole group at stop.
+  (process group), waits until it is ready (below), kills the whole group at stop.
 * :func:`pushpin_available` says whether the binaries are installed.
 
 Why the configuration is rewritten:
@@ -25,17 +25,29 @@ Why the configuration is rewritten:
   with the stock list; the policy would bite a next-link URI pointing elsewhere on the box.)
 * ``message_rate=2500`` / ``message_hwm=25000`` (the stock file's handler throttle) can be
   unset with ``rate_limit=False`` (the fan-out benchmark does; tests keep the stock values).
+
+When Pushpin is ready: its client port answering is not enough. A held request crosses three
+of its processes (condure, pushpin-proxy, pushpin-handler), linked by ZeroMQ sockets that
+connect on their own schedule, and the proxy hands a hold to the handler over the "accept"
+link: before that link is up, Pushpin answers a hold with ``500 Accept service unavailable.``
+(seen under load as a flake in test_grip_proxy). So :meth:`Pushpin.start` sends a real
+request through the proxy to an origin of the launcher's own that answers with a stream hold,
+and repeats it until the handler's answer comes back. The route to that origin
+(:data:`READY_HOST`, matched by host name) is the first line of the routes file; no test
+request carries that host.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +57,8 @@ PUSHPIN_CONF = Path("/etc/pushpin/pushpin.conf")
 PUSHPIN_LIBDIR = Path("/usr/lib/pushpin")
 HELPERS = ("condure", "zurl", "pushpin-proxy", "pushpin-handler")
 HOST = "127.0.0.1"
+READY_HOST = "clarion-pushpin-ready.invalid"  # the readiness probe's route (see start)
+READY_BODY = b"pushpin-ready\n"
 
 
 def free_port() -> int:
@@ -218,6 +232,53 @@ def http_answers(port: int, path: str = "/", host: str = HOST) -> bool:
         return False
 
 
+class _HoldingOrigin(http.server.BaseHTTPRequestHandler):
+    """Answers every request with a stream hold: Pushpin's proxy must hand it to its handler,
+    which then sends the answer's body to the client and keeps the stream open."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Grip-Hold", "stream")
+        self.send_header("Grip-Channel", "clarion-pushpin-ready")
+        self.send_header("Content-Length", str(len(READY_BODY)))
+        self.end_headers()
+        self.wfile.write(READY_BODY)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a probe per 0.2 s would fill the test output
+
+
+def _start_holding_origin() -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer((HOST, 0), _HoldingOrigin)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="pushpin-ready-origin",
+                     daemon=True).start()
+    return server
+
+
+def hold_answers(port: int, host: str = HOST) -> tuple[bool, str]:
+    """One readiness probe: a request for :data:`READY_HOST` through the proxy on ``port``.
+    (True, "") when the handler's answer to the hold arrives; else (False, what came back)."""
+    request = f"GET / HTTP/1.1\r\nHost: {READY_HOST}\r\nConnection: close\r\n\r\n"
+    got = b""
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(request.encode())
+            s.settimeout(5)
+            # The hold stays open: read until the body is in, an error answer ends, or 5 s.
+            while READY_BODY not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+    except OSError as exc:
+        return False, f"{got[:200]!r} then {exc!r}"
+    if got.startswith(b"HTTP/1.1 200") and READY_BODY in got:
+        return True, ""
+    return False, repr(got[:200])
+
+
 class Pushpin:
     """A running Pushpin: ``with Pushpin(origin_port, over_http=True) as pp: pp.url ...``."""
 
@@ -260,24 +321,40 @@ class Pushpin:
         return self.config.control_uri
 
     def start(self, timeout: float = 45) -> Pushpin:
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.config.argv, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=self.directory, preexec_fn=_own_session,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"pushpin exited with {self.proc.returncode}:\n{self.output()}"
-                )
-            # the control API (pushpin-handler) and the client port (condure + pushpin-proxy)
-            if http_answers(self.publish_port) and http_answers(self.http_port, "/"):
-                return self
-            time.sleep(0.2)
-        tail = self.output()
-        self.stop()
-        raise RuntimeError(f"pushpin did not answer on {self.http_port} in {timeout}s:\n{tail}")
+        """Start Pushpin and return once a held request goes through it (module docstring):
+        the control API answers and a probe through the client port gets the handler's
+        answer to a hold. Raises RuntimeError (with Pushpin's logs and the last probe's
+        answer) after ``timeout`` seconds."""
+        origin = _start_holding_origin()
+        try:
+            lines = [line for line in self.config.routes.read_text().splitlines()
+                     if not line.startswith(f"{READY_HOST} ")]  # a previous start's probe
+            probe_route = f"{READY_HOST} {HOST}:{origin.server_address[1]}"
+            self.config.routes.write_text("\n".join([probe_route, *lines]) + "\n")
+            with self.log_path.open("wb") as out:
+                self.proc = subprocess.Popen(
+                    self.config.argv, stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, cwd=self.directory, preexec_fn=_own_session,
+                )  # fmt: skip
+            last = "nothing yet"
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"pushpin exited with {self.proc.returncode}:\n{self.output()}"
+                    )
+                if http_answers(self.publish_port):
+                    ready, last = hold_answers(self.http_port)
+                    if ready:
+                        return self
+                time.sleep(0.2)
+            tail = self.output()
+            self.stop()
+            raise RuntimeError(f"pushpin did not pass a held request on {self.http_port} in "
+                               f"{timeout}s (last answer: {last}):\n{tail}")
+        finally:
+            origin.shutdown()
+            origin.server_close()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
