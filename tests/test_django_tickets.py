@@ -136,6 +136,9 @@ def rendered_ticket(client: DjangoClient) -> str | None:
     assert value is not None
     ticket = response.context_data["realtime_ticket"]  # a TemplateResponse keeps its context
     assert value.group(1) == str(ticket)  # None renders as "None"
+    if ticket is not None:
+        assert "no-store" in response["Cache-Control"]
+        assert "private" in response["Cache-Control"]
     return ticket
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.utils.cache import add_never_cache_headers
 
 from clarion.errors import BrokerError, HubError
 
@@ -58,7 +59,10 @@ class RealtimeTicketMiddleware:
         context = getattr(response, "context_data", None)
         if context is None:
             context = response.context_data = {}
-        context[CONTEXT_NAME] = self.ticket_for(request)
+        ticket = context[CONTEXT_NAME] = self.ticket_for(request)
+        if ticket is not None:
+            # A cached copy would hand one user's ticket to whoever gets the copy.
+            add_never_cache_headers(response)
         return response
 
     def ticket_for(self, request: HttpRequest) -> str | None:
