@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-from tests.conftest import API_KEY, Hub, free_port, token
+from tests.conftest import API_KEY, CHAT_NAMESPACE, Hub, HubFactory, free_port, token
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -30,6 +31,7 @@ from clarion.client import (
     Client,
     ClientInfo,
     Command,
+    EventResult,
     HistoryResult,
     HubError,
     HubReplyError,
@@ -224,6 +226,41 @@ def test_ticket_connects_once_as_its_user(hub: Hub) -> None:
         with pytest.raises(HubReplyError) as too_long:
             api.ticket("42", ttl=301)
         assert too_long.value.code == 107 and "ttl" in too_long.value.message
+
+
+def test_event_needs_the_webhook_store(hub: Hub) -> None:
+    with Client(hub.url, api_key=API_KEY) as api, pytest.raises(HubReplyError) as refused:
+        api.event("order.paid", {"total": 1})
+    assert refused.value.code == 108 and "--webhooks-db" in refused.value.message
+
+
+def test_event_to_listeners_and_a_channel(hub_factory: HubFactory, tmp_path: Path) -> None:
+    hub = hub_factory(CHAT_NAMESPACE, "--webhooks-db", str(tmp_path / "hooks.sqlite3"),
+                      "--webhook-types", "order.paid")
+    channel = chat()
+    with Client(hub.url, api_key=API_KEY) as api:
+        sent = api.event("order.paid", {"total": 150}, channel=channel,
+                         idempotency_key="order-5-paid")
+        assert isinstance(sent, EventResult) and sent.id.startswith("msg_")
+        assert sent.deliveries == 0  # no listener subscribed to order.paid
+        assert sent.publication is not None and sent.publication.offset == 1
+        assert api.event("order.paid", {"total": 150}, channel=channel,
+                         idempotency_key="order-5-paid") == sent  # the same event
+        (pub,) = api.history(channel).publications
+        assert pub.data["type"] == "order.paid" and pub.data["data"] == {"total": 150}
+        alone = api.event("order.paid", {"total": 1})
+        assert alone.publication is None and alone.id != sent.id
+        with pytest.raises(HubReplyError, match="unknown event type") as unknown:
+            api.event("order.unknown", {})
+        assert unknown.value.code == 107
+
+
+async def test_async_event(hub_factory: HubFactory, tmp_path: Path) -> None:
+    hub = hub_factory("", "--webhooks-db", str(tmp_path / "hooks.sqlite3"),
+                      "--webhook-types", "order.paid")
+    async with AsyncClient(hub.url, api_key=API_KEY) as api:
+        sent = await api.event("order.paid", {"total": 2})
+        assert sent.id.startswith("msg_") and sent.publication is None
 
 
 # -- AsyncClient: the same methods, awaited -------------------------------------------------------
