@@ -233,6 +233,40 @@ def test_post_ticket_with_csrf_header_connects_over_sse_once(setup: Setup) -> No
     assert asyncio.run(sse_connect(setup.hub, ticket)) == 401  # reused
 
 
+@pytest.mark.parametrize("transport", ["stream", "poll"])
+def test_ticket_connects_once_over_stream_and_poll(setup: Setup, transport: str) -> None:
+    client, _ = logged_in("kim")
+    ticket = client.post("/ticket/").json()["message"]
+    url = f"{setup.hub.url}/connection/{transport}"
+    params = {"channel": "chat:room", "token": ticket}
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=T) as http:
+            async with http.stream("GET", url, params=params) as first:
+                # stream: the first NDJSON line is the connect; poll: one JSON answer
+                async for line in first.aiter_lines():
+                    assert "connect" in line or "session" in line
+                    break
+                again = await http.get(url, params=params)
+            return [first.status_code, again.status_code]
+
+    assert asyncio.run(run()) == [200, 401]
+
+
+def test_concurrent_use_of_one_ticket_lets_exactly_one_in(setup: Setup) -> None:
+    client, _ = logged_in("lena")
+    ticket = client.post("/ticket/").json()["message"]
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=T) as http:
+            attempts = [http.get(f"{setup.hub.url}/connection/poll",
+                                 params={"channel": "chat:room", "token": ticket})
+                        for _ in range(20)]
+            return [r.status_code for r in await asyncio.gather(*attempts)]
+
+    assert sorted(asyncio.run(run())) == [200] + [401] * 19
+
+
 # -- refusals -------------------------------------------------------------------------------
 
 def test_anonymous_gets_403_and_no_ticket(setup: Setup) -> None:
