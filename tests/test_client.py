@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -413,6 +415,37 @@ def test_an_answer_that_is_not_the_hubs_is_hub_error() -> None:
     with answering(200, b'{"result": {"offset": "one"}}', {}) as url, Client(url) as api, \
             pytest.raises(HubError, match="expected shape"):
         api.publish("a", 1)
+
+
+# -- `clarion publish`, on clarion.client --------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "clarion", "publish", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_publish_with_idempotency_key(hub: Hub) -> None:
+    channel = chat()
+    args = (channel, '{"n": 1}', "--url", hub.url, "--api-key", API_KEY,
+            "--idempotency-key", "cli-1")
+    first, again = cli(*args), cli(*args)
+    assert first.returncode == 0 and again.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == json.loads(again.stdout)
+    assert json.loads(first.stdout)["offset"] == 1
+    assert json.loads(cli("plainchannel", "1", "--url", hub.url, "--api-key",
+                          API_KEY).stdout) == {}
+    unknown = cli("nowhere:x", "1", "--url", hub.url, "--api-key", API_KEY)
+    assert unknown.returncode == 1 and "error 102: unknown channel" in unknown.stderr
+
+
+def test_cli_publish_hub_down_and_bad_url() -> None:
+    down = cli("a", "1", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "2")
+    assert down.returncode == 1
+    assert down.stderr.startswith("clarion publish: the hub at http://127.0.0.1:")
+    assert "unavailable" in down.stderr and "Traceback" not in down.stderr
+    bad = cli("a", "1", "--url", "127.0.0.1:8000")
+    assert bad.returncode == 2 and "http:// or https://" in bad.stderr
 
 
 # -- the pure parts ---------------------------------------------------------------------------

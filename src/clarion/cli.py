@@ -9,13 +9,11 @@ import gc
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from clarion import __version__
-from clarion.errors import ClarionError, ConfigError
+from clarion.errors import ClarionError, ConfigError, HubError, HubReplyError
 
 DEMO_CONFIG: dict[str, Any] = {
     "namespaces": {
@@ -224,33 +222,37 @@ def _options(opts: dict[str, Any]) -> Any:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    # Imported here: httpx is not needed to serve, and `clarion serve` starts without it.
+    from clarion.client import Client
+
     try:
         data = json.loads(args.data)
     except json.JSONDecodeError:
         print(f"clarion publish: DATA must be JSON, e.g. '{{\"text\": \"hi\"}}' or "
               f"'\"{args.data}\"' for a string", file=sys.stderr)
         return 2
-    key = args.api_key or os.environ.get("CLARION_API_KEY", "")
-    body = json.dumps({"channel": args.channel, "data": data}).encode()
-    request = urllib.request.Request(
-        args.url.rstrip("/") + "/api/publish", data=body, method="POST",
-        headers={"Content-Type": "application/json", "X-API-Key": key})
+    key = args.api_key or os.environ.get("CLARION_API_KEY") or None
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as resp:
-            answer = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        print(f"clarion publish: {exc.code} {exc.read().decode(errors='replace')}",
-              file=sys.stderr)
-        return 1
-    except urllib.error.URLError as exc:
-        print(f"clarion publish: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
-        return 1
-    if "error" in answer:
-        err = answer["error"]
-        print(f"clarion publish: error {err.get('code')}: {err.get('message')}",
-              file=sys.stderr)
-        return 1
-    print(json.dumps(answer.get("result", {})))
+        client = Client(args.url, api_key=key, timeout=args.timeout)
+    except ValueError as exc:
+        print(f"clarion publish: {exc}", file=sys.stderr)
+        return 2
+    with client:
+        try:
+            result = client.publish(args.channel, data, idempotency_key=args.idempotency_key)
+        except (TypeError, ValueError) as exc:  # the arguments, checked before sending
+            print(f"clarion publish: {exc}", file=sys.stderr)
+            return 2
+        except HubReplyError as exc:
+            print(f"clarion publish: error {exc.code}: {exc.message}", file=sys.stderr)
+            for field in exc.fields:
+                print(f"  {field.get('field')}: {field.get('problem')}", file=sys.stderr)
+            return 1
+        except HubError as exc:
+            print(f"clarion {exc}", file=sys.stderr)  # the message starts with "publish: "
+            return 1
+    # The hub's own answer: no position for a channel without history.
+    print(json.dumps({"offset": result.offset, "epoch": result.epoch} if result.epoch else {}))
     return 0
 
 
@@ -314,7 +316,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="JSON, e.g. '{\"text\": \"hi\"}'")
     p.add_argument("--url", default=os.environ.get("CLARION_URL", "http://127.0.0.1:8000"))
     p.add_argument("--api-key", help="default: $CLARION_API_KEY")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--idempotency-key", metavar="KEY",
+                   help="publish KEY into CHANNEL once: a repeat within 300 s is not "
+                        "published again (safe to retry)")
     return parser
 
 
