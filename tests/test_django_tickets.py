@@ -427,6 +427,19 @@ def test_template_tags(setup: Setup) -> None:
     assert asyncio.run(sse_connect(setup.hub, token)) == 200  # a JWT is not one-time
 
 
+# -- settings (pure) --------------------------------------------------------------------------
+
+def test_redis_target_never_shows_the_password() -> None:
+    from clarion.django.tickets.conf import parse_redis
+
+    for value in ("redis://user:secret@h:6379/3?health_check_interval=5",
+                  {"host": "h", "password": "secret"}):
+        target = parse_redis(value)
+        assert target is not None
+        assert "secret" not in target.display() and "secret" not in repr(target)
+    assert parse_redis("redis://user:secret@h:6379/3").display() == "redis://h:6379/3"
+
+
 # -- settings checks (pure) -------------------------------------------------------------------
 
 @pytest.mark.parametrize(("expire", "redis", "ids"), [
@@ -450,6 +463,8 @@ def test_template_tags(setup: Setup) -> None:
     (10, "http://h:6379", ["clarion.E202"]),
     (10, "redis://h:port/0", ["clarion.E202"]),
     (10, ["127.0.0.1"], ["clarion.E202"]),
+    (10, "secret@127.0.0.1:6379", ["clarion.E202"]),
+    (10, "redis://:secret@h:port/0", ["clarion.E202"]),
     (0, {"db": "0"}, ["clarion.E201", "clarion.E202"]),
 ])
 def test_checks(expire: Any, redis: Any, ids: list[str]) -> None:

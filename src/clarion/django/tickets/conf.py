@@ -9,7 +9,7 @@ misspelt ``socket_timeout`` must not silently leave a page blocked on a dead Red
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,11 +32,13 @@ _KEYS = frozenset({"host", "port", "db", "password", "username", "socket_timeout
 class RedisTarget:
     """Where tickets are written. Hashable: one pooled client per distinct target."""
 
-    url: str | None = None  # when set, host/port/db/password/username/ssl come from it
+    # Out of repr (it may hold the password); when set, host, port, db, password, username
+    # and ssl come from it.
+    url: str | None = field(default=None, repr=False)
     host: str = "localhost"
     port: int = 6379
     db: int = 0
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     username: str | None = None
     ssl: bool = False
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
@@ -141,8 +143,10 @@ def _check_url(url: str) -> None:
             hint = (": tickets written straight into Redis need the single Redis the hub "
                     "uses; with Sentinel, Cluster or shards leave REALTIME_TICKET_REDIS unset "
                     "so tickets go through clarion.django.realtime.issue_ticket")
-        raise ConfigError(f"REALTIME_TICKET_REDIS: {scheme or url!r} is not a redis://, "
-                          f"rediss:// or unix:// URL{hint}")
+        # Only the scheme is quoted: the rest of a URL may hold the password.
+        what = f"the scheme {scheme}://" if scheme else "a URL without a scheme"
+        raise ConfigError(f"REALTIME_TICKET_REDIS: {what} is not redis://, rediss:// or "
+                          f"unix://{hint}")
     if "," in url.partition("://")[2].partition("/")[0]:
         raise ConfigError("REALTIME_TICKET_REDIS: one Redis only (shards: leave "
                           "REALTIME_TICKET_REDIS unset and use CLARION['BROKER'])")
