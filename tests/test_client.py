@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -265,6 +266,13 @@ async def test_async_event(hub_factory: HubFactory, tmp_path: Path) -> None:
         assert sent.id.startswith("msg_") and sent.publication is None
 
 
+def test_one_client_shared_between_threads(hub: Hub) -> None:
+    channel = chat()
+    with Client(hub.url, api_key=API_KEY) as api, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: api.publish(channel, n), range(40)))
+    assert sorted(r.offset for r in results) == list(range(1, 41))
+
+
 # -- AsyncClient: the same methods, awaited -------------------------------------------------------
 
 
@@ -503,6 +511,15 @@ def test_exports_are_curated() -> None:
     public = sorted(name for name in vars(client_module) if not name.startswith("_"))
     assert client_module.__all__ == sorted(client_module.__all__)
     assert set(client_module.__all__) == set(public) - {"annotations"}
+    functions = {name for name, value in vars(commands).items()
+                 if callable(value) and getattr(value, "__module__", "") == commands.__name__
+                 and not name.startswith("_")}
+    assert set(commands.__all__) == functions
+    # One command per method of the clients (run and batch send them).
+    methods = {name for name in vars(Client) if not name.startswith("_")}
+    assert methods - {"close", "run", "batch"} == set(commands.__all__) - {"Command"}
+    assert methods - {"close"} == {name for name in vars(AsyncClient)
+                                   if not name.startswith("_")} - {"aclose"}
 
 
 def test_transport_is_injectable() -> None:
