@@ -398,6 +398,28 @@ def test_hub_down_means_503_and_none(setup: Setup, caplog: pytest.LogCaptureFixt
     assert len(failures) == 2 and all(r.exc_info for r in failures)
 
 
+def test_hub_refusing_the_ticket_is_500_and_logged(
+        hub_factory: HubFactory, clean_db: None,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    hub = hub_factory("ticket_max_ttl = 5\n" + CHAT_NAMESPACE)  # the memory broker
+    with override_settings(ROOT_URLCONF=__name__, TEMPLATES=TEMPLATES,
+                           REALTIME_TICKET_REDIS=None, REALTIME_TICKET_EXPIRE=10,
+                           CLARION=hub_settings(hub.url)), \
+            caplog.at_level(logging.ERROR, logger="clarion.django.tickets"):
+        client, _ = logged_in("max")
+        response = client.post("/ticket/")
+        assert response.status_code == 500
+        assert response.json() == {"status": "error",
+                                   "message": "the ticket could not be issued"}
+        assert rendered_ticket(client) is None
+        with override_settings(REALTIME_TICKET_EXPIRE=5):
+            ticket = client.post("/ticket/").json()["message"]
+    assert [r.exc_info is not None for r in caplog.records
+            if r.name == "clarion.django.tickets"] == [True, True]
+    assert asyncio.run(sse_connect(hub, ticket)) == 200  # memory broker: via the hub's API
+    assert asyncio.run(sse_connect(hub, ticket)) == 401
+
+
 # -- template tags ----------------------------------------------------------------------------
 
 def test_template_tags(setup: Setup) -> None:
