@@ -516,7 +516,28 @@ async def test_password_db_and_unix_socket_urls(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_publish_many_is_one_pipeline_that_reloads_a_lost_script(
+async def test_one_bad_publication_of_a_run_fails_alone(own_redis: RedisServer) -> None:
+    # Its meta key holds a string (another program's key, a corrupted keyspace): HGET fails
+    # with WRONGTYPE inside the script; the publications before and after it still happen.
+    good, bad = _id("good"), _id("bad")
+    broker = RedisBroker(own_redis.url)
+    async with running(broker) as (_, handler):
+        await broker.subscribe(good)
+        admin = aioredis.Redis.from_url(own_redis.url)
+        try:
+            await admin.set(broker._meta_key(bad), "not a hash")
+        finally:
+            await admin.aclose()
+        results = await broker.publish_many([(good, b"1", history_on()), (bad, b"x", history_on()),
+                                             (good, b"2", history_on())])
+        assert [r.position.offset for r in results if not isinstance(r, BrokerError)] == [1, 2]
+        assert isinstance(results[1], BrokerError)
+        assert "WRONGTYPE" in str(results[1])
+        await handler.until(lambda: len(handler.data(good)) == 2)
+        assert handler.data(good) == [b"1", b"2"]
+
+
+async def test_publish_many_is_one_script_call_that_reloads_a_lost_script(
         own_redis: RedisServer) -> None:
     channel = _id("many")
     broker = RedisBroker(own_redis.url)
@@ -529,15 +550,26 @@ async def test_publish_many_is_one_pipeline_that_reloads_a_lost_script(
             results = await broker.publish_many(
                 [(channel, b"%d" % i, history_on(size=100)) for i in range(50)])
             stats = await admin.info("commandstats")
+            # More than one chunk: 250 publications are three script calls, still in order.
+            await admin.config_resetstat()
+            more = await broker.publish_many(
+                [(channel, b"%d" % i, history_on(size=300)) for i in range(50, 300)])
+            more_stats = await admin.info("commandstats")
         finally:
             await admin.aclose()
         assert [r.position.offset for r in results if not isinstance(r, BrokerError)] \
             == list(range(1, 51))
-        # The pipeline loaded the script first: no EVALSHA failed and was sent again.
-        assert stats["cmdstat_evalsha"]["calls"] == 50
-        assert stats["cmdstat_evalsha"].get("failed_calls", 0) == 0
-        await handler.until(lambda: len(handler.data(channel)) == 50)
-        assert handler.data(channel) == [b"%d" % i for i in range(50)]
+        # One EVALSHA for the 50, refused once with NOSCRIPT (the script was flushed), then
+        # loaded and sent again: nothing was published twice (the offsets above).
+        assert stats["cmdstat_evalsha"]["calls"] == 2
+        assert stats["cmdstat_evalsha"].get("failed_calls", 0) + stats["cmdstat_evalsha"].get(
+            "rejected_calls", 0) == 1
+        assert stats["cmdstat_script|load"]["calls"] == 1
+        assert [r.position.offset for r in more if not isinstance(r, BrokerError)] \
+            == list(range(51, 301))
+        assert more_stats["cmdstat_evalsha"]["calls"] == 3
+        await handler.until(lambda: len(handler.data(channel)) == 300)
+        assert handler.data(channel) == [b"%d" % i for i in range(300)]
 
     broker = RedisBroker(own_redis.url, command_timeout=0.5)
     async with running(broker):

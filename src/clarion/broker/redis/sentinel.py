@@ -22,7 +22,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
-from clarion.broker.redis.standalone import RedisBroker, log
+from clarion.broker.redis.standalone import RedisBroker, log, with_hiredis_packing
 from clarion.broker.redis.urls import parse
 from clarion.errors import ConfigError
 
@@ -77,6 +77,7 @@ class RedisSentinelBroker(RedisBroker):
             max_connections=self.pool_size, timeout=self.command_timeout,
             **self._pool_options())
         self._pool = client.connection_pool
+        self._pool.connection_class = with_hiredis_packing(self._pool.connection_class)
         return client
 
     async def _link_stale(self, conn: AbstractConnection) -> bool:
