@@ -274,14 +274,17 @@ async def test_one_event_reaches_listeners_and_the_channel_once(
     try:
         async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}) as http:
             first = (await http.post(f"{url}/api/event", json=body)).json()["result"]
-            again = (await http.post(f"{url}/api/event", json=body)).json()["result"]
+        async with AsyncClient(url, api_key=API_KEY) as hub_client:  # the same, repeated
+            again = await hub_client.event("order.paid", {"total": 150}, channel="orders:5",
+                                           idempotency_key="order-5-paid")
         await wait_changed(rec.changed, lambda: bool(rec.pubs), 15)
         got = await asyncio.to_thread(receiver.wait_for, 1, "/paid")
     finally:
         await client.disconnect()
     assert first["id"].startswith("msg_") and first["deliveries"] == 1
     assert first["publication"]["offset"] == 1
-    assert again == first  # the same event, not a second one
+    assert (again.id, again.deliveries) == (first["id"], 1)  # the same event, not another
+    assert again.publication is not None and again.publication.offset == 1
     receiver.assert_all_verified()
     assert got[0].headers["webhook-id"] == first["id"]
     assert rec.pubs == [got[0].json]

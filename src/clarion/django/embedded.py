@@ -9,6 +9,7 @@ worker writes); the secret key lives next to it, created on first use.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 
 from clarion.errors import ConfigError
 
+log = logging.getLogger("clarion.webhooks")
+
 DEFAULT_DB = "clarion-webhooks.sqlite3"
+API_PUBLISH_LEASE = 5.0  # seconds the worker waits before publishing an API event itself
 PREFIX = "webhooks/"
 
 
@@ -146,9 +150,20 @@ class EventSink:
                      idempotency_key: str) -> Any:
         import asyncio
 
+        from django.db import Error
+
+        from clarion.errors import ReplyError
+
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db, self._record, type, data, channel,
-                                          idempotency_key)
+        try:
+            return await loop.run_in_executor(self._db, self._record, type, data, channel,
+                                              idempotency_key)
+        except Error as exc:
+            # The database is locked, full or gone: the caller may retry (with its
+            # idempotency_key, the retry cannot write the event twice).
+            log.exception("POST /api/event: the webhook store failed")
+            raise ReplyError(100, f"internal server error: the webhook store failed "
+                                  f"({exc.__class__.__name__})", temporary=True) from None
 
     async def relayed(self, event_id: str) -> None:
         import asyncio
@@ -156,6 +171,8 @@ class EventSink:
         await asyncio.get_running_loop().run_in_executor(self._db, self._relayed, event_id)
 
     def _record(self, type: str, data: bytes, channel: str, idempotency_key: str) -> Any:
+        from datetime import timedelta
+
         from django.db import transaction
         from django.utils import timezone
 
@@ -197,8 +214,11 @@ class EventSink:
                 raise ReplyError(107, f"bad request: {exc}") from None
             event.channel = channel or event.channel
             event.request_key = idempotency_key
+            # The API publishes it at once: the worker leaves it alone for a while, and takes
+            # it over only if the API could not (its broker away, the process gone).
             Event.objects.using(db).filter(pk=event.pk).update(
-                channel=event.channel, request_key=idempotency_key)
+                channel=event.channel, request_key=idempotency_key,
+                relay_next_at=timezone.now() + timedelta(seconds=API_PUBLISH_LEASE))
             deliveries = fan_out(db, [event])
             event.dispatched_at = timezone.now()
         return RecordedEvent(event.msg_id, deliveries, event.payload.encode(), event.channel)
