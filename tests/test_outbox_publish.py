@@ -146,6 +146,66 @@ async def test_a_rolled_back_publication_never_existed(db: str, clean_db: None,
     assert not await asyncio.to_thread(lambda: Event.objects.using(db).exists())
 
 
+async def test_the_standalone_worker_relays_through_clarion_django_realtime(
+        clean_db: None, hub_factory: HubFactory) -> None:
+    """The default relay: ``realtime.apublish`` to the hub named by ``CLARION['HUB']``;
+    written by ``realtime.publish(durable=True)``."""
+    hub = hub_factory(ORDERS)
+    settings = {"WEBHOOKS": {"ALLOWED_NETWORKS": LOOPBACK},
+                "HUB": {"URL": hub.url, "API_KEY": API_KEY}}
+
+    def write_and_relay() -> None:
+        from clarion.django import realtime
+
+        with override_settings(CLARION=settings):
+            with transaction.atomic():
+                assert realtime.publish("orders:11", {"n": 1}, durable=True) is None
+                realtime.publish("orders:11", {"n": 2}, durable=True, idempotency_key="k2")
+            worker = build(exit_when_idle=True)
+            assert worker.relay is not None
+            asyncio.run(asyncio.wait_for(worker.run(), 60))
+            assert worker.published == 2
+
+    await asyncio.to_thread(write_and_relay)
+    assert await history(hub.url, "orders:11") == [{"n": 1}, {"n": 2}]
+
+
+async def test_two_workers_on_postgresql_keep_each_channels_order(
+        clean_db: None, hub_factory: HubFactory) -> None:
+    hub = hub_factory(ORDERS)
+    channels = [f"orders:{20 + i}" for i in range(3)]
+
+    def write() -> None:
+        with webhooks("default"), transaction.atomic():
+            for n in range(20):
+                for channel in channels:
+                    publish_durably(channel, {"n": n})
+
+    def work() -> int:
+        # Small batches, so the two workers' claims interleave.
+        with webhooks("default", BATCH=4):
+            worker = build(exit_when_idle=True, relay=http_relay(hub.url))
+        asyncio.run(asyncio.wait_for(worker.run(), 120))
+        return int(worker.published)
+
+    await asyncio.to_thread(write)
+    made = await asyncio.gather(asyncio.to_thread(work), asyncio.to_thread(work))
+    await asyncio.to_thread(relay_all, "default", http_relay(hub.url))  # whatever is left
+    for channel in channels:
+        assert await history(hub.url, channel) == [{"n": n} for n in range(20)]
+    assert sum(made) <= 60  # nothing relayed twice by the two workers
+
+
+def test_without_a_hub_to_publish_to_the_worker_leaves_publications_waiting(
+        clean_db: None) -> None:
+    with webhooks("default"):
+        publish_durably("orders:12", {"n": 1})
+        worker = build(exit_when_idle=True)  # no CLARION['HUB'] nor ['BROKER']
+    assert worker.relay is None
+    asyncio.run(asyncio.wait_for(worker.run(), 60))  # idle at once: not busy on the row
+    assert Event.objects.get().relayed_at is None
+
+
 @pytest.mark.parametrize(("channel", "data", "key", "error", "problem"), [
     ("", {}, None, WebhookError, "non-empty"),
     ("o" * 256, {}, None, WebhookError, "at most 255"),
