@@ -420,3 +420,67 @@ def test_warnings_and_a_clean_configuration() -> None:
             "URL": "https://hub.example/", "API_KEY": "k", "TOKEN_HMAC_SECRET": HMAC_SECRET}}):
         assert check_realtime() == []
         assert realtime_settings().HUB.URL == "https://hub.example"  # the cache was reset
+
+
+# -- durable: rows of the outbox, written in the transaction -----------------------------------
+
+
+async def test_durable_publications_are_outbox_rows_of_the_transaction(
+        webhook_databases: None) -> None:  # noqa: F811
+    from clarion.django.models import Event
+
+    tag = uuid.uuid4().hex[:8]
+
+    def write() -> list[tuple[str, str, str]]:
+        with transaction.atomic():
+            assert realtime.publish(f"chat:{tag}", {"n": 1}, durable=True) is None
+            assert realtime.broadcast([f"chat:{tag}a", f"chat:{tag}b"], {"n": 2},
+                                      durable=True, idempotency_key="b-1") is None
+        with pytest.raises(RuntimeError), transaction.atomic():
+            realtime.publish(f"chat:{tag}", {"n": "rolled back"}, durable=True)
+            raise RuntimeError
+        with pytest.raises(Exception, match="channel"):  # the outbox's error
+            realtime.broadcast([f"chat:{tag}c", ""], {"n": 3}, durable=True)
+        rows = Event.objects.filter(channel__startswith=f"chat:{tag}").order_by("id")
+        found = [(r.channel, r.payload, r.publish_key) for r in rows]
+        connections.close_all()
+        return found
+
+    await realtime.apublish(f"chat:{tag}z", {"n": 0}, durable=True)
+    assert await asyncio.to_thread(write) == [
+        (f"chat:{tag}z", '{"n":0}', ""), (f"chat:{tag}", '{"n":1}', ""),
+        (f"chat:{tag}a", '{"n":2}', "b-1"), (f"chat:{tag}b", '{"n":2}', "b-1")]
+
+
+# -- the direct path after fork, and bounded ----------------------------------------------------
+
+
+def _publish_in_child() -> None:
+    realtime.publish("chat:fork", {"from": "child"})
+
+
+def test_the_direct_path_works_in_a_forked_child(redis_hub: Hub) -> None:
+    import multiprocessing
+
+    realtime.publish("chat:fork", {"from": "parent"})  # the parent's loop thread is running
+    child = multiprocessing.get_context("fork").Process(target=_publish_in_child)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    realtime.publish("chat:fork", {"from": "parent again"})
+    page = realtime.history("chat:fork")
+    assert [p.data["from"] for p in page.publications] == ["parent", "child", "parent again"]
+
+
+def test_a_broker_that_never_answers_is_bounded_by_the_timeout() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with override_settings(CLARION={**settings.CLARION, "BROKER": url,
+                                        "REDIS": {"connect_timeout": 30, "command_timeout": 30},
+                                        "HUB": {"TIMEOUT": 0.5}}):
+            with pytest.raises(HubUnavailable, match=r"within 0\.5s"):
+                realtime.publish("news", {})  # no namespace: the defaults allow it
+            with pytest.raises(HubUnavailable, match=r"within 0\.5s"):
+                asyncio.run(realtime.aissue_ticket("1"))

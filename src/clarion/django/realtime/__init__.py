@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from clarion.client import ClientInfo, HistoryResult, PresenceStats, PublishResult, StreamPosition
 from clarion.django.realtime import _routes
@@ -65,8 +65,7 @@ def publish(channel: str, data: Any, *, idempotency_key: str | None = None,
     transaction instead (:func:`clarion.django.outbox.publish_durably`) and the worker
     publishes it, at least once, with the idempotency key set; None is returned."""
     if durable:
-        _durably([channel] if isinstance(channel, str) else channel, data, idempotency_key,
-                 using)
+        _durably([channel], data, idempotency_key, using)
         return None
     item = outgoing(channel, data, idempotency_key, broadcast=False)
     if _queued(item, using):
@@ -99,8 +98,7 @@ async def apublish(channel: str, data: Any, *, idempotency_key: str | None = Non
     ``atomic`` is sync-only), so it is sent now; ``durable=True`` writes the outbox row in a
     thread, in autocommit."""
     if durable:
-        await _adurably([channel] if isinstance(channel, str) else channel, data,
-                        idempotency_key, using)
+        await _adurably([channel], data, idempotency_key, using)
         return None
     result = await _asend(outgoing(channel, data, idempotency_key, broadcast=False))
     assert isinstance(result, PublishResult)
@@ -145,12 +143,15 @@ async def _asend(item: Outgoing) -> PublishResult | list[PublishResult]:
 
 def _durably(channels: list[str], data: Any, idempotency_key: str | None,
              using: str | None) -> None:
+    from clarion.django.conf import webhook_settings
     from clarion.django.outbox import publish_durably
 
     if not channels:
         raise ValueError("broadcast: channels must not be empty")
-    for channel in channels:
-        publish_durably(channel, data, idempotency_key=idempotency_key, using=using)
+    # One row per channel, all or none: a bad channel name must not leave the others written.
+    with transaction.atomic(using=using or webhook_settings().DATABASE):
+        for channel in channels:
+            publish_durably(channel, data, idempotency_key=idempotency_key, using=using)
 
 
 async def _adurably(channels: list[str], data: Any, idempotency_key: str | None,
