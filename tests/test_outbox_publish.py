@@ -45,6 +45,7 @@ from webhook_support import (  # noqa: E402
     clean_db,
     embedded_server,
     receiver,
+    spawn_worker,
     webhook_databases,
 )
 
@@ -203,6 +204,17 @@ def test_without_a_hub_to_publish_to_the_worker_leaves_publications_waiting(
         worker = build(exit_when_idle=True)  # no CLARION['HUB'] nor ['BROKER']
     assert worker.relay is None
     asyncio.run(asyncio.wait_for(worker.run(), 60))  # idle at once: not busy on the row
+    assert Event.objects.get().relayed_at is None
+
+
+def test_manage_clarion_worker_reports_what_it_relayed(clean_db: None) -> None:
+    with webhooks("default"):
+        publish_durably("orders:13", {"n": 1})
+    proc = spawn_worker("--exit-when-idle")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    # The test settings name no hub: the row waits.
+    assert b"0 attempts made, 0 publications relayed" in out
     assert Event.objects.get().relayed_at is None
 
 

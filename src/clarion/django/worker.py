@@ -151,6 +151,14 @@ async def serve(worker: Worker) -> None:
 def run(*, exit_when_idle: bool = False, concurrency: int | None = None,
         using: str | None = None) -> int:
     """Run a worker until SIGTERM/SIGINT (or until idle); returns the attempts it made."""
+    return run_worker(exit_when_idle=exit_when_idle, concurrency=concurrency,
+                      using=using).delivered
+
+
+def run_worker(*, exit_when_idle: bool = False, concurrency: int | None = None,
+               using: str | None = None) -> Worker:
+    """:func:`run`, returning the worker (``delivered`` attempts, ``published``
+    publications)."""
     worker = build(exit_when_idle=exit_when_idle, concurrency=concurrency, using=using)
     try:
         import uvloop
@@ -158,4 +166,4 @@ def run(*, exit_when_idle: bool = False, concurrency: int | None = None,
         asyncio.run(serve(worker))
     else:
         uvloop.run(serve(worker))
-    return worker.delivered
+    return worker

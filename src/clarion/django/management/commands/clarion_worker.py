@@ -11,8 +11,9 @@ from clarion.django import worker
 
 
 class Command(BaseCommand):  # type: ignore[misc]
-    help = ("Deliver webhooks: fan out new events, send due deliveries, retry failures. "
-            "Run as many as you like on PostgreSQL; one on SQLite.")
+    help = ("Deliver webhooks: fan out new events, send due deliveries, retry failures; "
+            "publish the outbox's realtime publications to the hub (CLARION['HUB'] or "
+            "['BROKER']). Run as many as you like on PostgreSQL; one on SQLite.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--exit-when-idle", action="store_true",
@@ -31,7 +32,8 @@ class Command(BaseCommand):  # type: ignore[misc]
             import prometheus_client
 
             prometheus_client.start_http_server(options["metrics_port"], addr="127.0.0.1")
-        made = worker.run(exit_when_idle=options["exit_when_idle"],
-                          concurrency=options["concurrency"], using=options["database"])
+        done = worker.run_worker(exit_when_idle=options["exit_when_idle"],
+                                 concurrency=options["concurrency"], using=options["database"])
         if options["verbosity"]:
-            self.stdout.write(f"clarion_worker: {made} attempts made")
+            self.stdout.write(f"clarion_worker: {done.delivered} attempts made, "
+                              f"{done.published} publications relayed")
