@@ -461,3 +461,39 @@ def test_demo_join_screen(browser: Any, demo_hub: Hub) -> None:
         assert page.get_attribute("#status", "data-state") == "disconnected"
     finally:
         context.close()
+
+
+def test_clarion_js_loads_as_a_module_from_a_page_on_another_origin(browser: Any,
+                                                                    hub: Hub) -> None:
+    # A Django page ({% clarion_script %}) is on the app's origin and the hub on another:
+    # module scripts are fetched with CORS, so the hub must allow it.
+    import http.server
+    import threading
+
+    page_html = (f"<script type=module>import {{ Clarion }} from "
+                 f"'{hub.url}/static/clarion.js'; window.loaded = typeof Clarion;</script>")
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            body = page_html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://localhost:{server.server_address[1]}/")
+        page.wait_for_function("window.loaded !== undefined", timeout=10_000)
+        assert page.evaluate("window.loaded") == "function"
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()

@@ -28,6 +28,9 @@ def file_response(name: str) -> Response:
     suffix = name[name.rfind("."):]
     resp = Response(200, body, _TYPES.get(suffix, "application/octet-stream"))
     resp.headers.append(("cache-control", "no-cache"))
+    # Public files, no credentials: a page on the Django app's origin loads clarion.js from
+    # the hub as a module script, which browsers fetch with CORS.
+    resp.headers.append(("access-control-allow-origin", "*"))
     return resp
 
 
