@@ -139,16 +139,26 @@ class DirectBroker:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or thread is None:
             return
-        broker, self._broker = self._broker, None
-        if broker is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(broker.close(), loop).result(self.timeout)
-            except Exception:
-                log.warning("closing the realtime broker failed", exc_info=True)
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(self.timeout)
+        except Exception:
+            log.warning("closing the realtime broker failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(self.timeout)
         if not thread.is_alive():
             loop.close()
+
+    async def _shutdown(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await broker.close()
+        # Calls still waiting (a broker that never answered): ended here, not destroyed
+        # pending with the loop.
+        current = asyncio.current_task()
+        waiting = [task for task in asyncio.all_tasks() if task is not current]
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
 
     # -- what the hub would do ----------------------------------------------------------------
 
