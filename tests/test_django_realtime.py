@@ -39,7 +39,7 @@ from clarion.django import realtime  # noqa: E402
 from clarion.django.conf import realtime_settings  # noqa: E402
 from clarion.django.realtime._commit import Pending  # noqa: E402
 from clarion.django.realtime.checks import check_realtime  # noqa: E402
-from clarion.errors import HubReplyError, HubUnavailable  # noqa: E402
+from clarion.errors import HubReplyError, HubUnavailable, WebhookError  # noqa: E402
 
 PRIVATE = """
 [namespaces.private]
@@ -439,7 +439,7 @@ async def test_durable_publications_are_outbox_rows_of_the_transaction(
         with pytest.raises(RuntimeError), transaction.atomic():
             realtime.publish(f"chat:{tag}", {"n": "rolled back"}, durable=True)
             raise RuntimeError
-        with pytest.raises(Exception, match="channel"):  # the outbox's error
+        with pytest.raises(WebhookError, match="channel"):  # the outbox's error
             realtime.broadcast([f"chat:{tag}c", ""], {"n": 3}, durable=True)
         rows = Event.objects.filter(channel__startswith=f"chat:{tag}").order_by("id")
         found = [(r.channel, r.payload, r.publish_key) for r in rows]
