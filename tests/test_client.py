@@ -456,6 +456,50 @@ def test_cli_publish_hub_down_and_bad_url() -> None:
     assert bad.returncode == 2 and "http:// or https://" in bad.stderr
 
 
+@contextmanager
+def trickling_server(seconds: float) -> Iterator[tuple[str, threading.Event]]:
+    """Answers one request with a header trickling in a byte every 0.1 s, for ``seconds``,
+    then closes: a call that keeps its connection busy without timing out. The event is set
+    once the request has arrived."""
+    arrived = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                arrived.set()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nx-slow: ")
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    conn.sendall(b"a")
+                    time.sleep(0.1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", arrived
+    finally:
+        listener.close()
+        thread.join(10)
+
+
+def test_a_full_pool_is_hub_unavailable_and_says_why() -> None:
+    # One connection, kept busy by the first call: the second waits for the pool and gives
+    # up after the timeout, never sent.
+    transport = httpx.HTTPTransport(limits=httpx.Limits(max_connections=1))
+    with trickling_server(3.0) as (url, arrived), ThreadPoolExecutor(1) as pool, \
+            Client(url, timeout=0.5, transport=transport) as api:
+        busy = pool.submit(api.publish, "a", 1)
+        assert arrived.wait(30)
+        with pytest.raises(HubUnavailable, match="too many calls in flight"):
+            api.publish("a", 2)
+        assert isinstance(busy.exception(timeout=30), HubUnavailable)
+
+
 # -- the pure parts ---------------------------------------------------------------------------
 
 

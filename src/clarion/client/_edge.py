@@ -52,6 +52,12 @@ def headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, s
 def transport_failure(exc: httpx.TransportError, method: str, url: str,
                       timeout: float) -> HubUnavailable:
     """A connection that could not be made or an answer that did not come in time."""
+    if isinstance(exc, httpx.PoolTimeout):
+        # Not the hub's fault: this client had more calls in flight than its pool has
+        # connections, and this one waited its whole timeout for a free one.
+        return HubUnavailable(
+            f"{method}: no connection to the hub at {url} became free within {timeout:g}s: "
+            f"too many calls in flight at once for the client's connection pool (PoolTimeout)")
     if isinstance(exc, httpx.TimeoutException):
         what = f"no answer within {timeout:g}s ({type(exc).__name__})"
     else:
