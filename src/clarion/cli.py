@@ -44,6 +44,8 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
                                  "log_level": args.log_level, "workers": args.workers}
     for name in ("grip_routes", "grip_host", "grip_port", "control_host", "control_port"):
         overrides[name] = getattr(args, name, None)
+    for name in ("certfile", "keyfile"):
+        overrides[name] = getattr(args, name, None)
     webhooks_db = getattr(args, "webhooks_db", None)
     if demo:
         overrides["demo"] = True
@@ -127,6 +129,10 @@ def _supervise(args: argparse.Namespace, config: Any) -> int:
         addresses += [(config.grip_host or config.host, config.grip_port),
                       (config.control_host, config.control_port)]
     check_ports_free(addresses)
+    # A bad certificate is one clear error here, not N workers dying one after another.
+    from clarion.hub.tls import server_context
+
+    server_context(config.certfile, config.keyfile)
     log = Logger(fmt=config.log_format, level=config.log_level)
     supervisor = Supervisor([*worker_command(), *args.argv], config.workers,
                             config.seconds("shutdown_timeout"), log)
@@ -277,6 +283,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--worker-ready-fd", type=int, help=argparse.SUPPRESS)
         p.add_argument("--worker-parent", type=int, help=argparse.SUPPRESS)
         p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        p.add_argument("--certfile", metavar="PEM",
+                       help="serve TLS (https, wss) with this certificate chain")
+        p.add_argument("--keyfile", metavar="PEM",
+                       help="the certificate's private key (if not in --certfile)")
         if name == "serve":
             p.add_argument("--demo", action="store_true", help="also serve the demo page")
             g = p.add_argument_group("GRIP proxy (Pushpin-compatible)")

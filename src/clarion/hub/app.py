@@ -29,13 +29,16 @@ from clarion.hub.config import ChannelOptions, Config
 from clarion.hub.control import Control
 from clarion.hub.fanout import Fanout
 from clarion.hub.http import HttpProtocol, Request, Response
+from clarion.hub.limits import ConnectionLimits
 from clarion.hub.logs import Logger
 from clarion.hub.metrics import HubMetrics
 from clarion.hub.openapi import docs_page, openapi_document
 from clarion.hub.outbound import Flusher
+from clarion.hub.proxies import TrustedProxies, parse_networks
 from clarion.hub.resume import ResumeSigner
 from clarion.hub.router import Router
 from clarion.hub.static import file_response, handle_static
+from clarion.hub.tls import server_context
 from clarion.hub.uni import UniConnection, handle_http_stream, handle_poll, handle_sse
 from clarion.hub.ws import WebSocketConnection, handle_websocket
 from clarion.protocol import client as proto
@@ -70,6 +73,13 @@ class Hub:
         self.resume = ResumeSigner(config.token_hmac_secret or config.api_key,
                                    config.seconds("session_ttl"))
         self.metrics = HubMetrics()
+        self.proxies = TrustedProxies(parse_networks(config.trusted_proxies),
+                                      config.proxy_header)
+        self.limits = ConnectionLimits(config.seconds("http_header_timeout"),
+                                       config.seconds("http_keepalive_timeout"),
+                                       config.max_connections_per_address)
+        # Loaded here, before anything listens: a bad certificate stops the start.
+        self.ssl = server_context(config.certfile, config.keyfile)
         self.fanout = Fanout(self)
         self.control = Control(self)
         self.grip: GripProxy | None = None
@@ -154,6 +164,13 @@ class Hub:
     def http_connection_lost(self, http: HttpProtocol) -> None:
         self.http_connections.discard(http)
 
+    def refused(self, reason: str, **fields: Any) -> None:
+        """A connection or request refused by a production limit (clarion.hub.limits):
+        counted in ``clarion_http_refused_total{reason}`` and logged at debug, as a flood of
+        them must not become a flood of log lines."""
+        self.metrics.refusals[reason] += 1
+        self.log.debug("connection refused", reason=reason, **fields)
+
     # -- shared operations --------------------------------------------------------------------
 
     def origin_allowed(self, request: Request) -> bool:
@@ -164,7 +181,9 @@ class Hub:
         patterns = self.config.allowed_origins
         if "*" in patterns:
             return True
-        host = request.headers.get("host", "")
+        # Behind a proxy the page's host is the one the browser asked for: a trusted proxy
+        # that rewrites Host says so in X-Forwarded-Host (or Forwarded's host=).
+        host = request.host
         if urlsplit(origin).netloc == host and host:
             return True
         return any(fnmatch.fnmatchcase(origin, p) for p in patterns)
@@ -263,24 +282,36 @@ class Hub:
         # Hello: the other nodes answer it directly, so an info question asked of this node
         # right after it started already waits for them.
         self.spawn(self.control.announce(hello=True))
+        tls = self.tls_options()
         if sock is not None:
             self._server = await self._loop.create_server(
-                lambda: HttpProtocol(self), sock=sock, backlog=4096)
+                lambda: HttpProtocol(self), sock=sock, backlog=4096, **tls)
         else:
             self._server = await self._loop.create_server(
                 lambda: HttpProtocol(self), self.config.host, self.config.port, backlog=4096,
-                reuse_address=True, reuse_port=self.reuse_port)
+                reuse_address=True, reuse_port=self.reuse_port, **tls)
         if self.grip is not None:
             await self.grip.start()
         self._housekeeper = self._loop.create_task(self._housekeeping())
         self.log.info("hub listening", address=self.address,
                       broker=_redacted(self.config.broker), version=self.version)
 
+    def tls_options(self) -> dict[str, Any]:
+        """``create_server`` options for a client listener: TLS when configured, with the
+        handshake bounded like a request head (a stalled handshake is a slowloris too)."""
+        if self.ssl is None:
+            return {}
+        return {"ssl": self.ssl, "ssl_handshake_timeout": self.limits.header_timeout}
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl is not None else "http"
+
     @property
     def address(self) -> str:
         assert self._server is not None
         host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     async def serve_until_stopped(self) -> None:
         assert self._stopping is not None
@@ -374,9 +405,13 @@ class Hub:
                 except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
                     self.failed("housekeeping", exc, of="grip")
             self.control.tick(now)
+            self.limits.sweep(now, self._sweep_failed)
             if now - self._last_presence >= presence_ttl / 3:
                 self._last_presence = now
                 self.spawn(self._refresh_presence(presence_ttl))
+
+    def _sweep_failed(self, exc: BaseException) -> None:
+        self.failed("housekeeping", exc, of="http_deadlines")
 
     @staticmethod
     def _tend(conn: Any, now: float, wall: float, ping_now: bool, stale: float,

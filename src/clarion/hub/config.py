@@ -17,6 +17,8 @@ from typing import Any
 import msgspec
 
 from clarion.errors import ConfigError
+from clarion.hub.proxies import HEADERS as PROXY_HEADERS
+from clarion.hub.proxies import parse_networks
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -226,6 +228,21 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     control_jwt_key: str = ""
     control_jwt_iss: str = ""
 
+    # Production: proxies, TLS and connection limits (docs/reference/configuration.md).
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)  # addresses or networks
+    proxy_header: str = "x-forwarded-for"  # or "forwarded" (RFC 7239); only one is believed
+    certfile: str = ""  # PEM certificate chain: the hub serves TLS (wss, https) itself
+    keyfile: str = ""  # PEM private key (unencrypted); may be left out if certfile holds it
+    # nginx waits 60 s for a head and Apache's mod_reqtimeout 20-40 s; a request head is a few
+    # hundred bytes, so 20 s is generous for a slow mobile link and short for a slowloris.
+    http_header_timeout: float | str = 20.0
+    # nginx's keepalive_timeout: longer than the 60 s idle timeout of the usual load balancers,
+    # so that the balancer, not the hub, closes an idle connection (no race on a reused one).
+    http_keepalive_timeout: float | str = 75.0
+    # Off by default, as in nginx, uvicorn and Centrifugo: a whole office or a mobile carrier
+    # can share one address. Behind a proxy it counts the real client (trusted_proxies).
+    max_connections_per_address: int = 0
+
     demo: bool = False
     namespaces: dict[str, ChannelOptions] = msgspec.field(default_factory=dict)
 
@@ -235,8 +252,20 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
                      "pong_timeout", "client_stale_close_delay", "client_expired_close_delay",
                      "client_expired_sub_close_delay", "presence_ttl",
                      "history_meta_ttl", "poll_timeout", "poll_timeout_max", "shutdown_timeout",
-                     "grip_connect_timeout", "grip_response_timeout", "survey_timeout"):
+                     "grip_connect_timeout", "grip_response_timeout", "survey_timeout",
+                     "http_header_timeout", "http_keepalive_timeout"):
             setattr(self, name, parse_duration(getattr(self, name), name))
+        for name in ("http_header_timeout", "http_keepalive_timeout"):
+            # The sweep that enforces them runs once a second; a day is beyond any real wait.
+            if not 1.0 <= self.seconds(name) <= 86400.0:
+                raise ValueError(f"{name}: must be between 1 second and 1 day")
+        if self.max_connections_per_address < 0:
+            raise ValueError("max_connections_per_address: must not be negative (0 is no limit)")
+        if self.proxy_header not in PROXY_HEADERS:
+            raise ValueError(f"proxy_header: must be one of {', '.join(PROXY_HEADERS)}")
+        parse_networks(self.trusted_proxies)
+        if self.keyfile and not self.certfile:
+            raise ValueError("keyfile: set without certfile (TLS needs the certificate too)")
         if not self.seconds("survey_timeout") > 0:
             raise ValueError("survey_timeout: must be more than 0 seconds")
         for name in self.namespaces:
@@ -273,6 +302,7 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
 
 
 _ENV_PREFIX = "CLARION_"
+_LIST_FIELDS = ("allowed_origins", "trusted_proxies")  # comma-separated in the environment
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -284,7 +314,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         name = key[len(_ENV_PREFIX):].lower()
         if name in fields:
-            out[name] = value.split(",") if name == "allowed_origins" else value
+            out[name] = value.split(",") if name in _LIST_FIELDS else value
         elif name.startswith("redis_") and name[6:] in redis_fields:
             # CLARION_REDIS_PREFIX etc.: one key of the [redis] table each.
             out.setdefault("redis", {})[name[6:]] = value

@@ -7,6 +7,7 @@ returns a Response, or takes the connection over (WebSocket, SSE, stream) via ``
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -35,11 +36,21 @@ class Request:
     query_string: str
     headers: dict[str, str]
     body: bytes
+    # The client's address: the socket's peer, or, when that peer is a trusted proxy, the
+    # client it forwarded for (clarion.hub.proxies). ``peer`` is always the socket's.
     client: str
     raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as sent, for proxying
     keep_alive: bool = True
     http10: bool = False  # an HTTP/1.0 client must be told a connection stays open
+    peer: str = ""
+    scheme: str = "http"  # "https" over the hub's own TLS, or as a trusted proxy says
+    forwarded_host: str = ""  # the host a trusted proxy says the client asked for
     _query: dict[str, list[str]] | None = None
+
+    @property
+    def host(self) -> str:
+        """The host the client asked for: a trusted proxy's word, else the Host header."""
+        return self.forwarded_host or self.headers.get("host", "")
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -116,10 +127,11 @@ class HttpProtocol(asyncio.Protocol):
     sent after it is read.
     """
 
-    __slots__ = ("_body", "_body_size", "_client", "_dispatch", "_failure", "_header_bytes",
-                 "_headers", "_held", "_http10", "_in_body", "_keep_alive", "_max_body",
-                 "_parser", "_queue", "_raw_headers", "_run_handler", "_running", "_url", "hub",
-                 "takeover", "transport")
+    __slots__ = ("_body", "_body_size", "_client", "_counted", "_dispatch", "_failure",
+                 "_forwarded_host", "_header_bytes", "_headers", "_held", "_http10", "_in_body",
+                 "_in_head", "_in_message", "_keep_alive", "_max_body", "_parser", "_peer",
+                 "_queue", "_raw_headers", "_run_handler", "_running", "_scheme", "_tls",
+                 "_trusted", "_url", "hub", "takeover", "transport")
 
     def __init__(self, hub: Hub, dispatch: Handler | None = None,
                  max_body: int | None = None) -> None:
@@ -149,6 +161,14 @@ class HttpProtocol(asyncio.Protocol):
         self._keep_alive = True
         self._failure: Response | None = None
         self._client = ""
+        self._peer = ""
+        self._scheme = "http"
+        self._tls = False
+        self._forwarded_host = ""
+        self._trusted = False  # the peer is a trusted proxy: its forwarding headers count
+        self._counted = ""  # the address this connection counts against (per-address limit)
+        self._in_head = False  # waiting for a request head (since the first byte, or open)
+        self._in_message = False  # between a request's first byte and its last
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -156,11 +176,34 @@ class HttpProtocol(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self._client = peer[0] if peer else ""
-        self.hub.http_connection_made(self)
+        hub = self.hub
+        self._peer = self._client = peer[0] if isinstance(peer, tuple) and peer else ""
+        if transport.get_extra_info("sslcontext") is not None:
+            self._tls = True
+            self._scheme = "https"
+        hub.http_connection_made(self)
+        self._trusted = hub.proxies.trusted(self._peer)
+        limits = hub.limits
+        if not self._trusted and self._peer:
+            # Refused at accept, before anything is read: an address over its limit costs one
+            # short answer, not a parser and a request. The answer goes first (a client reads
+            # it where it expects its response); the connection then lingers and closes.
+            if not limits.acquire(self._peer):
+                hub.refused("address_limit", client=self._peer)
+                self._parser = None
+                self.write_response(Response.error(429, _too_many(limits.per_address)))
+                return
+            self._counted = self._peer
+        self._in_head = True
+        limits.wait_head(self, time.monotonic())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.hub.http_connection_lost(self)
+        hub = self.hub
+        hub.http_connection_lost(self)
+        hub.limits.busy(self)
+        if self._counted:
+            hub.limits.release(self._counted)
+            self._counted = ""
         if self.takeover is not None:
             self.takeover.connection_lost(exc)
             # Takeovers point back at this protocol: without the cycle both go at once,
@@ -208,6 +251,10 @@ class HttpProtocol(asyncio.Protocol):
         if self._parser is None:
             # A request pipelined behind one that ends the connection: stop parsing here.
             raise _Refused(400, "request after the connection's last one")
+        self._in_message = True
+        if not self._in_head:
+            self._in_head = True
+            self.hub.limits.wait_head(self, time.monotonic())
         self._url = b""
         self._headers = {}
         self._raw_headers = []
@@ -242,6 +289,9 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         if parser is None:
             return
+        self._in_head = False
+        limits = self.hub.limits
+        limits.busy(self)
         self._in_body = True
         version = parser.get_http_version()
         self._http10 = version == "1.0"
@@ -254,9 +304,15 @@ class HttpProtocol(asyncio.Protocol):
         if coding is not None:
             _check_transfer_coding(coding, self._http10)
         length = headers.get("content-length")
+        if self._trusted:
+            self._forwarded()
         if length is not None and int(length) > self._max_body:
             # Refused before the body is read, and before any 100 Continue.
             raise _Refused(413, f"request body larger than {self._max_body} bytes")
+        if coding is not None or (length is not None and length != "0"):
+            # A body follows: it must keep arriving (a gap of http_header_timeout is a stall),
+            # or a client could hold the connection by trickling a large one.
+            limits.touch(self, time.monotonic())
         expect = headers.get("expect")
         if expect is not None:
             if expect.lower() != "100-continue":
@@ -271,11 +327,14 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
         self._count_body(len(body))
+        self.hub.limits.touch(self, time.monotonic())
 
     def on_message_complete(self) -> None:
         parser = self._parser
         if parser is None:
             return
+        self._in_message = False
+        self.hub.limits.busy(self)
         try:
             parsed = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
@@ -293,6 +352,9 @@ class HttpProtocol(asyncio.Protocol):
             raw_headers=self._raw_headers,
             keep_alive=keep_alive,
             http10=self._http10,
+            peer=self._peer,
+            scheme=self._scheme,
+            forwarded_host=self._forwarded_host,
         )
         if not keep_alive:
             self._parser = None  # nothing after this request is read (RFC 9112 §9.6)
@@ -304,6 +366,55 @@ class HttpProtocol(asyncio.Protocol):
             self.hub.spawn(self._serve())
 
     # -- limits ---------------------------------------------------------------------------
+
+    def _forwarded(self) -> None:
+        """A trusted proxy's request: the client it names is the client, and it counts
+        against that client's limit from now on (a proxy reuses one connection for many)."""
+        hub = self.hub
+        forwarded = hub.proxies.resolve(self._peer, self._headers,
+                                        "https" if self._tls else "http")
+        client = forwarded.client
+        self._scheme = forwarded.scheme
+        self._forwarded_host = forwarded.host
+        if client == self._client:
+            return
+        self._client = client
+        if self._counted:
+            hub.limits.release(self._counted)
+            self._counted = ""
+        if client == self._peer:
+            return  # the proxy's own request (a health check): not a client to limit
+        if not hub.limits.acquire(client):
+            hub.refused("address_limit", client=client, proxy=self._peer)
+            raise _Refused(429, _too_many(hub.limits.per_address))
+        self._counted = client
+
+    def header_timed_out(self) -> None:
+        """No complete request head within ``http_header_timeout`` (clarion.hub.limits)."""
+        if self._parser is None or self.transport is None or self.takeover is not None:
+            return
+        seconds = self.hub.limits.header_timeout
+        if self._in_head:
+            self.hub.refused("header_timeout", client=self._client)
+            self._fail(408, f"request head not complete within {seconds:g} seconds")
+        else:
+            self.hub.refused("body_timeout", client=self._client)
+            self._fail(408, f"request body stalled: nothing received for {seconds:g} seconds")
+
+    def idle_timed_out(self) -> None:
+        """No request within ``http_keepalive_timeout`` of the last answer."""
+        transport = self.transport
+        if transport is None or self.takeover is not None or self._running or self._queue:
+            return
+        self.hub.metrics.http_idle_closed += 1
+        transport.close()
+
+    def _waiting(self) -> None:
+        """Everything asked has been answered: the connection waits for its next request."""
+        if (self._parser is not None and not self._in_message and self.takeover is None
+                and not self._running and not self._queue and self._failure is None
+                and self.transport is not None):
+            self.hub.limits.wait_request(self, time.monotonic())
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -350,6 +461,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.write_response(failure)
         finally:
             self._running = False
+            self._waiting()
 
     async def _serve_run(self, handler: RunHandler, first: Request) -> None:
         # Every request of the run was read before the first is answered, so answering them
@@ -389,6 +501,8 @@ class HttpProtocol(asyncio.Protocol):
                 and self.takeover is None:
             self._running = True
             self.hub.spawn(self._serve())
+        else:
+            self._waiting()
 
     def write_response(self, response: Response, request: Request | None = None) -> None:
         """Write a complete answer. Without ``request`` (a refused one) the connection closes
@@ -434,6 +548,11 @@ class HttpProtocol(asyncio.Protocol):
             self._failure = response  # answered after the requests ahead of it, in order
         else:
             self.write_response(response)
+
+
+def _too_many(limit: int) -> str:
+    return (f"too many connections from this address (max_connections_per_address is "
+            f"{limit}): close one, or retry later")
 
 
 def _check_transfer_coding(value: str, http10: bool) -> None:

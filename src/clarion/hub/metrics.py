@@ -36,6 +36,10 @@ class HubMetrics:
         # Parts that raised and were contained (a task, a handler, a housekeeping round, the
         # embedded webhook worker): each is logged with its traceback and counted here.
         self.failures: Counter[str] = Counter()
+        # Production limits (clarion.hub.limits): "header_timeout", "body_timeout",
+        # "address_limit"; and keep-alive connections closed for idling.
+        self.refusals: Counter[str] = Counter()
+        self.http_idle_closed = 0
         # Node-to-node control messages (clarion.hub.control), by kind; failures by why:
         # "send" (the broker refused it), "malformed", "version" (another release's format).
         self.control_sent: Counter[str] = Counter()
@@ -155,6 +159,18 @@ class _HubCollector(Collector):
         for part, n in m.failures.items():
             f.add_metric([part], n)
         yield f
+        rf = CounterMetricFamily("clarion_http_refused", "HTTP connections and requests "
+                                 "refused by a production limit, by reason (header_timeout, "
+                                 "body_timeout, address_limit).", labels=["reason"])
+        for reason, n in m.refusals.items():
+            rf.add_metric([reason], n)
+        yield rf
+        yield CounterMetricFamily("clarion_http_idle_closed", "Keep-alive connections closed "
+                                  "after http_keepalive_timeout without a request.",
+                                  value=m.http_idle_closed)
+        yield GaugeMetricFamily("clarion_http_connections", "Open HTTP connections on this "
+                                "node's listeners (taken over ones included).",
+                                value=len(hub.http_connections))
         grip = hub.grip
         if grip is None:
             return

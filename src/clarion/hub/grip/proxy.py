@@ -144,7 +144,7 @@ class GripProxy:
         self._servers.append(await loop.create_server(
             lambda: HttpProtocol(hub, self.handle, config.grip_max_request_body),
             grip_host, config.grip_port, backlog=4096, reuse_address=True,
-            reuse_port=hub.reuse_port))
+            reuse_port=hub.reuse_port, **hub.tls_options()))
         self._servers.append(await loop.create_server(
             lambda: HttpProtocol(hub, self.control.handle, config.control_max_body_size),
             config.control_host, config.control_port, backlog=1024, reuse_address=True,
@@ -158,7 +158,7 @@ class GripProxy:
     @property
     def address(self) -> str:
         host, port = self._servers[0].sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"{self.hub.scheme}://{host}:{port}"
 
     @property
     def control_address(self) -> str:
@@ -241,11 +241,16 @@ class GripProxy:
                     and not trusted:
                 continue
             out.append((name, value))
-        client = request.client
-        out.append(("X-Forwarded-For", f"{forwarded_for}, {client}" if forwarded_for
-                    else client))
-        out.append(("X-Forwarded-Proto", request.headers.get("x-forwarded-proto", "http")
-                    if trusted else "http"))
+        # Appended as nginx's $proxy_add_x_forwarded_for does: the origin reads the chain from
+        # the right and believes it only as far as its own trusted proxies go.
+        peer = request.peer or request.client
+        out.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for
+                    else peer))
+        # The scheme the client used: this listener's own TLS, or what a trusted proxy in
+        # front said (trusted_proxies); an upstream GRIP proxy's word when its Grip-Sig holds.
+        out.append(("X-Forwarded-Proto", request.headers.get("x-forwarded-proto",
+                                                             request.scheme)
+                    if trusted else request.scheme))
         return out
 
     def sig_headers(self, route: Route) -> list[tuple[str, str]]:
