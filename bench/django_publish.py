@@ -15,10 +15,13 @@ and from an async view (``await apublish`` / ``await group_send``) with ``--conc
 requests in flight. The view is called with a RequestFactory request, so the figure is the
 view and its publication, not a web server. A child process per way (its own Django
 settings); every publication is counted where it landed (the hub's channel offset, the
-group member's Redis key) and a shortfall is reported.
+group member's Redis key) and a shortfall is reported. Every way runs ``--repeat`` times, in
+rotated order, and the report gives the medians: on a shared machine one run says little.
+Besides the rate, each point records the Django process's CPU per publication (every thread),
+which moves less than the rate when other programs share the cores.
 
-    python bench/django_publish.py            # 5 s per point
-    python bench/django_publish.py --quick    # 2 s per point
+    python bench/django_publish.py            # 5 s per point, 3 runs of each way
+    python bench/django_publish.py --quick    # 2 s per point, 1 run
 """
 
 from __future__ import annotations
@@ -135,11 +138,12 @@ def _sync_point(view: Callable[[Any], Any], threads: int, seconds: float) -> dic
     for t in pool:
         t.start()
     deadline[0] = time.perf_counter() + seconds
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     start.wait()
     for t in pool:
         t.join()
-    return _point([s for ss in samples for s in ss], time.perf_counter() - t0, errors)
+    return _point([s for ss in samples for s in ss], time.perf_counter() - t0,
+                  time.process_time() - cpu0, errors)
 
 
 def _async_point(view: Callable[[Any], Any], concurrency: int,
@@ -160,19 +164,23 @@ def _async_point(view: Callable[[Any], Any], concurrency: int,
                 continue
             samples.append(time.perf_counter() - t0)
 
-    async def run() -> float:
-        t0 = time.perf_counter()
+    async def run() -> tuple[float, float]:
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(work(t0 + seconds) for _ in range(concurrency)))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - cpu0
 
-    return _point(samples, asyncio.run(run()), errors)
+    return _point(samples, *asyncio.run(run()), errors)
 
 
-def _point(samples: list[float], elapsed: float, errors: list[str]) -> dict[str, Any]:
+def _point(samples: list[float], elapsed: float, cpu: float,
+           errors: list[str]) -> dict[str, Any]:
+    """``cpu_us``: this process's CPU (every thread) per publication, the cost a web worker
+    pays; it moves less than the rate when other programs share the machine."""
     s = sorted(samples)
     pct = (lambda q: round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 3)) if s else None
     return {"published": len(s), "seconds": round(elapsed, 3),
             "per_second": round(len(s) / elapsed) if elapsed else 0,
+            "cpu_us": round(cpu / len(s) * 1e6) if s else None,
             "p50_ms": pct(0.5) if pct else None, "p99_ms": pct(0.99) if pct else None,
             "errors": len(errors), "first_errors": sorted(set(errors))[:3]}
 
@@ -299,27 +307,75 @@ async def main(args: argparse.Namespace) -> int:
     await common.flush_redis_prefix(CHANNELS_PREFIX.encode(), db=CHANNELS_DB)
     spec = {"seconds": args.seconds, "threads": args.threads, "concurrency": args.concurrency,
             "redis_url": common.REDIS_URL}
-    for way in args.ways:
-        if way == "clarion-http":
-            r = await _with_hub(way, spec, "")
-        elif way == "clarion-redis":
-            r = await _with_hub(way, spec, common.redis_broker_config())
-        else:
-            r = await asyncio.to_thread(_run_child, way, spec)
-        results["ways"][way] = r
-        if "error" in r:
-            print(f"  !! {way}: {r['error']}")
-            continue
-        for name, p in r.items():
-            if isinstance(p, dict):
-                print(f"  {way:<13} {name:<9} {p['per_second']:>7,}/s  p50 {p['p50_ms']} / "
-                      f"p99 {p['p99_ms']} ms  landed {p['landed']:,}/{p['published']:,}"
-                      + (f"  errors {p['errors']}" if p["errors"] else ""))
+    runs: dict[str, list[dict[str, Any]]] = {way: [] for way in args.ways}
+    for rep in range(args.repeat):
+        # Rotated, so that no way always runs while the machine is busiest.
+        shift = rep % len(args.ways)
+        for way in args.ways[shift:] + args.ways[:shift]:
+            r = await _one_way(way, spec)
+            runs[way].append(r)
+            _print_run(way, rep, r)
+    results["runs"] = runs
+    results["ways"] = {way: _median_run(rs) for way, rs in runs.items()}
     await common.flush_redis_prefix(CHANNELS_PREFIX.encode(), db=CHANNELS_DB)
     results["seconds"] = round(time.time() - t_start, 1)
     print_report(results)
     print("saved", lc.save_result(args.name, results))
     return 0
+
+
+async def _one_way(way: str, spec: dict[str, Any]) -> dict[str, Any]:
+    if way == "clarion-http":
+        return await _with_hub(way, spec, "")
+    if way == "clarion-redis":
+        return await _with_hub(way, spec, common.redis_broker_config())
+    return await asyncio.to_thread(_run_child, way, spec)
+
+
+def _print_run(way: str, rep: int, r: dict[str, Any]) -> None:
+    if "error" in r:
+        print(f"  !! {way}: {r['error']}")
+        return
+    for name, p in r.items():
+        if isinstance(p, dict):
+            print(f"  #{rep + 1} {way:<13} {name:<9} {p['per_second']:>7,}/s  p50 {p['p50_ms']} "
+                  f"/ p99 {p['p99_ms']} ms  {p['cpu_us']} us CPU each  "
+                  f"landed {p['landed']:,}/{p['published']:,}"
+                  + (f"  errors {p['errors']}" if p["errors"] else ""), flush=True)
+
+
+def _median_run(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per point: the median rate and CPU of the repeats, the counts summed (every
+    publication of every repeat must have landed)."""
+    good = [r for r in rs if "error" not in r]
+    if not good:
+        return rs[-1] if rs else {"error": "not run"}
+    out: dict[str, Any] = {}
+    for name in good[0]:
+        ps = [r[name] for r in good if isinstance(r.get(name), dict)]
+        if not ps:
+            continue
+        out[name] = {
+            "per_second": _median([p["per_second"] for p in ps]),
+            "cpu_us": _median([p["cpu_us"] for p in ps if p["cpu_us"] is not None]),
+            "p50_ms": _median([p["p50_ms"] for p in ps if p["p50_ms"] is not None]),
+            "p99_ms": _median([p["p99_ms"] for p in ps if p["p99_ms"] is not None]),
+            "published": sum(p["published"] for p in ps),
+            "landed": sum(p["landed"] for p in ps),
+            "errors": sum(p["errors"] for p in ps),
+            "first_errors": [e for p in ps for e in p["first_errors"]][:3],
+            "repeats": len(ps),
+        }
+    if len(good) < len(rs):
+        out["error"] = next(r["error"] for r in rs if "error" in r)
+    return out
+
+
+def _median(xs: list[Any]) -> Any:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[len(s) // 2]
 
 
 HEADER = common.HEADER
@@ -340,6 +396,12 @@ def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
             rows.append([f"publishes/s from a Django view, {how} ({label})", _fmt(ours),
                          "channels_redis group_send", _fmt(theirs), common.ratio(ours, theirs),
                          "", ""])
+    theirs_cpu = (peer.get("sync-1") or {}).get("cpu_us")
+    for way, how in (("clarion-http", "over HTTP"), ("clarion-redis", "into Redis")):
+        ours_cpu = (ways.get(way, {}).get("sync-1") or {}).get("cpu_us")
+        rows.append([f"Django process CPU us per publish, {how} (sync view, 1 thread)",
+                     _fmt(ours_cpu), "channels_redis group_send", _fmt(theirs_cpu),
+                     common.ratio(ours_cpu, theirs_cpu, invert=True), "", ""])
     for way, r in ways.items():
         if r.get("error"):
             problems.append(f"django_publish {way}: {r['error'].splitlines()[-1]}")
@@ -381,7 +443,9 @@ def cli() -> None:
     ap.add_argument("--threads", type=int, default=8, help="threads of the threaded sync point")
     ap.add_argument("--concurrency", type=int, default=8, help="async requests in flight")
     ap.add_argument("--ways", nargs="+", choices=WAYS, default=WAYS)
-    ap.add_argument("--quick", action="store_true", help="2 s per point")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of every way, rotated; the report shows the medians")
+    ap.add_argument("--quick", action="store_true", help="2 s per point, one run")
     ap.add_argument("--name", default="django_publish", help="bench/results/NAME.json")
     ap.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -390,7 +454,9 @@ def cli() -> None:
         print(json.dumps(child(args.child, json.loads(args.spec))), flush=True)
         return
     if args.quick:
-        args.seconds = 2.0
+        args.seconds, args.repeat = 2.0, 1
+    if args.repeat < 1 or args.seconds <= 0 or args.threads < 1 or args.concurrency < 1:
+        ap.error("--repeat, --seconds, --threads and --concurrency must be positive")
     sys.exit(common.run_main(main(args)))
 
 
