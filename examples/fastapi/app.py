@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from clarion.client import AsyncClient, HubUnavailable, Ticket
 from clarion.errors import SignatureError
-from clarion.webhooks.signing import Verifier
+from clarion.webhooks import Verifier
 
 log = logging.getLogger("clarion_example")
 
