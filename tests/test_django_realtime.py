@@ -101,6 +101,18 @@ def _roll_back(using: str) -> None:
         raise RuntimeError("the view failed")
 
 
+def _one_refused(using: str) -> None:
+    # The hub refuses a channel in no namespace; the publications around it still go out.
+    with transaction.atomic(using=using):
+        realtime.publish("chat:tx", {"n": "before"}, using=using)
+        realtime.publish("nowhere:x", {"n": "refused"}, using=using)
+        realtime.publish("chat:tx", {"n": "after"}, using=using)
+
+
+def _lost(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+
+
 def _savepoints(using: str) -> None:
     with transaction.atomic(using=using):
         realtime.publish("chat:tx", {"n": "outer 1"}, using=using)
@@ -114,7 +126,8 @@ def _savepoints(using: str) -> None:
 
 @pytest.mark.parametrize("using", ["default", "sqlite"])
 async def test_transactions_publish_on_commit_in_one_batch_and_never_on_rollback(
-        memory_hub: Hub, webhook_databases: None, using: str) -> None:  # noqa: F811
+        memory_hub: Hub, webhook_databases: None, using: str,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
     client, rec = await subscriber(memory_hub, "chat:tx")
 
     def run(work: Any) -> None:
@@ -128,11 +141,15 @@ async def test_transactions_publish_on_commit_in_one_batch_and_never_on_rollback
 
     await asyncio.to_thread(run, _roll_back)
     await asyncio.to_thread(run, _savepoints)
+    await asyncio.to_thread(run, _one_refused)
     # The sentinel: published after the rest, so once it arrived nothing else is on its way.
     await asyncio.to_thread(realtime.publish, "chat:tx", {"n": "sentinel"})
     await rec.wait_for(lambda: rec.pubs[-1:] == [{"n": "sentinel"}])
-    assert [p["n"] for p in rec.pubs[3:]] == ["outer 1", "inner, kept", "outer 2", "sentinel"]
-    assert rec.offsets == list(range(1, 8))
+    assert [p["n"] for p in rec.pubs[3:]] == ["outer 1", "inner, kept", "outer 2", "before",
+                                              "after", "sentinel"]
+    assert rec.offsets == list(range(1, 10))
+    (lost,) = _lost(caplog)
+    assert "nowhere:x" in lost and "102 unknown channel" in lost
     await client.disconnect()
 
 
@@ -155,10 +172,24 @@ def test_data_that_is_not_json_fails_in_the_view(memory_hub: Hub) -> None:
         realtime.broadcast([], {})
 
 
-def test_the_hub_refusing_a_channel_is_a_reply_error(memory_hub: Hub) -> None:
+def _refusals() -> None:
     with pytest.raises(HubReplyError) as info:
         realtime.publish("nowhere:x", {})
     assert info.value.code == 102
+    with pytest.raises(HubReplyError,
+                       match="broadcast to 'nowhere:x' failed: unknown channel") as info:
+        realtime.broadcast(["chat:b1", "nowhere:x", "chat:b2"], {"n": 1})
+    assert info.value.code == 102
+    # The channels around the refused one were published, as the hub's broadcast does.
+    assert [realtime.history(c, limit=0).offset for c in ("chat:b1", "chat:b2")] == [1, 1]
+
+
+def test_the_hub_refusing_a_channel_is_a_reply_error(memory_hub: Hub) -> None:
+    _refusals()
+
+
+def test_the_direct_path_refuses_channels_as_the_hub_does(redis_hub: Hub) -> None:
+    _refusals()
 
 
 def test_idempotency_key_publishes_once(memory_hub: Hub) -> None:
@@ -350,22 +381,27 @@ async def test_direct_publications_are_what_the_hub_publishes(redis_hub: Hub) ->
     await client.disconnect()
 
 
-async def test_direct_transaction_batch_and_ticket(redis_hub: Hub,
-                                                   webhook_databases: None) -> None:  # noqa: F811
+async def test_direct_transaction_batch_and_ticket(
+        redis_hub: Hub, webhook_databases: None,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
     client, rec = await subscriber(redis_hub, "chat:tx")
     direct = {**settings.CLARION}
 
     def commit() -> None:
         with override_settings(CLARION=direct):
             _savepoints("default")
+            _one_refused("default")
             ticket = realtime.issue_ticket(User(pk=9, username="lin"), ttl=30)
         connections.close_all()
         tickets.append(ticket)
 
     tickets: list[str] = []
     await asyncio.to_thread(commit)
-    await rec.wait_for(lambda: len(rec.pubs) == 3)
-    assert [p["n"] for p in rec.pubs] == ["outer 1", "inner, kept", "outer 2"]
+    await rec.wait_for(lambda: len(rec.pubs) == 5)
+    assert [p["n"] for p in rec.pubs] == ["outer 1", "inner, kept", "outer 2", "before", "after"]
+    assert rec.offsets == [1, 2, 3, 4, 5]
+    (lost,) = _lost(caplog)
+    assert "nowhere:x" in lost and "102 unknown channel" in lost
     await _connects_as(redis_hub, tickets[0], "9", {"username": "lin"})
     with pytest.raises(HubReplyError, match="ttl must be within"):
         await realtime.aissue_ticket("9", ttl=10_000)

@@ -44,6 +44,8 @@ from clarion.protocol import tickets
 
 log = logging.getLogger("clarion.realtime")
 T = TypeVar("T")
+Request = tuple[str, bytes, PublishOptions]  # what Broker.publish_many takes, per channel
+Outcome = PublishResult | list[PublishResult] | HubError  # an item's answer, as /api/batch's
 
 
 class _NoSubscribers:
@@ -162,56 +164,41 @@ class DirectBroker:
 
     # -- what the hub would do ----------------------------------------------------------------
 
-    def _requests(self, item: Outgoing) -> list[tuple[str, bytes, PublishOptions]]:
-        """``(channel, data, options)`` per channel, as ``Hub.publish`` builds them."""
+    def _plan(self, item: Outgoing) -> list[Request | HubReplyError]:
+        """Per channel, the ``(channel, data, options)`` request ``Hub.publish`` would send
+        the broker, or the error the hub's channel rules answer (102 unknown channel, …)."""
         data = item.data
         if b"\n" in data or b"\r" in data:
             # The hub frames batched messages by newline: data must be compact JSON.
             data = msgspec.json.encode(msgspec.json.decode(data))
         meta_ttl = self.config.seconds("history_meta_ttl")
-        requests = []
+        plan: list[Request | HubReplyError] = []
         for channel in item.channels:
-            options = self.rules.options(channel)
+            try:
+                options = self.rules.options(channel)
+            except ReplyError as exc:
+                plan.append(HubReplyError(exc.code, exc.message))
+                continue
             history = options.history_enabled
-            requests.append((channel, data, PublishOptions(
+            plan.append((channel, data, PublishOptions(
                 history_size=options.history_size if history else 0,
                 history_ttl=float(options.history_ttl) if history else 0.0,
                 idempotency_key=item.idempotency_key or "", history_meta_ttl=meta_ttl)))
-        return requests
+        return plan
 
-    def _checked(self, items: Sequence[Outgoing]) -> list[list[tuple[str, bytes,
-                                                                     PublishOptions]]]:
-        try:
-            return [self._requests(item) for item in items]
-        except ReplyError as exc:
-            raise HubReplyError(exc.code, exc.message) from None
+    def publish_batch(self, items: Sequence[Outgoing]) -> list[Outcome]:
+        """Every item in one broker call (one Redis pipeline); a result or error per item, as
+        the hub's ``/api/batch`` answers (a refused channel fails its item, not the batch)."""
+        plans = [self._plan(item) for item in items]
+        if not any(isinstance(r, tuple) for plan in plans for r in plan):
+            return [_outcome(item, plan) for item, plan in zip(items, plans, strict=True)]
+        return self.call(lambda broker: _publish_many(broker, items, plans))
 
-    async def _publish_many(self, broker: Broker, items: Sequence[Outgoing],
-                            groups: list[list[tuple[str, bytes, PublishOptions]]],
-                            ) -> list[PublishResult | list[PublishResult] | HubError]:
-        flat = [request for group in groups for request in group]
-        results = iter(await broker.publish_many(flat))
-        out: list[PublishResult | list[PublishResult] | HubError] = []
-        for item, group in zip(items, groups, strict=True):
-            mine = [next(results) for _ in group]
-            failed = next((r for r in mine if isinstance(r, BrokerError)), None)
-            if failed is not None:
-                out.append(HubUnavailable(f"the hub's broker is unavailable: {failed}"))
-                continue
-            converted = [_result(r) for r in mine if isinstance(r, BrokerResult)]
-            out.append(converted if item.broadcast else converted[0])
-        return out
-
-    def publish_batch(self, items: Sequence[Outgoing],
-                      ) -> list[PublishResult | list[PublishResult] | HubError]:
-        """Every item in one broker call (one Redis pipeline); a result or error per item."""
-        groups = self._checked(items)
-        return self.call(lambda broker: self._publish_many(broker, items, groups))
-
-    async def apublish_batch(self, items: Sequence[Outgoing],
-                             ) -> list[PublishResult | list[PublishResult] | HubError]:
-        groups = self._checked(items)
-        return await self.acall(lambda broker: self._publish_many(broker, items, groups))
+    async def apublish_batch(self, items: Sequence[Outgoing]) -> list[Outcome]:
+        plans = [self._plan(item) for item in items]
+        if not any(isinstance(r, tuple) for plan in plans for r in plan):
+            return [_outcome(item, plan) for item, plan in zip(items, plans, strict=True)]
+        return await self.acall(lambda broker: _publish_many(broker, items, plans))
 
     def _ticket_args(self, user: str, info: Any, channels: Sequence[str],
                      ttl: float | None) -> tuple[str, bytes, float]:
@@ -237,6 +224,31 @@ class DirectBroker:
         ticket, payload, seconds = self._ticket_args(user, info, channels, ttl)
         await self.acall(lambda broker: broker.store_ticket(ticket, payload, seconds))
         return ticket
+
+
+async def _publish_many(broker: Broker, items: Sequence[Outgoing],
+                        plans: list[list[Request | HubReplyError]]) -> list[Outcome]:
+    requests = [r for plan in plans for r in plan if isinstance(r, tuple)]
+    results = iter(await broker.publish_many(requests))
+    return [_outcome(item, [next(results) if isinstance(r, tuple) else r for r in plan])
+            for item, plan in zip(items, plans, strict=True)]
+
+
+def _outcome(item: Outgoing,
+             results: Sequence[BrokerResult | BrokerError | HubReplyError | Request]) -> Outcome:
+    """One item's answer from its channels' results, as the hub's API gives it."""
+    for place, result in enumerate(results):
+        if isinstance(result, BrokerError):
+            return HubUnavailable(f"the hub's broker is unavailable: {result}")
+        if isinstance(result, HubReplyError):
+            if not item.broadcast:
+                return result
+            # Worded as clarion.client words the hub's answer, so both paths read the same.
+            return HubReplyError(result.code, f"broadcast to {item.channels[place]!r} failed: "
+                                              f"{result.message} (the other channels were "
+                                              f"still tried)")
+    published = [_result(r) for r in results if isinstance(r, BrokerResult)]
+    return published if item.broadcast else published[0]
 
 
 def _result(result: BrokerResult) -> PublishResult:
