@@ -30,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import json
 import os
 import shlex
 import shutil
@@ -51,8 +52,11 @@ import scaleout
 __all__ = ["PairPublisher", "PushpinPair", "SplitPool", "SplitTarget", "main"]
 
 SYSTEMS = ["clarion-stream", "pushpin-x2", "clarion-grip"]
-LATENCY = ["5000:20:200", "10000:10:100"]  # SUBS:RATE:COUNT
-QUICK_LATENCY = ["1000:20:60", "2000:20:60"]
+# SUBS:RATE:COUNT.  Per count, first a rate every system here sustained on the shared 2-core
+# machine (2 x Pushpin's publish-to-delivery grew without bound at 20/s x 5,000 and
+# 10/s x 10,000 there), then the rate the issue asks about, which may measure a queue.
+LATENCY = ["5000:5:50", "5000:20:200", "10000:2:24", "10000:10:100"]
+QUICK_LATENCY = ["1000:20:60", "2000:5:20"]
 PUSHPIN_NOTE = (
     "2 x Pushpin: Debian /usr/bin/pushpin twice (own config, ports, run dir, origin each), "
     "handler message_rate/message_hwm unset; subscribers half/half; every /publish/ POSTed to "
@@ -74,7 +78,14 @@ class PushpinPair(common.Server):
     def __init__(self) -> None:
         self.parts = [grip_fanout.GripPushpin(), grip_fanout.GripPushpin()]
         a, b = self.parts
-        argv = ["sh", "-c", f"{shlex.join(a.argv)} & {shlex.join(b.argv)} & wait"]
+        # Each runner puts its services (condure, handler, proxy, zurl) in process groups of
+        # their own and stops them on SIGTERM; the shell must wait for that, or the session's
+        # SIGKILL that follows (Server.stop) orphans the services with their ports.
+        script = (
+            f"{shlex.join(a.argv)} & a=$!; {shlex.join(b.argv)} & b=$!; "
+            'trap \'kill -TERM "$a" "$b" 2>/dev/null; wait\' TERM; wait'
+        )
+        argv = ["sh", "-c", script]
         super().__init__("pushpin-x2", argv, a.publish_port, "/")
         self.origins: list[grip_fanout.Origin] = []
 
@@ -120,11 +131,40 @@ class PushpinPair(common.Server):
             p.cleanup(keep_logs)
 
 
+class PubcontrolPublisher(grip_fanout.GripPublisher):
+    """Paced publishes the way pubcontrol's asynchronous ``publish`` sends them: one worker
+    per publish server, one request at a time, each carrying up to ``MAX_ITEMS`` publications
+    queued meanwhile (pypubcontrol's ``_pubworker``).  A publish endpoint that answers slowly
+    under load then costs a batch's wait, not a queue growing without bound."""
+
+    MAX_ITEMS = 10
+
+    async def _drain_queue(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < self.MAX_ITEMS and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            stop = None in items
+            todo = [x for x in items if x is not None]
+            if todo:
+                body = json.dumps(
+                    {"items": [self._item(seq, ts) for seq, ts in todo]}, separators=(",", ":")
+                ).encode()
+                status, resp = await self._request("/publish/", body, self.headers)
+                self._check(status, resp)
+            if stop:
+                return
+
+
+def pubcontrol_publisher(s: common.Server) -> PubcontrolPublisher:
+    return PubcontrolPublisher(lc.HttpClient(common.HOST, grip_fanout.publish_port(s)))
+
+
 class PairPublisher:
     """One publisher, two publish servers: every publication goes to both (concurrently, as
     pubcontrol does); a publication counts as done when both answered."""
 
-    def __init__(self, pubs: list[grip_fanout.GripPublisher]) -> None:
+    def __init__(self, pubs: list[PubcontrolPublisher]) -> None:
         self.pubs = pubs
 
     @property
@@ -160,7 +200,7 @@ class PairPublisher:
 def pair_publisher(s: common.Server) -> PairPublisher:
     assert isinstance(s, PushpinPair)
     return PairPublisher(
-        [grip_fanout.GripPublisher(lc.HttpClient(common.HOST, p)) for p in s.publish_ports]
+        [PubcontrolPublisher(lc.HttpClient(common.HOST, p)) for p in s.publish_ports]
     )
 
 
@@ -271,37 +311,90 @@ def children_of(pid: int) -> list[int]:
     return sorted(out)
 
 
-class ProfiledPublisher:
-    """Wraps a publisher: py-spy (raw stacks, ``--subprocesses``) records the hub from the
-    first throughput batch to the start of the latency phase, i.e. the throughput phase only
-    (common.fanout_scenario's own profile samples the supervisor, which does no work)."""
+def cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid``'s process tree per kind of process: a Clarion worker by its
+    ``--worker-slot``, anything else by its command name (both Pushpins' condure together)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    kids: dict[int, list[int]] = {}
+    stat: dict[int, tuple[str, float]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        fields = s[s.rfind(")") + 2 :].split()
+        comm = s[s.find("(") + 1 : s.rfind(")")]
+        kids.setdefault(int(fields[1]), []).append(int(d))
+        stat[int(d)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    out: dict[str, float] = collections.defaultdict(float)
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(kids.get(p, []))
+        if p not in stat:
+            continue
+        label, cpu = stat[p]
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            argv = []
+        if b"--worker-slot" in argv:
+            label = "clarion worker " + argv[argv.index(b"--worker-slot") + 1].decode()
+        elif b"clarion" in argv:
+            label = "clarion supervisor"
+        out[label] += cpu
+    return dict(out)
 
-    def __init__(self, inner: Any, pid: int, path: str) -> None:
+
+class PhaseWatch:
+    """Wraps a publisher to watch the server over the throughput phase (first batch to the
+    start of the latency phase): CPU seconds per process of its tree, and with ``spy_path``
+    a py-spy record (raw stacks, ``--subprocesses``: common.fanout_scenario's own profile
+    samples the supervisor of ``--workers``, which does no work).  Hand-off to ``report``."""
+
+    def __init__(
+        self, inner: Any, pid: int, report: dict[str, Any], spy_path: str | None = None
+    ) -> None:
         self.inner = inner
         self.pid = pid
-        self.path = path
+        self.report = report
+        self.spy_path = spy_path
         self.spy: subprocess.Popen[bytes] | None = None
-        self.done = False
+        self.cpu0: dict[str, float] | None = None
+        self.t0 = 0.0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     async def batch(self, first: int, count: int) -> None:
-        if not self.done and self.spy is None and shutil.which("py-spy"):
-            self.spy = subprocess.Popen(  # noqa: ASYNC220 - once per run
-                ["py-spy", "record", "--nonblocking", "--subprocesses", "--pid", str(self.pid),
-                 "--rate", "100", "--format", "raw", "--duration", "120", "-o", self.path],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            await asyncio.sleep(0.5)  # py-spy attaching is not part of the throughput phase
+        if self.cpu0 is None:
+            if self.spy_path and shutil.which("py-spy"):
+                self.spy = subprocess.Popen(  # noqa: ASYNC220 - once per run
+                    ["py-spy", "record", "--nonblocking", "--subprocesses", "--pid",
+                     str(self.pid), "--rate", "100", "--format", "raw", "--duration", "120",
+                     "-o", self.spy_path],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                await asyncio.sleep(0.5)  # attaching is not part of the phase
+            self.cpu0, self.t0 = cpu_by_process(self.pid), time.time()
         await self.inner.batch(first, count)
 
     async def start_paced(self) -> None:
-        await self._stop_spy()
+        if self.cpu0 is not None and "cpu_pct" not in self.report:
+            took = time.time() - self.t0
+            now = cpu_by_process(self.pid)
+            self.report["cpu_pct"] = {
+                k: round((v - self.cpu0.get(k, 0.0)) / took * 100, 1)
+                for k, v in sorted(now.items())
+            }
+            await self._stop_spy()
         await self.inner.start_paced()
 
     async def _stop_spy(self) -> None:
-        self.done = True
         if self.spy is None:
             return
         self.spy.send_signal(2)  # SIGINT: py-spy writes what it has
@@ -312,6 +405,9 @@ class ProfiledPublisher:
         if self.spy.poll() is None:
             self.spy.kill()
         self.spy = None
+        if self.spy_path and os.path.exists(self.spy_path):  # noqa: ASYNC240
+            self.report["profile"] = self.spy_path
+            self.report["profile_summary"] = summarize_profile(self.spy_path)
 
 
 def summarize_profile(path: str, top: int = 14) -> dict[str, Any]:
@@ -377,21 +473,23 @@ async def main(args: argparse.Namespace) -> int:
     if not pp_ok:
         print(f"  !! Pushpin not available: {pp_why}")
 
-    def clarion_publisher(
-        make: Callable[[common.Server], Any], name: str
+    def watched(
+        make: Callable[[common.Server], Any], system: str
     ) -> Callable[[common.Server], Any]:
-        if not args.profile:
-            return make
+        """The publisher of each run (one per subscriber count, in ``counts`` order) in a
+        PhaseWatch that reports into results["phases"][system][count]."""
+        left = list(counts)
 
         def wrapped(s: common.Server) -> Any:
-            path = os.path.join(
-                common.BENCH_DIR, "results", f"profile-{name}-{int(time.time())}.txt"
-            )
-            return ProfiledPublisher(make(s), s.pid, path)
+            n = left.pop(0)
+            rep = results.setdefault("phases", {}).setdefault(system, {}).setdefault(str(n), {})
+            spy = None
+            if args.profile and system != "pushpin-x2":
+                spy = os.path.join(common.BENCH_DIR, "results", f"profile-{system}-{n}.txt")
+            return PhaseWatch(make(s), s.pid, rep, spy)
 
         return wrapped
 
-    profiles: list[str] = []
     for system in args.only:
         print(f"\n  -- {system}")
         if system != "pushpin-x2" and not ok:
@@ -401,12 +499,11 @@ async def main(args: argparse.Namespace) -> int:
             results[system] = {"error": pp_why}
             continue
         await common.flush_redis_prefix(common.REDIS_PREFIX.encode(), db=0)
-        before = set(os.listdir(os.path.join(common.BENCH_DIR, "results")))
         if system == "clarion-stream":
             results[system] = await common.run_server_suite(
                 clarion_stream,
                 fanout_stream.clarion_target,
-                clarion_publisher(
+                watched(
                     lambda s: lc.CentrifugoApiPublisher(lc.HttpClient(common.HOST, s.port)),
                     system,
                 ),
@@ -419,7 +516,7 @@ async def main(args: argparse.Namespace) -> int:
                 results[system] = await common.run_server_suite(
                     PushpinPair,
                     pair_target,  # type: ignore[arg-type]
-                    pair_publisher,
+                    watched(pair_publisher, system),
                     counts,
                     # bursts of hundreds of concurrent new streams make pushpin-proxy answer 502
                     connect_concurrency=args.pushpin_connect_concurrency,
@@ -433,21 +530,16 @@ async def main(args: argparse.Namespace) -> int:
                 results[system] = await common.run_server_suite(
                     make_grip,
                     grip_fanout.stream_target,
-                    clarion_publisher(grip_fanout.stream_publisher, system),
+                    watched(pubcontrol_publisher, system),
                     counts,
                     connect_concurrency=args.pushpin_connect_concurrency,
                     **suite,
                 )
             finally:
                 origin.stop()
-        new = set(os.listdir(os.path.join(common.BENCH_DIR, "results"))) - before
-        for f in sorted(new):
-            if f.startswith("profile-") and f.endswith(".txt"):
-                path = os.path.join(common.BENCH_DIR, "results", f)
-                prof = summarize_profile(path)
-                results.setdefault("profiles", {})[f] = prof
-                profiles.append(path)
-                print_profile(f, prof)
+        phases = (results.get("phases") or {}).get(system, {})
+        for n in sorted(phases, key=int):
+            print_phase(system, int(n), phases[n])
     await common.flush_redis_prefix(common.REDIS_PREFIX.encode(), db=0)
     results["seconds"] = round(time.time() - t0, 1)
     print_report(results)
@@ -516,10 +608,15 @@ def print_report(results: dict[str, Any]) -> None:
             print("  -", p)
 
 
-def print_profile(name: str, prof: dict[str, Any]) -> None:
-    print(f"  py-spy {name}: {prof['samples']:,} samples")
-    print("    self:      " + "; ".join(f"{fr} {pct}%" for fr, pct in prof["self_pct"][:8]))
-    print("    inclusive: " + "; ".join(f"{fr} {pct}%" for fr, pct in prof["inclusive_pct"][:8]))
+def print_phase(system: str, n: int, ph: dict[str, Any]) -> None:
+    cpu = ph.get("cpu_pct") or {}
+    print(f"  {system} @ {n:,}: CPU % over the throughput phase: "
+          + ", ".join(f"{k} {v}" for k, v in cpu.items() if v >= 0.5))  # fmt: skip
+    prof = ph.get("profile_summary")
+    if prof:
+        print(f"    py-spy {ph['profile']}: {prof['samples']:,} samples")
+        print("    self:      " + "; ".join(f"{f} {p}%" for f, p in prof["self_pct"][:8]))
+        print("    inclusive: " + "; ".join(f"{f} {p}%" for f, p in prof["inclusive_pct"][:8]))
 
 
 def cli() -> None:
@@ -531,7 +628,7 @@ def cli() -> None:
     ap.add_argument("--subscribers", type=int, nargs="+")
     ap.add_argument("--only", nargs="+", choices=SYSTEMS, default=SYSTEMS)
     ap.add_argument("--duration", type=float, default=6.0, help="throughput seconds per point")
-    ap.add_argument("--window", type=int, default=100, help="max publications in flight")
+    ap.add_argument("--window", type=int, default=200, help="max publications in flight")
     ap.add_argument("--batch", type=int, default=20, help="publications per request")
     ap.add_argument("--publish-concurrency", type=int, default=4,
                     help="concurrent publish requests in throughput mode")  # fmt: skip
