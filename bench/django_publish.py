@@ -48,6 +48,9 @@ GROUP = "djbench"
 SINK = "djbench.sink"  # the group's one member
 CHANNELS_DB = 15  # channels_redis: its own database and prefix, as bench/peers does
 CHANNELS_PREFIX = "clarionbench-dj:"
+# The hub's Redis keys: a prefix no other benchmark flushes (they flush clarionbench-hub when
+# they start, which reset this channel's stream in the middle of a point).
+HUB_REDIS_PREFIX = "clarionbench-djp"
 PAYLOAD = {"room": "lobby", "user": "alice", "text": "hello from a Django view " + "x" * 40}
 
 
@@ -64,7 +67,7 @@ def _configure(way: str, spec: dict[str, Any]) -> None:
         if way == "clarion-redis":
             hub["CONFIG"] = spec["hub_config"]
             options["CLARION"].update(BROKER=spec["redis_url"],
-                                      REDIS={"prefix": common.REDIS_PREFIX})
+                                      REDIS={"prefix": HUB_REDIS_PREFIX})
     else:
         options["CHANNEL_LAYERS"] = {"default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -198,6 +201,7 @@ class _Landed:
             self.redis = redis.Redis(host=common.HOST, port=6379, db=CHANNELS_DB)
             self.key = CHANNELS_PREFIX + SINK
             self.total = 0
+        self.epoch: str | None = None
 
     def prepare(self) -> None:
         if self.way == "channels":
@@ -217,7 +221,18 @@ class _Landed:
 
         r = httpx.post(f"{self.spec['hub_url']}/api/history", headers={"X-API-Key": "bench"},
                        json={"channel": CHANNEL, "limit": 0}, timeout=10)
-        return int(r.json()["result"]["offset"])
+        result = r.json()["result"]
+        if self.epoch is not None and result["epoch"] != self.epoch:
+            # The stream was lost (Redis flushed or restarted by someone else): what landed
+            # before is gone, so the count cannot be checked.
+            raise StreamReset(f"{CHANNEL}'s stream was reset (epoch {self.epoch} -> "
+                              f"{result['epoch']}): Redis was flushed or restarted meanwhile")
+        self.epoch = result["epoch"]
+        return int(result["offset"])
+
+
+class StreamReset(Exception):
+    pass
 
 
 def child(way: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +253,10 @@ def child(way: str, spec: dict[str, Any]) -> dict[str, Any]:
     points: dict[str, Any] = {}
     for name, run in runs:
         point = run()
-        now = landed.count()
+        try:
+            now = landed.count()
+        except StreamReset as exc:
+            return {"error": str(exc)}
         point["landed"] = now - base
         base = now
         points[name] = point
@@ -303,7 +321,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"  !! {missing}")
         lc.save_result(args.name, results)
         return 1
-    await common.flush_redis_prefix(common.REDIS_PREFIX.encode(), db=0)
+    await common.flush_redis_prefix(HUB_REDIS_PREFIX.encode(), db=0)
     await common.flush_redis_prefix(CHANNELS_PREFIX.encode(), db=CHANNELS_DB)
     spec = {"seconds": args.seconds, "threads": args.threads, "concurrency": args.concurrency,
             "redis_url": common.REDIS_URL}
@@ -328,7 +346,8 @@ async def _one_way(way: str, spec: dict[str, Any]) -> dict[str, Any]:
     if way == "clarion-http":
         return await _with_hub(way, spec, "")
     if way == "clarion-redis":
-        return await _with_hub(way, spec, common.redis_broker_config())
+        return await _with_hub(way, spec, f'broker = "{common.REDIS_URL}"\n'
+                                                f'[redis]\nprefix = "{HUB_REDIS_PREFIX}"\n')
     return await asyncio.to_thread(_run_child, way, spec)
 
 
