@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from tests.conftest import Hub, HubFactory, free_port, in_ci
 from tests.test_broker_redis import RedisServer
 from tests.test_broker_redis_topologies import _cli, _tool, _wait
@@ -38,6 +41,12 @@ from tests.test_scaleout_redis_failure import (
     flow,
     publish,
 )
+
+from clarion.broker import create_broker
+from clarion.broker.base import PublishOptions
+from clarion.broker.redis.cluster import RedisClusterBroker, _LinkConnection
+from clarion.errors import BrokerError
+from clarion.testing.broker import Recorder
 
 # Under CI=true a missing redis-server fails the tests (scripts/install-test-deps installs it).
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None and not in_ci(),
@@ -170,3 +179,78 @@ async def test_cluster_master_killed_and_restarted_with_clients_connected(
         # The master came back empty: a new epoch for the channel, and every client was told.
         for log in logs:
             assert log.losses >= 1, f"{log.name} was not told its position is gone"
+
+
+# -- connections closed under redis-py ----------------------------------------------------------
+# Seen in the test above, as publishes answered 500 and a catch-up task that died: redis-py's
+# cluster client closes every connection, those in use too, when a node answers CLUSTERDOWN.
+# A command in the middle of a write then meets a closed transport (on uvloop, which the hub
+# runs on, a RuntimeError) or a stream already let go (AttributeError). These make that happen
+# on purpose, on uvloop; the broker must answer BrokerError, the outage it is.
+
+
+def test_a_link_connection_reports_a_closed_transport_as_lost(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        conn = _LinkConnection(host="127.0.0.1", port=cluster.servers[0].port)
+        await conn.connect()
+        try:
+            conn._writer.transport.close()
+            await asyncio.sleep(0)
+            with pytest.raises(RedisConnectionError, match="closed connection"):
+                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+            assert not conn.is_connected
+        finally:
+            await conn.disconnect()
+
+    uvloop.run(scenario())
+
+
+def test_a_command_on_a_closed_transport_is_a_broker_error(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        broker = create_broker(cluster.url, prefix=f"t{uuid.uuid4().hex[:10]}")
+        assert isinstance(broker, RedisClusterBroker)
+        await broker.start(Recorder())
+        try:
+            await broker.publish("c", b'"1"', PublishOptions())
+            for node in broker._client.get_nodes():
+                for conn in node._free:
+                    if conn.is_connected:
+                        conn._writer.transport.close()
+            await asyncio.sleep(0)
+            with pytest.raises(BrokerError, match="the connection was closed"):
+                await broker.publish("c", b'"2"', PublishOptions())
+            await broker.publish("c", b'"3"', PublishOptions())  # on a new connection
+        finally:
+            await broker.close()
+
+    uvloop.run(scenario())
+
+
+def test_commands_while_redis_py_closes_every_connection(cluster: Cluster) -> None:
+    async def scenario() -> list[str]:
+        broker = create_broker(cluster.url, prefix=f"t{uuid.uuid4().hex[:10]}")
+        assert isinstance(broker, RedisClusterBroker)
+        await broker.start(Recorder())
+        outcomes: list[str] = []
+
+        async def publish_one(i: int) -> None:
+            try:
+                await broker.publish(f"c{i}", b'"1"', PublishOptions())
+                outcomes.append("ok")
+            except BrokerError:
+                outcomes.append("refused")  # anything else fails the test
+
+        try:
+            for turns in range(25):
+                tasks = [asyncio.ensure_future(publish_one(i)) for i in range(20)]
+                for _ in range(turns % 5):  # catch the commands at different steps
+                    await asyncio.sleep(0)
+                await broker._client.aclose()  # what redis-py does on CLUSTERDOWN
+                await asyncio.gather(*tasks)
+            await broker.publish("c", b'"after"', PublishOptions())
+        finally:
+            await broker.close()
+        return outcomes
+
+    outcomes = uvloop.run(scenario())
+    assert len(outcomes) == 25 * 20

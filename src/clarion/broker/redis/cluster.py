@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from clarion.broker.base import PublishOptions, PublishResult
@@ -33,6 +35,51 @@ from clarion.broker.redis.urls import parse
 from clarion.errors import BrokerError, ConfigError
 
 T = TypeVar("T")
+
+
+def _closed_under_us(exc: BaseException) -> bool:
+    """Whether ``exc``, raised from inside redis-py, is a connection closed under a command.
+
+    Two such errors are not redis-py's own: its cluster client closes *every* connection of
+    every node, those in use by other commands too, when a node answers CLUSTERDOWN (as the
+    nodes of a cluster do while a master is away). A command in the middle of a write then
+    meets a stream redis-py has let go (AttributeError on None), or, on uvloop, which the hub
+    runs on, a closed transport (RuntimeError, where asyncio would raise nothing). Both are a
+    lost connection like any other: the next command opens a new one."""
+    if isinstance(exc, RuntimeError):
+        return "the handler is closed" in str(exc)  # uvloop's words
+    if isinstance(exc, AttributeError) and exc.obj is None:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and "redis" in Path(tb.tb_frame.f_code.co_filename).parts
+    return False
+
+
+async def _lost_when_closed_under_us(send: Awaitable[None]) -> None:
+    try:
+        await send
+    except (RuntimeError, AttributeError) as exc:
+        if not _closed_under_us(exc):
+            raise
+        raise RedisConnectionError(f"Error writing to a closed connection: {exc!r}") from exc
+
+
+class _LinkConnection(Connection):
+    """A Pub/Sub link's connection: a write on a connection closed under it is the
+    ConnectionError the link's reconnect loop handles, not an error that would end it."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes],
+                                  check_health: bool = True) -> None:
+        await _lost_when_closed_under_us(super().send_packed_command(command, check_health))
+
+
+class _SSLLinkConnection(SSLConnection):
+    """:class:`_LinkConnection` over TLS."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes],
+                                  check_health: bool = True) -> None:
+        await _lost_when_closed_under_us(super().send_packed_command(command, check_health))
 
 
 class RedisClusterBroker(RedisBroker):
@@ -73,6 +120,15 @@ class RedisClusterBroker(RedisBroker):
                               f"{self.command_timeout:g} s ({self._where})") from None
         try:
             return await super()._call(what, work)
+        except (RuntimeError, AttributeError) as exc:
+            if not _closed_under_us(exc):
+                raise
+            # redis-py's doing, not ours (see _closed_under_us): kept visible, as it is a
+            # redis-py bug, but answered as the outage it is.
+            log.warning("redis %s: the connection was closed under the command (%s)",
+                        what, self._where, exc_info=True)
+            raise BrokerError(f"redis {what} failed ({self._where}): the connection was "
+                              "closed") from exc
         finally:
             self._in_flight.release()
 
@@ -136,8 +192,8 @@ class RedisClusterBroker(RedisBroker):
         def connection() -> AbstractConnection:
             kwargs = dict(node.connection_kwargs)
             kwargs.update(socket_timeout=None, client_name="clarion-pubsub")
-            conn: AbstractConnection = node.connection_class(**kwargs)
-            return conn
+            tls = issubclass(node.connection_class, SSLConnection)
+            return (_SSLLinkConnection if tls else _LinkConnection)(**kwargs)
 
         try:
             link = Link(self, f"cluster node {node.name}", connection, sharded=True)
