@@ -184,6 +184,12 @@ def _refusals() -> None:
     assert [realtime.history(c, limit=0).offset for c in ("chat:b1", "chat:b2")] == [1, 1]
 
 
+    # Over the hub's api_max_body_size (1 MiB by default): 413 on both paths.
+    with pytest.raises(HubReplyError) as info:
+        realtime.publish("chat:big", "x" * (1024 * 1024 + 1))
+    assert info.value.status == 413
+
+
 def test_the_hub_refusing_a_channel_is_a_reply_error(memory_hub: Hub) -> None:
     _refusals()
 

@@ -168,6 +168,12 @@ class DirectBroker:
         """Per channel, the ``(channel, data, options)`` request ``Hub.publish`` would send
         the broker, or the error the hub's channel rules answer (102 unknown channel, …)."""
         data = item.data
+        limit = self.config.api_max_body_size
+        if len(data) > limit:
+            # The hub's API refuses a request body over api_max_body_size with 413; a
+            # publication too large to go through the API must not go in through Redis.
+            return [HubReplyError(413, f"the data is {len(data)} bytes, more than the hub's "
+                                       f"api_max_body_size ({limit})", status=413)]
         if b"\n" in data or b"\r" in data:
             # The hub frames batched messages by newline: data must be compact JSON.
             data = msgspec.json.encode(msgspec.json.decode(data))
@@ -241,7 +247,7 @@ def _outcome(item: Outgoing,
         if isinstance(result, BrokerError):
             return HubUnavailable(f"the hub's broker is unavailable: {result}")
         if isinstance(result, HubReplyError):
-            if not item.broadcast:
+            if not item.broadcast or result.status == 413:  # too large: the item, no channel
                 return result
             # Worded as clarion.client words the hub's answer, so both paths read the same.
             return HubReplyError(result.code, f"broadcast to {item.channels[place]!r} failed: "
