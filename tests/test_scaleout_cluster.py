@@ -13,6 +13,10 @@ on each master. The killed master keeps its cluster config file (``nodes.conf``)
 with its slots as the same node; whether it keeps its data is the test's choice: its AOF is
 kept (it comes back with every acknowledged publication) or deleted (it comes back empty, a
 new epoch for every channel it owns).
+
+Last, the broker's answer to what redis-py does meanwhile (it closes every connection, those
+in use too, when a node answers CLUSTERDOWN): a command caught mid-write is an outage
+(BrokerError), never an AttributeError or RuntimeError reaching the hub.
 """
 
 from __future__ import annotations
