@@ -36,13 +36,7 @@ def server_context(certfile: str, keyfile: str = "") -> ssl.SSLContext | None:
         # An encrypted key would make OpenSSL prompt on the terminal and hang a service start:
         # an empty password makes it a load error instead.
         context.load_cert_chain(certfile, keyfile or None, password=_no_password)
-    except PermissionError as exc:
-        raise ConfigError(f"TLS: cannot read {exc.filename or certfile}: permission denied"
-                          ) from None
-    except OSError as exc:
-        raise ConfigError(f"TLS: cannot read {exc.filename or certfile}: {exc.strerror}"
-                          ) from None
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # an OSError too: caught first
         # OpenSSL's reason ("PEM lib", "KEY_VALUES_MISMATCH") says which part is wrong.
         reason = exc.reason or str(exc)
         hint = (" (the key does not belong to the certificate)" if "MISMATCH" in reason
@@ -50,6 +44,12 @@ def server_context(certfile: str, keyfile: str = "") -> ssl.SSLContext | None:
         raise ConfigError(f"TLS: certfile {certfile}"
                           + (f" / keyfile {keyfile}" if keyfile else "")
                           + f" could not be loaded: {reason}{hint}") from None
+    except PermissionError as exc:
+        raise ConfigError(f"TLS: cannot read {exc.filename or certfile}: permission denied"
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(f"TLS: cannot read {exc.filename or certfile}: {exc.strerror}"
+                          ) from None
     return context
 
 
