@@ -36,7 +36,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from conftest import API_KEY, CHAT_NAMESPACE, HMAC_SECRET, Hub, HubFactory, free_port
 
-API_METHODS = {"publish", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh",
+API_METHODS = {"publish", "event", "broadcast", "subscribe", "unsubscribe", "disconnect", "refresh",
                "presence", "presence_stats", "history", "history_remove", "channels", "info",
                "ticket", "batch"}
 

@@ -154,6 +154,7 @@ def _embed_webhooks(hub: Any, db: str, link: Any = None) -> Any:
 
     hub.router.add_prefix("/webhooks/", WsgiMount(embedded.wsgi_app(), host=hub.config.host,
                                                    port=hub.config.port))
+    embedded.attach_hub(hub)  # POST /api/event writes to this app's outbox
     if link is not None and link.slot != 0:
         django_hooks._wakers.append(lambda: link.wake_sibling(0))
         return None
@@ -164,7 +165,8 @@ def _embed_webhooks(hub: Any, db: str, link: Any = None) -> Any:
         for waker in woken:
             with contextlib.suppress(ValueError):
                 django_hooks._wakers.remove(waker)
-        worker = django_worker.build()
+        # Publications from the outbox go straight into this hub's broker and fan-out.
+        worker = django_worker.build(relay=django_worker.hub_relay(hub))
         woken[:] = [worker.store.wake]
         django_hooks._wakers.append(worker.store.wake)
         return worker

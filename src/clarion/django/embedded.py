@@ -122,19 +122,13 @@ def configure(db: str | os.PathLike[str] = DEFAULT_DB, *, webhooks: dict[str, An
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-    from clarion.hub.app import HUB_CREATED
-
-    if attach_hub not in HUB_CREATED:
-        HUB_CREATED.append(attach_hub)
 
 
 def attach_hub(hub: Any) -> None:
-    """Called with the hub this process runs: its API writes events to this app's outbox
-    (``POST /api/event``), and the worker started here publishes through the hub itself."""
-    from clarion.django import worker
-
+    """Give the hub this process runs (``serve --webhooks-db``) this app's outbox for its
+    ``POST /api/event``; the command line calls it, as it builds the worker with the hub's
+    own relay (``worker.hub_relay``)."""
     hub.api.events = EventSink()
-    worker._local_hub[:] = [hub]
 
 
 class EventSink:

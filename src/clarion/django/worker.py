@@ -3,9 +3,9 @@
 Shared by ``manage.py clarion_worker`` and ``clarion worker``: both end up in :func:`run`.
 
 The worker also relays the outbox's publications (``clarion.django.outbox``, hooks with a
-channel). Its relay is, in order: the one given to :func:`build`; inside the hub
-(``clarion serve --webhooks-db``), the hub's own publish, straight into its broker and
-fan-out; else ``clarion.django.realtime.apublish`` when ``CLARION['HUB']`` or
+channel). Its relay is the one given to :func:`build` (inside the hub, ``clarion serve
+--webhooks-db`` gives :func:`hub_relay`: the hub's own publish, straight into its broker and
+fan-out); by default ``clarion.django.realtime.apublish`` when ``CLARION['HUB']`` or
 ``CLARION['BROKER']`` is set. With none, publications wait in the outbox (logged once).
 """
 
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
     from clarion.hub.app import Hub
 
 log = logging.getLogger("clarion.webhooks")
-
-# The hub this process runs, if any (set by clarion.django.embedded when the hub starts).
-_local_hub: list[Hub] = []
-
 
 def hub_relay(hub: Hub) -> Relay:
     """Publish through ``hub`` itself: its broker and fan-out, no HTTP."""
@@ -65,8 +61,6 @@ def realtime_relay() -> Relay | None:
 
 
 def default_relay() -> Relay | None:
-    if _local_hub:
-        return hub_relay(_local_hub[-1])
     relay = realtime_relay()
     if relay is None:
         log.info("durable publications are not relayed by this worker: set CLARION['HUB'] "

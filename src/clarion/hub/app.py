@@ -13,7 +13,7 @@ import fnmatch
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -49,11 +49,6 @@ if TYPE_CHECKING:
     from clarion.hub.grip.proxy import GripProxy
 
 HOUSEKEEPING_INTERVAL = 1.0
-
-# Called with every new hub. The hub imports no Django: the built-in webhook app registers
-# here (clarion.django.embedded) to give the hub's API its event store and its worker a relay.
-HUB_CREATED: list[Callable[[Hub], None]] = []
-
 
 class Hub:
     def __init__(self, config: Config, broker: Broker | None = None,
@@ -106,8 +101,6 @@ class Hub:
         self.flusher: Flusher
         self.metrics.attach(self)
         self._routes()
-        for created in HUB_CREATED:
-            created(self)
 
     # -- wiring -----------------------------------------------------------------------------
 
