@@ -367,8 +367,8 @@ def ticket(user: str, *, info: Any = None, channels: Iterable[str] = (),
 def event(type: str, data: Any, *, channel: str | None = None,
           idempotency_key: str | None = None) -> Command[EventResult]:
     """Send one event of ``type`` to the webhook listeners subscribed to it and, with
-    ``channel``, publish the same ``data`` into that channel (under the event's id as the
-    idempotency key). The hub needs its webhook store (``serve --webhooks-db``) and ``type``
+    ``channel``, publish the webhook's body (``{"type", "timestamp", "data"}``, byte for byte
+    what the listeners get) into that channel, under the event's id as the idempotency key. The hub needs its webhook store (``serve --webhooks-db``) and ``type``
     must be a registered event type."""
     body = _body("event", {
         "type": _text("event", "type", type), "data": data,
