@@ -74,6 +74,10 @@ class FakeHub:
         self.config = FakeConfig()
         self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.failures: list[tuple[str, BaseException]] = []
+
+    def failed(self, part: str, exc: BaseException, **fields: Any) -> None:
+        self.failures.append((part, exc))
 
     def spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -327,3 +331,26 @@ async def test_a_failed_history_read_is_retried_before_giving_up(
     arrive(fan, hub, 3)
     await hub.settle()
     assert a.target.got == [1, 2, 3] and not a.lost
+
+
+async def test_a_catch_up_that_breaks_tells_the_subscribers_their_position_is_gone(
+        setup: tuple[Fanout, FakeHub]) -> None:
+    # Not a broker outage but a bug or a reply of the wrong shape: nobody may be left waiting
+    # for a catch-up that died; the failure is counted and the channel goes on.
+    fan, hub = setup
+    a = subscribe(fan, "a", 0)
+    arrive(fan, hub, 1)
+    hub.broker.add(2)
+
+    async def broken(*args: Any, **kwargs: Any) -> HistoryResult:
+        raise RuntimeError("the handler is closed")
+
+    hub.broker.history = broken  # type: ignore[method-assign]
+    arrive(fan, hub, 3)
+    await hub.settle()
+    assert a.lost == ["ch"] and a.target.got == [1]
+    assert [part for part, _ in hub.failures] == ["catch_up"]
+    b = subscribe(fan, "b", 3)  # the channel still works for those who come after
+    arrive(fan, hub, 4)
+    await hub.settle()
+    assert b.target.got == [4]

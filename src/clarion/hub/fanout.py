@@ -381,6 +381,13 @@ class Fanout:
                     rounds = 0
                 for enc in pending:
                     self._feed(channel, st, enc)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback in failed()
+            # Whatever broke, the channel's subscribers must not wait for a catch-up that
+            # will never come: they are told their position is gone, and recover from there.
+            hub.failed("catch_up", exc, channel=channel)
+            if self._streams.get(channel) is st:
+                st.pending = None
+                self._position_gone(channel, st)
         finally:
             st.catching_up = False
 

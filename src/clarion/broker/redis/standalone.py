@@ -567,6 +567,13 @@ class Link:
                 except BrokerError as exc:
                     log.warning("redis Pub/Sub reconnect failed, retrying: %s", exc)
                     continue
+                except Exception:  # logged with its traceback
+                    # Not redis-py's own error (uvloop's RuntimeError on a transport closed
+                    # under a handshake, say): still a failed attempt, never the end of the
+                    # link, or this node would silently stop receiving.
+                    broker.handler_errors += 1
+                    log.exception("redis Pub/Sub reconnect failed unexpectedly, retrying")
+                    continue
                 attempt = 0
                 break
             broker.reconnects += 1
