@@ -30,7 +30,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from clarion.broker.base import PublishOptions, PublishResult
-from clarion.broker.redis.standalone import Link, RedisBroker, _cancel, log
+from clarion.broker.redis.standalone import (
+    PUBLISH_MANY_CHUNK,
+    Link,
+    RedisBroker,
+    _cancel,
+    log,
+)
 from clarion.broker.redis.urls import parse
 from clarion.errors import BrokerError, ConfigError
 
@@ -139,10 +145,9 @@ class RedisClusterBroker(RedisBroker):
     async def publish_many(
         self, requests: Sequence[tuple[str, bytes, PublishOptions]],
     ) -> list[PublishResult | BrokerError]:
-        """Grouped by slot (a channel's keys and its SPUBLISH share one): each group goes
-        out in order, the groups at once, within the pool's bound on commands in flight.
-        redis-py's cluster pipeline cannot load a missing script, so the scripts are not
-        pipelined here."""
+        """Grouped by slot (a channel's keys and its SPUBLISH share one): each group is one
+        ``PUBLISH_MANY_LUA`` call per ``PUBLISH_MANY_CHUNK`` on the slot's node, in order; the
+        groups at once, within the pool's bound on commands in flight."""
         if len(requests) <= 1:
             return await super(RedisBroker, self).publish_many(requests)
         groups: dict[int, list[int]] = {}
@@ -151,12 +156,11 @@ class RedisClusterBroker(RedisBroker):
         results: list[PublishResult | BrokerError | None] = [None] * len(requests)
 
         async def run(indexes: list[int]) -> None:
-            for i in indexes:
-                channel, data, options = requests[i]
-                try:
-                    results[i] = await self.publish(channel, data, options)
-                except BrokerError as exc:
-                    results[i] = exc
+            for start in range(0, len(indexes), PUBLISH_MANY_CHUNK):
+                chunk = indexes[start:start + PUBLISH_MANY_CHUNK]
+                done = await self._publish_chunk([requests[i] for i in chunk])
+                for i, result in zip(chunk, done, strict=True):
+                    results[i] = result
 
         await asyncio.gather(*(run(ix) for ix in groups.values()))
         return [r for r in results if r is not None]
