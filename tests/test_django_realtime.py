@@ -62,8 +62,7 @@ def memory_hub(hub_factory: HubFactory) -> Iterator[Hub]:
 
 
 async def subscriber(hub: Hub, channel: str, user: str = "watcher") -> tuple[Centrifuge, Recorder]:
-    with override_settings(CLARION=hub_settings(hub)):
-        client = Centrifuge(hub.ws_url, token=realtime.connection_token(user))
+    client = Centrifuge(hub.ws_url, token=realtime.connection_token(user))
     rec = Recorder()
     sub = client.new_subscription(channel, rec)
     await client.connect()
@@ -131,9 +130,8 @@ async def test_transactions_publish_on_commit_in_one_batch_and_never_on_rollback
     client, rec = await subscriber(memory_hub, "chat:tx")
 
     def run(work: Any) -> None:
-        with override_settings(CLARION=hub_settings(memory_hub)):
-            work(using)
-        connections.close_all()
+        work(using)
+        connections.close_all()  # this thread's connections end with it
 
     await asyncio.to_thread(run, _commit_three)
     await rec.wait_for(lambda: len(rec.pubs) == 3)
@@ -208,17 +206,16 @@ def test_idempotency_key_publishes_once(memory_hub: Hub) -> None:
 def test_presence_history_and_disconnect(memory_hub: Hub) -> None:
     async def watch() -> None:
         client, _ = await subscriber(memory_hub, "chat:room", user="42")
-        with override_settings(CLARION=hub_settings(memory_hub)):
-            stats = await asyncio.to_thread(realtime.presence_stats, "chat:room")
-            assert (stats.num_clients, stats.num_users) == (1, 1)
-            clients = await asyncio.to_thread(realtime.presence, "chat:room")
-            assert [c.user for c in clients.values()] == ["42"]
-            await asyncio.to_thread(realtime.disconnect, "42", code=4501, reason="banned")
-            for _ in range(200):
-                if not await asyncio.to_thread(realtime.presence, "chat:room"):
-                    break
-                await asyncio.sleep(0.05)
-            assert await asyncio.to_thread(realtime.presence, "chat:room") == {}
+        stats = await asyncio.to_thread(realtime.presence_stats, "chat:room")
+        assert (stats.num_clients, stats.num_users) == (1, 1)
+        clients = await asyncio.to_thread(realtime.presence, "chat:room")
+        assert [c.user for c in clients.values()] == ["42"]
+        await asyncio.to_thread(realtime.disconnect, "42", code=4501, reason="banned")
+        for _ in range(200):  # a bound on the wait, not a measurement
+            if not await asyncio.to_thread(realtime.presence, "chat:room"):
+                break
+            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(realtime.presence, "chat:room") == {}
         await client.disconnect()
 
     asyncio.run(watch())
@@ -233,19 +230,17 @@ def test_presence_history_and_disconnect(memory_hub: Hub) -> None:
 
 
 async def test_connection_and_subscription_tokens_are_accepted(memory_hub: Hub) -> None:
-    user = await asyncio.to_thread(User, pk=7, username="ada")
-    with override_settings(CLARION=hub_settings(memory_hub)):
-        conn = realtime.connection_token(user, ttl=60, info={"team": "x"})
-        private = realtime.subscription_token(user, "private:ada", info={"role": "owner"})
-        wrong = realtime.subscription_token("8", "private:ada")
+    user = User(pk=7, username="ada")  # unsaved: a token needs only its pk and username
+    conn = realtime.connection_token(user, ttl=60, info={"team": "x"})
+    private = realtime.subscription_token(user, "private:ada", info={"role": "owner"})
+    wrong = realtime.subscription_token("8", "private:ada")
     client = Centrifuge(memory_hub.ws_url, token=conn)
     rec = Recorder()
     sub = client.new_subscription("private:ada", rec, token=private)
     await client.connect()
     await sub.subscribe()
     await rec.wait_for(lambda: bool(rec.subscribed))
-    with override_settings(CLARION=hub_settings(memory_hub)):
-        (who,) = (await realtime.apresence("private:ada")).values()
+    (who,) = (await realtime.apresence("private:ada")).values()
     assert (who.user, who.conn_info, who.chan_info) == ("7", {"username": "ada", "team": "x"},
                                                         {"role": "owner"})
     # Without the token, or with another user's, the private namespace refuses.
@@ -273,10 +268,8 @@ def test_tokens_check_their_arguments(memory_hub: Hub) -> None:
 
 
 async def test_a_ticket_issued_through_the_api_connects_once(memory_hub: Hub) -> None:
-    user = User(pk=5, username="grace")
-    with override_settings(CLARION=hub_settings(memory_hub)):
-        ticket = await realtime.aissue_ticket(user, info={"role": "tester"},
-                                              channels=["chat:tickets"])
+    ticket = await realtime.aissue_ticket(User(pk=5, username="grace"), info={"role": "tester"},
+                                          channels=["chat:tickets"])
     assert ticket.startswith("tkt_")
     await _connects_as(memory_hub, ticket, "5", {"username": "grace", "role": "tester"})
 
@@ -296,7 +289,7 @@ async def _connects_as(hub: Hub, ticket: str, user: str, info: Any) -> None:
 # -- failures -----------------------------------------------------------------------------------
 
 
-def test_a_hub_that_is_down_is_hub_unavailable(webhook_databases: None) -> None:  # noqa: F811
+def test_a_hub_that_is_down_is_hub_unavailable() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with override_settings(CLARION={**settings.CLARION, "HUB": {"URL": dead}}):
         with pytest.raises(HubUnavailable):
@@ -338,7 +331,7 @@ urlpatterns = [path("realtime/async", async_view)]
 
 async def test_async_twins_from_an_async_view(memory_hub: Hub) -> None:
     client, rec = await subscriber(memory_hub, "chat:async")
-    with override_settings(CLARION=hub_settings(memory_hub), ROOT_URLCONF=__name__):
+    with override_settings(ROOT_URLCONF=__name__):
         response = await AsyncClient().get("/realtime/async")
         await realtime.apresence("chat:async")
         await realtime.adisconnect("nobody")
