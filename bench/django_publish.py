@@ -47,10 +47,10 @@ CHANNEL = "hist:djbench"  # the hub's bench namespace with history: its offset c
 GROUP = "djbench"
 SINK = "djbench.sink"  # the group's one member
 CHANNELS_DB = 15  # channels_redis: its own database and prefix, as bench/peers does
-CHANNELS_PREFIX = "clarionbench-dj:"
-# The hub's Redis keys: a prefix no other benchmark flushes (they flush clarionbench-hub when
-# they start, which reset this channel's stream in the middle of a point).
-HUB_REDIS_PREFIX = "clarionbench-djp"
+# Redis key prefixes of this run alone: other benchmarks (and another run of this one) flush
+# theirs when they start, which reset this channel's stream in the middle of a point.
+CHANNELS_PREFIX = f"clarionbench-dj-{os.getpid()}:"
+HUB_REDIS_PREFIX = f"clarionbench-djp-{os.getpid()}"
 PAYLOAD = {"room": "lobby", "user": "alice", "text": "hello from a Django view " + "x" * 40}
 
 
@@ -67,12 +67,13 @@ def _configure(way: str, spec: dict[str, Any]) -> None:
         if way == "clarion-redis":
             hub["CONFIG"] = spec["hub_config"]
             options["CLARION"].update(BROKER=spec["redis_url"],
-                                      REDIS={"prefix": HUB_REDIS_PREFIX})
+                                      REDIS={"prefix": spec["hub_prefix"]})
     else:
         options["CHANNEL_LAYERS"] = {"default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {"hosts": [f"redis://{common.HOST}:6379/{CHANNELS_DB}"],
-                       "prefix": CHANNELS_PREFIX, "capacity": 10_000_000, "expiry": 600},
+                       "prefix": spec["channels_prefix"], "capacity": 10_000_000,
+                       "expiry": 600},
         }}
     settings.configure(
         DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], USE_TZ=True,
@@ -199,7 +200,7 @@ class _Landed:
             import redis
 
             self.redis = redis.Redis(host=common.HOST, port=6379, db=CHANNELS_DB)
-            self.key = CHANNELS_PREFIX + SINK
+            self.key = spec["channels_prefix"] + SINK
             self.total = 0
         self.epoch: str | None = None
 
@@ -321,10 +322,9 @@ async def main(args: argparse.Namespace) -> int:
         print(f"  !! {missing}")
         lc.save_result(args.name, results)
         return 1
-    await common.flush_redis_prefix(HUB_REDIS_PREFIX.encode(), db=0)
-    await common.flush_redis_prefix(CHANNELS_PREFIX.encode(), db=CHANNELS_DB)
     spec = {"seconds": args.seconds, "threads": args.threads, "concurrency": args.concurrency,
-            "redis_url": common.REDIS_URL}
+            "redis_url": common.REDIS_URL, "hub_prefix": HUB_REDIS_PREFIX,
+            "channels_prefix": CHANNELS_PREFIX}
     runs: dict[str, list[dict[str, Any]]] = {way: [] for way in args.ways}
     for rep in range(args.repeat):
         # Rotated, so that no way always runs while the machine is busiest.
@@ -336,6 +336,7 @@ async def main(args: argparse.Namespace) -> int:
     results["runs"] = runs
     results["ways"] = {way: _median_run(rs) for way, rs in runs.items()}
     await common.flush_redis_prefix(CHANNELS_PREFIX.encode(), db=CHANNELS_DB)
+    await common.flush_redis_prefix(HUB_REDIS_PREFIX.encode(), db=0)
     results["seconds"] = round(time.time() - t_start, 1)
     print_report(results)
     print("saved", lc.save_result(args.name, results))
@@ -346,8 +347,10 @@ async def _one_way(way: str, spec: dict[str, Any]) -> dict[str, Any]:
     if way == "clarion-http":
         return await _with_hub(way, spec, "")
     if way == "clarion-redis":
+        # A short meta lifetime: a run that dies leaves keys that go away on their own.
         return await _with_hub(way, spec, f'broker = "{common.REDIS_URL}"\n'
-                                                f'[redis]\nprefix = "{HUB_REDIS_PREFIX}"\n')
+                                          'history_meta_ttl = "1h"\n'
+                                          f'[redis]\nprefix = "{HUB_REDIS_PREFIX}"\n')
     return await asyncio.to_thread(_run_child, way, spec)
 
 
