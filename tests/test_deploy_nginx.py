@@ -1,0 +1,447 @@
+"""The shipped nginx site (deploy/nginx/clarion.conf) in front of a production-shaped stack.
+
+One stack per module (it is expensive): Debian's nginx with the site (ports and a certificate
+made here filled in, tests/deploy_app/nginx.py), ``clarion serve --workers 2`` on Redis with
+its GRIP proxy, the Django app of tests/deploy_app under gunicorn, and ``clarion worker``.
+Everything the tests do goes through nginx over https/wss unless a test says otherwise.
+
+Skipped when nginx, Redis or (for the browser test) Chromium is missing; under CI=true each of
+those is a failure: CI runs scripts/install-test-deps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import websockets
+from tests.conftest import (
+    API_KEY,
+    CHAT_NAMESPACE,
+    HMAC_SECRET,
+    TESTS_DIR,
+    _stop,
+    _wait_until,
+    free_port,
+    in_ci,
+    token,
+)
+from tests.deploy_app.nginx import (
+    Certificate,
+    Nginx,
+    SitePorts,
+    make_certificate,
+    nginx_available,
+    render_site,
+)
+from tests.sse_reader import LineReader, SSEReader
+from websockets.typing import Origin
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PER_ADDRESS = 2  # the hub's max_connections_per_address, per worker process
+WORKERS = 2
+
+
+def _unavailable(why: str) -> None:
+    if in_ci():
+        pytest.fail(f"{why}; CI must run scripts/install-test-deps")
+    pytest.skip(why)
+
+
+def _redis_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+@dataclass
+class Stack:
+    nginx: Nginx
+    cert: Certificate
+    ports: SitePorts
+    control_port: int
+    worker_metrics_port: int
+    prefix: str
+    logs: Path
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+    @property
+    def hub_url(self) -> str:
+        """The hub's own port (what Prometheus scrapes), not through nginx."""
+        return f"http://127.0.0.1:{self.ports.hub}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert.cert))
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.ssl_context(), timeout=15, **kwargs)
+
+    def async_client(self, local_address: str | None = None) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(verify=self.ssl_context(),
+                                             local_address=local_address)
+        return httpx.AsyncClient(base_url=self.url, transport=transport, timeout=15)
+
+    def publish(self, channel: str, data: object) -> dict[str, Any]:
+        with self.client() as c:
+            r = c.post("/api/publish", json={"channel": channel, "data": data},
+                       headers={"X-API-Key": API_KEY})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert "error" not in body, body
+        return body["result"]  # type: ignore[no-any-return]
+
+    def output(self) -> str:
+        parts = [f"--- {p.name}\n{_log(p)[-6000:]}" for p in sorted(self.logs.glob("*.log"))]
+        return "\n".join(parts) + f"\n--- nginx error.log\n{self.nginx.error_log()[-6000:]}"
+
+
+HUB_CONFIG = f"""
+api_key = "{API_KEY}"
+token_hmac_secret = "{HMAC_SECRET}"
+# No allowed_origins: pages are same-origin, which the hub sees from the Host nginx passes on.
+trusted_proxies = ["127.0.0.1"]
+max_connections_per_address = {PER_ADDRESS}
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    ok, why = nginx_available()
+    if not ok:
+        _unavailable(why)
+    if not _redis_up():
+        _unavailable("no Redis at 127.0.0.1:6379")
+    base = tmp_path_factory.mktemp("deploy")
+    logs = base / "logs"
+    logs.mkdir()
+    prefix = f"clarion-deploy-{uuid.uuid4().hex[:10]}"
+    ports = SitePorts(https=free_port(), http=free_port(), hub=free_port(), grip=free_port(),
+                      app=free_port())
+    control_port, worker_metrics_port = free_port(), free_port()
+    cert = make_certificate(base / "tls")
+    procs: list[tuple[subprocess.Popen[bytes], bool]] = []
+
+    def spawn(name: str, cmd: list[str], env: dict[str, str] | None = None,
+              group: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
+        with (logs / f"{name}.log").open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=base,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                    start_new_session=group)  # fmt: skip
+        procs.append((proc, group))
+        return proc
+
+    config = base / "hub.toml"
+    config.write_text(HUB_CONFIG + f'\n[redis]\nprefix = "{prefix}"\n' + CHAT_NAMESPACE)
+    routes = base / "routes"
+    routes.write_text(f"* 127.0.0.1:{ports.app},over_http\n")
+    hub = spawn("hub", [
+        sys.executable, "-m", "clarion", "serve", "--host", "127.0.0.1",
+        "--port", str(ports.hub), "--config", str(config), "--workers", str(WORKERS),
+        "--broker", REDIS_URL, "--log-level", "debug",
+        "--grip-routes", str(routes), "--grip-port", str(ports.grip),
+        "--control-port", str(control_port)])  # fmt: skip
+    app = spawn("gunicorn", [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{ports.app}",
+        "--worker-class", "gthread", "--workers", "1", "--threads", "8", "--timeout", "120",
+        "--graceful-timeout", "5", "--access-logfile", "-", "--no-control-socket",
+        "--chdir", str(TESTS_DIR), "deploy_app.wsgi:application"], env={
+        "DJANGO_SETTINGS_MODULE": "deploy_app.settings",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p),
+        "GRIP_IMPL": "clarion", "GRIP_CONTROL_URI": f"http://127.0.0.1:{control_port}",
+        "DEPLOY_HUB_URL": f"http://127.0.0.1:{ports.hub}", "DEPLOY_API_KEY": API_KEY,
+    }, group=True)  # fmt: skip
+    worker = spawn("worker", [
+        sys.executable, "-m", "clarion", "worker", "--db", str(base / "webhooks.sqlite3"),
+        "--metrics-port", str(worker_metrics_port)])  # fmt: skip
+    nginx = Nginx(base / "nginx", ports, cert)
+    stack = Stack(nginx, cert, ports, control_port, worker_metrics_port, prefix, logs)
+    try:
+        _wait_until(lambda: _answers(f"{stack.hub_url}/health")
+                    and _accepts(ports.grip) and _accepts(control_port),
+                    hub, "clarion serve --workers 2", stack.output, 30)  # fmt: skip
+        _wait_until(lambda: _answers(f"http://127.0.0.1:{ports.app}/whoami"), app,
+                    "gunicorn (deploy_app)", stack.output, 60)  # fmt: skip
+        _wait_until(lambda: _answers(f"http://127.0.0.1:{worker_metrics_port}/metrics"),
+                    worker, "clarion worker", stack.output, 60)  # fmt: skip
+        nginx.start()
+        yield stack
+    finally:
+        nginx.stop()
+        for proc, group in reversed(procs):
+            _stop(proc, group=group)
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.TransportError:
+        return False
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# -- the site itself ----------------------------------------------------------------------------
+
+
+def test_render_refuses_a_site_without_the_shipped_values(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test must run the shipped file: if a value it fills in is gone, it says which.
+    import tests.deploy_app.nginx as site
+
+    changed = tmp_path / "nginx"
+    (changed / "snippets").mkdir(parents=True)
+    text = (site.SITE_DIR / "clarion.conf").read_text()
+    (changed / "clarion.conf").write_text(text.replace("server 127.0.0.1:7999;",
+                                                       "server 10.0.0.5:7999;"))
+    monkeypatch.setattr(site, "SITE_DIR", changed)
+    cert = Certificate(tmp_path / "c.pem", tmp_path / "k.pem")
+    with pytest.raises(ValueError, match=r"expected 'server 127.0.0.1:7999;' once, found 0"):
+        render_site(SitePorts(1, 2, 3, 4, 5), cert)
+
+
+def test_routes_health_static_and_metrics(stack: Stack) -> None:
+    with stack.client() as c:
+        health = c.get("/health")
+        assert health.status_code == 200, health.text
+        assert health.http_version in ("HTTP/1.1", "HTTP/2")
+        assert "max-age=63072000" in health.headers["strict-transport-security"]
+        js = c.get("/static/clarion.js")
+        assert js.status_code == 200
+        assert "javascript" in js.headers["content-type"]
+        assert "class Clarion" in js.text or "Clarion" in js.text
+        # The metrics are the hub's port's business, not the public name's.
+        assert c.get("/metrics").status_code == 403
+        assert "clarion_" in httpx.get(f"{stack.hub_url}/metrics", timeout=10).text
+        # Anything else is the Django app.
+        who = c.get("/whoami")
+        assert who.status_code == 200, who.text
+        assert who.json()["secure"] is True
+        # The API through nginx needs its key as it does anywhere.
+        assert c.post("/api/info", json={}).status_code == 401
+    # Plain http is sent to https.
+    r = httpx.get(f"http://127.0.0.1:{stack.ports.http}/room?x=1", timeout=10)
+    assert r.status_code == 301
+    assert r.headers["location"] == "https://127.0.0.1/room?x=1"
+
+
+def test_the_webhook_worker_runs_beside_the_hub(stack: Stack) -> None:
+    metrics = httpx.get(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert "clarion_" in metrics.text, metrics.text[:500]
+
+
+# -- streams are not buffered -------------------------------------------------------------------
+
+
+async def test_sse_events_arrive_one_by_one_through_nginx(stack: Stack) -> None:
+    channel = f"chat:sse-{uuid.uuid4().hex[:8]}"
+    async with stack.async_client() as c, c.stream(
+            "GET", "/connection/sse", params={"channel": channel, "token": token("ann")}) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        reader = SSEReader(resp)
+        assert "connect" in (await reader.next(10)).json
+        # Each event is read while the stream stays open, before the next one is published:
+        # a buffering proxy would hold the first until its buffer filled or the stream ended.
+        for text in ("first", "second", "third"):
+            await asyncio.to_thread(stack.publish, channel, {"text": text})
+            event = await reader.next_pub(10)
+            assert event.json["pub"]["data"] == {"text": text}
+
+
+async def test_http_stream_lines_arrive_one_by_one_through_nginx(stack: Stack) -> None:
+    channel = f"chat:stream-{uuid.uuid4().hex[:8]}"
+    async with stack.async_client() as c, c.stream(
+            "GET", "/connection/stream",
+            params={"channel": channel, "token": token("bob")}) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        reader = LineReader(resp)
+        assert "connect" in await reader.next(10)
+        for text in ("one", "two"):
+            await asyncio.to_thread(stack.publish, channel, {"text": text})
+            line = await reader.next_pub(10)
+            assert line["pub"]["data"] == {"text": text}
+
+
+async def test_websocket_over_wss_through_nginx(stack: Stack) -> None:
+    channel = f"chat:ws-{uuid.uuid4().hex[:8]}"
+    async with websockets.connect(stack.nginx.ws_url, ssl=stack.ssl_context(),
+                                  origin=Origin(stack.url)) as ws:
+        await ws.send(json.dumps({"id": 1, "connect": {"token": token("cyd")}}))
+        assert "connect" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+        await ws.send(json.dumps({"id": 2, "subscribe": {"channel": channel}}))
+        assert "subscribe" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+        for text in ("a", "b"):
+            await asyncio.to_thread(stack.publish, channel, {"text": text})
+            push = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert push["push"]["pub"]["data"] == {"text": text}
+    # A page of another origin is refused: the hub compared Origin with the Host nginx sent.
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(stack.nginx.ws_url, ssl=stack.ssl_context(),
+                                      origin=Origin("https://evil.example")):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+# -- GRIP ---------------------------------------------------------------------------------------
+
+
+async def test_grip_stream_through_nginx(stack: Stack) -> None:
+    # nginx -> the hub's GRIP proxy -> Django (myendpoint holds a stream on channel "test");
+    # a POST publishes through Django to the proxy's publish API (another worker, maybe).
+    async with stack.async_client() as c, c.stream("GET", "/grip/myendpoint") as resp:
+        assert resp.status_code == 200, await resp.aread()
+        lines = resp.aiter_lines()
+        assert await asyncio.wait_for(anext(lines), 10) == "[stream open]"
+        for data in ("hello", "again"):
+            async with stack.async_client() as poster:
+                posted = await poster.post("/grip/myendpoint", data={"data": data})
+            assert posted.status_code == 200, posted.text
+            assert await asyncio.wait_for(anext(lines), 10) == data
+
+
+# -- client addresses ---------------------------------------------------------------------------
+
+
+async def test_x_forwarded_for_reaches_the_hub_and_the_app(stack: Stack) -> None:
+    # Linux answers on all of 127.0.0.0/8: a client on 127.0.0.2 is not nginx (127.0.0.1).
+    async with stack.async_client(local_address="127.0.0.2") as c:
+        # A forged X-Forwarded-For from the client stays to the left of the address nginx saw.
+        who = (await c.get("/whoami", headers={"X-Forwarded-For": "6.6.6.6"})).json()
+        assert who["remote_addr"] == "127.0.0.1"
+        assert who["x_forwarded_for"] == "6.6.6.6, 127.0.0.2"
+        assert who["x_forwarded_proto"] == "https"
+        assert who["host"] == f"127.0.0.1:{stack.ports.https}"
+
+        # The hub counts 127.0.0.2's connections (up to PER_ADDRESS in each worker), whatever
+        # it claims: with one more held stream than all workers allow, one is refused 429.
+        held: list[Any] = []
+        statuses: list[int] = []
+        async with contextlib.AsyncExitStack() as streams:
+            for i in range(PER_ADDRESS * WORKERS + 1):
+                resp = await streams.enter_async_context(c.stream(
+                    "GET", "/connection/sse", headers={"X-Forwarded-For": f"6.6.6.{i}"},
+                    params={"channel": f"chat:xff-{i}", "token": token(f"u{i}")}))
+                statuses.append(resp.status_code)
+                if resp.status_code == 200:
+                    held.append(SSEReader(resp))
+                    assert "connect" in (await held[-1].next(10)).json
+            assert 429 in statuses, statuses
+            # Another client address through the same nginx is not limited.
+            async with stack.async_client(local_address="127.0.0.3") as other, other.stream(
+                    "GET", "/connection/sse",
+                    params={"channel": "chat:xff-other", "token": token("other")}) as resp:
+                assert resp.status_code == 200
+    deadline = time.monotonic() + 10
+    while "client=127.0.0.2 proxy=127.0.0.1" not in (out := _log(stack.logs / "hub.log")):
+        assert time.monotonic() < deadline, out[-4000:]
+        await asyncio.sleep(0.1)
+    assert "client=6.6.6." not in out
+
+
+# -- the demo chat in Chromium ------------------------------------------------------------------
+
+
+CHROMIUM = os.environ.get("CLARION_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("python playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        _unavailable(f"{CHROMIUM} is missing")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _join(browser: Any, stack: Stack, name: str) -> tuple[Any, Any]:
+    # The certificate is the test's own: Chromium is told to accept it, as for a real one.
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    page.on("console", lambda m: print(f"[{name} console.{m.type}] {m.text}"))
+    page.goto(f"{stack.url}/")
+    page.fill("#name", name)
+    page.click("#join")
+    page.wait_for_selector("#status[data-state='connected']", timeout=15_000)
+    return context, page
+
+
+def _wait_text(page: Any, text: str) -> None:
+    page.wait_for_function(
+        "(t) => [...document.querySelectorAll('#messages .message .text')]"
+        ".some(e => e.textContent === t)", arg=text, timeout=15_000)
+
+
+@pytest.mark.browser
+def test_demo_chat_in_chromium_over_https_and_wss(browser: Any, stack: Stack) -> None:
+    ada_ctx, ada = _join(browser, stack, "ada")
+    bea_ctx, bea = _join(browser, stack, "bea")
+    try:
+        for page in (ada, bea):
+            assert page.evaluate("window.location.protocol") == "https:"
+        ada.fill("#message", "hello over wss")
+        ada.click("#send")
+        _wait_text(bea, "hello over wss")
+        bea.fill("#message", "and back")
+        bea.click("#send")
+        _wait_text(ada, "and back")
+        stack.publish("chat:lobby", {"text": "from the server", "name": "hub"})
+        _wait_text(ada, "from the server")
+        _wait_text(bea, "from the server")
+    except Exception:
+        print(stack.output())
+        raise
+    finally:
+        ada_ctx.close()
+        bea_ctx.close()
+    # The pages' WebSockets went through nginx (101 in its access log), not around it.
+    assert '"GET /connection/websocket HTTP/1.1" 101' in stack.nginx.access_log()
