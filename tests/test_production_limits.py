@@ -404,3 +404,34 @@ def test_per_address_counting() -> None:
     unlimited = ConnectionLimits(10, 10, per_address=0)
     assert all(unlimited.acquire("a") for _ in range(1000))
     assert not unlimited.counts
+
+
+def test_grip_control_port_is_not_limited_per_address(hub_factory: HubFactory,
+                                                      tmp_path: Any) -> None:
+    from tests.conftest import free_port
+
+    routes = tmp_path / "routes"
+    routes.write_text(f"* 127.0.0.1:{free_port()}\n")
+    grip_port, control_port = free_port(), free_port()
+    hub = hub_factory("max_connections_per_address = 1\n", "--grip-routes", str(routes),
+                      "--grip-port", str(grip_port), "--control-port", str(control_port))
+    del hub
+
+    def request(port: int) -> tuple[socket.socket, int]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
+        sock.settimeout(BOUND)
+        sock.sendall(b"GET /publish/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, headers, _ = _read_response(sock)
+        # Still open after its answer, so still counted when the next one arrives.
+        assert status == 429 or headers.get("connection") != "close", (status, headers)
+        return sock, status
+
+    # An origin's pool of publishing connections, all from one address, is not refused.
+    control = [request(control_port) for _ in range(3)]
+    assert all(status != 429 for _, status in control), control
+    # The GRIP client port is a public one: limited like the hub's own.
+    first, _ = request(grip_port)
+    second, status = request(grip_port)
+    assert status == 429
+    for sock in [first, second, *(s for s, _ in control)]:
+        sock.close()

@@ -130,11 +130,11 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = ("_body", "_body_size", "_client", "_counted", "_dispatch", "_failure",
                  "_forwarded_host", "_header_bytes", "_headers", "_held", "_http10", "_in_body",
                  "_in_head", "_in_message", "_keep_alive", "_max_body", "_parser", "_peer",
-                 "_queue", "_raw_headers", "_run_handler", "_running", "_scheme", "_tls",
-                 "_trusted", "_url", "hub", "takeover", "transport")
+                 "_per_address", "_queue", "_raw_headers", "_run_handler", "_running",
+                 "_scheme", "_tls", "_trusted", "_url", "hub", "takeover", "transport")
 
     def __init__(self, hub: Hub, dispatch: Handler | None = None,
-                 max_body: int | None = None) -> None:
+                 max_body: int | None = None, per_address: bool = True) -> None:
         self.hub = hub
         self._dispatch: Handler = dispatch or hub.router.dispatch
         # Which requests may be answered together when pipelined: the hub's router knows;
@@ -167,6 +167,9 @@ class HttpProtocol(asyncio.Protocol):
         self._forwarded_host = ""
         self._trusted = False  # the peer is a trusted proxy: its forwarding headers count
         self._counted = ""  # the address this connection counts against (per-address limit)
+        # False on a listener for trusted publishers only (the GRIP control port), where one
+        # origin's pool of connections is not a client hoarding them.
+        self._per_address = per_address
         self._in_head = False  # waiting for a request head (since the first byte, or open)
         self._in_message = False  # between a request's first byte and its last
 
@@ -184,7 +187,7 @@ class HttpProtocol(asyncio.Protocol):
         hub.http_connection_made(self)
         self._trusted = hub.proxies.trusted(self._peer)
         limits = hub.limits
-        if not self._trusted and self._peer:
+        if not self._trusted and self._peer and self._per_address:
             # Refused at accept, before anything is read: an address over its limit costs one
             # short answer, not a parser and a request. The answer goes first (a client reads
             # it where it expects its response); the connection then lingers and closes.
@@ -382,7 +385,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._counted:
             hub.limits.release(self._counted)
             self._counted = ""
-        if client == self._peer:
+        if client == self._peer or not self._per_address:
             return  # the proxy's own request (a health check): not a client to limit
         if not hub.limits.acquire(client):
             hub.refused("address_limit", client=client, proxy=self._peer)

@@ -146,7 +146,8 @@ class GripProxy:
             grip_host, config.grip_port, backlog=4096, reuse_address=True,
             reuse_port=hub.reuse_port, **hub.tls_options()))
         self._servers.append(await loop.create_server(
-            lambda: HttpProtocol(hub, self.control.handle, config.control_max_body_size),
+            lambda: HttpProtocol(hub, self.control.handle, config.control_max_body_size,
+                                 per_address=False),
             config.control_host, config.control_port, backlog=1024, reuse_address=True,
             reuse_port=hub.reuse_port))
         if config.grip_sig_key == "changeme":
