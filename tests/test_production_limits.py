@@ -17,7 +17,7 @@ from tests.conftest import CHAT_NAMESPACE, Hub, HubFactory, token
 
 from clarion.errors import ConfigError
 from clarion.hub.config import load_config
-from clarion.hub.limits import ConnectionLimits
+from clarion.hub.limits import ConnectionLimits, address_key
 from clarion.hub.proxies import TrustedProxies, parse_networks
 
 BOUND = 15.0  # a generous bound for anything the hub does after a 1 s timeout
@@ -401,6 +401,13 @@ def test_per_address_counting() -> None:
     for _ in range(3):
         limits.release("a")
     assert "a" not in limits.counts
+    # An IPv6 host's /64 is one address; an IPv4-mapped one is its IPv4 address.
+    assert limits.acquire("2001:db8:1:2::1") and limits.acquire("2001:db8:1:2:ffff::9")
+    assert not limits.acquire("2001:db8:1:2::77")
+    assert limits.acquire("2001:db8:1:3::1")
+    assert limits.acquire("::ffff:192.0.2.1") and limits.acquire("192.0.2.1")
+    assert not limits.acquire("192.0.2.1")
+    assert address_key("unknown") == "unknown"
     unlimited = ConnectionLimits(10, 10, per_address=0)
     assert all(unlimited.acquire("a") for _ in range(1000))
     assert not unlimited.counts

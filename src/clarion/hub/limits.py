@@ -7,7 +7,8 @@
 - **Keep-alive timeout**: a connection that waits between requests for ``http_keepalive_timeout``
   is closed (silently, as nginx and uvicorn do: no request is outstanding to answer).
 - **Connections per address**: at most ``max_connections_per_address`` at once from one client
-  address (the real client's when the peer is a trusted proxy); 0 is no limit.
+  address (the real client's when the peer is a trusted proxy; an IPv6 client's /64); 0 is
+  no limit.
 
 No timer per connection: a connection waiting for a head or for its next request sits in one of
 two insertion-ordered dicts, each with a single timeout, so their deadlines are in order and a
@@ -18,10 +19,11 @@ over (a WebSocket, an event stream) is in neither: 15,000 of those cost the swee
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["ConnectionLimits", "Timed"]
+__all__ = ["ConnectionLimits", "Timed", "address_key"]
 
 
 class Timed(Protocol):
@@ -94,20 +96,37 @@ class ConnectionLimits:
         exceed the limit."""
         if self.per_address <= 0:
             return True
-        count = self.counts.get(address, 0)
+        key = address_key(address)
+        count = self.counts.get(key, 0)
         if count >= self.per_address:
             return False
-        self.counts[address] = count + 1
+        self.counts[key] = count + 1
         return True
 
     def release(self, address: str) -> None:
         if self.per_address <= 0:
             return
-        count = self.counts.get(address, 0) - 1
+        key = address_key(address)
+        count = self.counts.get(key, 0) - 1
         if count > 0:
-            self.counts[address] = count
+            self.counts[key] = count
         else:
-            self.counts.pop(address, None)
+            self.counts.pop(key, None)
+
+
+def address_key(address: str) -> str:
+    """What one "address" is for the per-address limit: an IPv4 address, or an IPv6 address's
+    /64 (one subscriber's network: a host given a /64 can use any of its 2^64 addresses, so
+    counting them one by one would limit nothing). Anything else counts as it is."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return ip.exploded[:19] + "::/64"
 
 
 def _header(conn: Timed) -> None:
