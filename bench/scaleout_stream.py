@@ -1,24 +1,33 @@
 """Scale-out over HTTP streaming: Clarion ``--workers 2`` on Redis vs two Pushpins behind one
 publisher, in the same run, same load client, same machine.
 
-* ``clarion-stream``: ``clarion serve --workers 2`` on the Redis broker; subscribers
-  ``GET /connection/stream?channel=bench:fan`` (NDJSON over chunked HTTP) on one port, spread
-  over the two workers by SO_REUSEPORT; publications as ``POST /api/batch`` of ``--batch``
-  (throughput) and pipelined ``POST /api/publish`` (latency).
-* ``pushpin-x2``: two Debian Pushpins (``bench/grip_fanout.GripPushpin``: handler rate limits
-  lifted), each with its own ``bench/peers/grip_origin.py``; subscribers split half/half over
-  them; one publisher POSTs every ``/publish/`` (``--batch`` http-stream items) to both
-  instances' publish ports, as a pubcontrol client configured with two publish servers does.
-  Deliveries and publish-to-last-delivery are counted over both halves.
-* ``clarion-grip`` (optional): Clarion's GRIP proxy, ``--workers 2`` on Redis, in front of the
-  same origin program as Pushpin, ``/publish/`` like Pushpin's.
+* ``clarion-stream``: ``clarion serve --workers 2`` on the Redis broker (bench/scaleout.py's
+  ``hub("redis-2")``); subscribers ``GET /connection/stream?channel=bench:fan`` (NDJSON over
+  chunked HTTP) on one port, spread over the two workers by SO_REUSEPORT; publications as
+  ``POST /api/batch`` of ``--batch`` (throughput) and single ``POST /api/publish`` pipelined on
+  one keep-alive connection (latency).
+* ``pushpin-x2``: two Debian Pushpins (bench/grip_fanout.py's ``GripPushpin``: handler rate
+  limits lifted), each with its own ``bench/peers/grip_origin.py``, run under one shell so CPU
+  and memory are counted over both; subscribers split half/half; every ``/publish/`` goes to
+  both instances' publish ports at once, as a pubcontrol client configured with two publish
+  servers does: ``--batch`` http-stream items per request (throughput), and for latency one
+  worker per publish server sending up to 10 queued items per request (pypubcontrol's
+  asynchronous ``publish``).  Deliveries and publish-to-last-delivery are over both halves.
+* ``clarion-grip``: Clarion's GRIP proxy, ``--workers 2`` on Redis, in front of the same
+  origin program, published to exactly like one Pushpin.
 
 At each subscriber count: deliveries/s (``--duration`` s of batches, at most ``--window``
-publications in flight) and p50/p99 publish-to-last-delivery at a fixed rate (``--latency``,
-one rate per subscriber count that every system here can sustain, so the figure is latency,
-not a queue).
+publications not yet seen by the slowest subscriber) and p50/p99 publish-to-last-delivery at
+fixed rates (``--latency``): first one every system sustained on the shared 2-core machine,
+then the rate the issue names, which may measure a queue (p50 near half the max).  The CPU
+of each server's processes over the throughput phase is printed (Clarion per worker, Pushpin
+per service); ``--profile`` adds a py-spy of the Clarion workers.
 
-    python bench/scaleout_stream.py                  # 5,000 and 10,000 subscribers
+Limits: at least 2 subscribers (the pair gets half each); subscriber counts over ~2,500 use
+one client process per 2,500 (``--per-process``); the Redis at ``CLARION_BENCH_REDIS`` (key
+prefix ``clarionbench-hub``) must be up, Pushpin is skipped with a note when not installed.
+
+    python bench/scaleout_stream.py                  # 5,000 and 10,000 subscribers, ~8 min
     python bench/scaleout_stream.py --quick          # smoke run: 1,000 and 2,000
     python bench/scaleout_stream.py --only clarion-stream --subscribers 10000 --profile
 """
@@ -572,9 +581,12 @@ def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
             c = common.latency_of(g(cl, "runs", str(n)), rate)
             p = common.latency_of(g(pp, "runs", str(n)), rate)
             cp, pq = grip_fanout._valid_p50(c), grip_fanout._valid_p50(p)
+            if cp and pq:
+                ratio = f"{pq / cp:.1f}x lower p50" if cp <= pq else f"{cp / pq:.1f}x higher p50"
+            else:
+                ratio = "-"
             rows.append([f"{label[system]} p50 / p99 ms @ {n:,} subs, {rate:g} msg/s",
-                         grip_fanout._pp(c), "2 x Pushpin", grip_fanout._pp(p),
-                         f"{pq / cp:.1f}x lower p50" if cp and pq else "-", "p50 <= Pushpin",
+                         _pp(c), "2 x Pushpin", _pp(p), ratio, "p50 <= Pushpin",
                          ("yes" if cp <= pq else "NO") if cp and pq else "n/a"])  # fmt: skip
     problems = []
     for system in SYSTEMS:
@@ -588,6 +600,18 @@ def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
     return rows, problems
 
 
+def backlog(la: dict[str, Any]) -> bool:
+    """Whether a latency point measured a queue rather than a delivery time: its worst
+    publication waited over a quarter of the whole phase (count / rate)."""
+    if not la or la.get("max_ms") is None or not la.get("rate"):
+        return False
+    return bool(la["max_ms"] > 0.25 * la["messages"] / la["rate"] * 1000)
+
+
+def _pp(la: dict[str, Any]) -> str:
+    return grip_fanout._pp(la) + (" (backlog)" if backlog(la) else "")
+
+
 def print_report(results: dict[str, Any]) -> None:
     rows, problems = report_rows(results)
     lc.print_table(
@@ -598,6 +622,8 @@ def print_report(results: dict[str, Any]) -> None:
         rows,
     )
     print(results.get("pushpin_note", PUSHPIN_NOTE))
+    print("(backlog): the slowest publication waited over a quarter of the latency phase's "
+          "length: a queue, not a delivery time")  # fmt: skip
     bg = results.get("background_cpu") or {}
     if bg:
         of = (os.cpu_count() or 1) * 100
