@@ -72,6 +72,20 @@ def mask_url(url: str) -> str:
     return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
+def _scrub(text: str, broker: str | list[str]) -> str:
+    """``text`` with every password of the broker URLs replaced by the mask."""
+    for url in broker if isinstance(broker, list) else [broker]:
+        _, _, rest = url.partition("://")
+        authority = rest.partition("/")[0]
+        userinfo = authority.rpartition("@")[0]
+        secrets = [userinfo.partition(":")[2]] if userinfo else []
+        secrets += [m.group(1) for m in re.finditer(r"password=([^&]*)", url, re.IGNORECASE)]
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, MASK)
+    return text
+
+
 def _masked(name: str, value: Any) -> Any:
     if name in _SECRETS and isinstance(value, str) and value:
         # A key kept in a file is named by its path, which is no secret and worth seeing.
@@ -224,8 +238,8 @@ def _check_broker(config: Any, timeout: float) -> list[str]:
     except TimeoutError:
         raise _Problem(f"broker {shown}: no answer within {timeout:g} s") from None
     except ClarionError as exc:
-        # BrokerError messages name the host and never the password.
-        raise _Problem(f"broker {shown}: {exc}") from None
+        # The broker masks a password in the userinfo but not one in the query string.
+        raise _Problem(f"broker {shown}: {_scrub(str(exc), config.broker)}") from None
     return [f"broker {shown}: ok (connected, Pub/Sub link up, history script ran; "
             f"{elapsed * 1000:.1f} ms)"]
 
