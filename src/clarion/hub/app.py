@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from clarion import __version__
-from clarion.broker import Broker, PublishOptions, PublishResult, create_broker
+from clarion.broker import Broker, PublishResult, create_broker
 from clarion.broker.base import ClientInfo, StreamPosition
 from clarion.errors import BrokerError, Disconnect
 from clarion.hub.api import ServerApi, broker_unavailable
@@ -35,6 +35,7 @@ from clarion.hub.metrics import HubMetrics
 from clarion.hub.openapi import docs_page, openapi_document
 from clarion.hub.outbound import Flusher
 from clarion.hub.proxies import TrustedProxies, parse_networks
+from clarion.hub.publishing import broker_request
 from clarion.hub.resume import ResumeSigner
 from clarion.hub.router import Router
 from clarion.hub.static import file_response, handle_static
@@ -185,16 +186,10 @@ class Hub:
                       tags: dict[str, str] | None = None, skip_history: bool = False,
                       idempotency_key: str = "",
                       options: ChannelOptions | None = None) -> PublishResult:
-        options = options or self.rules.options(channel)
-        if b"\n" in data or b"\r" in data:
-            # Frames batch messages by newline: data must be compact JSON.
-            data = msgspec.json.encode(msgspec.json.decode(data))
-        history = options.history_enabled and not skip_history
-        return await self.broker.publish(channel, data, PublishOptions(
-            history_size=options.history_size if history else 0,
-            history_ttl=options.history_ttl if history else 0.0,  # type: ignore[arg-type]
-            info=info, tags=tags, idempotency_key=idempotency_key,
-            history_meta_ttl=self.config.seconds("history_meta_ttl")))
+        data, publish_options = broker_request(
+            self.config, options or self.rules.options(channel), data, tags=tags,
+            skip_history=skip_history, idempotency_key=idempotency_key, info=info)
+        return await self.broker.publish(channel, data, publish_options)
 
     async def history_result(self, channel: str, options: ChannelOptions, limit: int,
                              since: Any, reverse: bool) -> dict[str, Any]:

@@ -13,28 +13,40 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from clarion.broker.base import PublishOptions, PublishResult
+from clarion.broker.base import ClientInfo, PublishOptions, PublishResult
 from clarion.errors import BrokerError
 from clarion.protocol import client as proto
 
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
+    from clarion.hub.config import ChannelOptions, Config
 
 
-def publish_options(hub: Hub, channel: str, data: bytes, *, tags: dict[str, str] | None,
-                    skip_history: bool, idempotency_key: str) -> tuple[bytes, PublishOptions]:
-    """What ``Hub.publish`` sends the broker: the data, made compact, and the channel's
-    options (raises ReplyError for a channel no rule allows)."""
-    options = hub.rules.options(channel)
+def broker_request(config: Config, options: ChannelOptions, data: bytes, *,
+                   tags: dict[str, str] | None = None, skip_history: bool = False,
+                   idempotency_key: str = "", info: ClientInfo | None = None,
+                   ) -> tuple[bytes, PublishOptions]:
+    """What the hub sends the broker for a publication in a channel with ``options``: the data,
+    made compact, and the publish options. ``Hub.publish``, the API's runs of publications and
+    the Django app's direct path into Redis (``clarion.django.realtime``) all use it, so a
+    publication is stored the same way whichever way it came in."""
     if b"\n" in data or b"\r" in data:
         # Frames batch messages by newline: data must be compact JSON.
         data = msgspec.json.encode(msgspec.json.decode(data))
     history = options.history_enabled and not skip_history
     return data, PublishOptions(
         history_size=options.history_size if history else 0,
-        history_ttl=options.history_ttl if history else 0.0,  # type: ignore[arg-type]
-        tags=tags, idempotency_key=idempotency_key,
-        history_meta_ttl=hub.config.seconds("history_meta_ttl"))
+        history_ttl=float(options.history_ttl) if history else 0.0,
+        info=info, tags=tags, idempotency_key=idempotency_key,
+        history_meta_ttl=config.seconds("history_meta_ttl"))
+
+
+def publish_options(hub: Hub, channel: str, data: bytes, *, tags: dict[str, str] | None,
+                    skip_history: bool, idempotency_key: str) -> tuple[bytes, PublishOptions]:
+    """``broker_request`` for ``channel`` under the hub's rules (raises ReplyError for a
+    channel no rule allows)."""
+    return broker_request(hub.config, hub.rules.options(channel), data, tags=tags,
+                          skip_history=skip_history, idempotency_key=idempotency_key)
 
 
 class PublishRun:

@@ -23,8 +23,6 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import msgspec
-
 from clarion.broker import Broker, ClientInfo, Publication, PublishOptions, create_broker
 from clarion.broker import PublishResult as BrokerResult
 from clarion.client import PublishResult
@@ -40,6 +38,7 @@ from clarion.errors import (
 )
 from clarion.hub.channels import ChannelRules
 from clarion.hub.config import Config, load_config
+from clarion.hub.publishing import broker_request
 from clarion.protocol import tickets
 
 log = logging.getLogger("clarion.realtime")
@@ -184,10 +183,6 @@ class DirectBroker:
             # publication too large to go through the API must not go in through Redis.
             return [HubReplyError(413, f"the data is {len(data)} bytes, more than the hub's "
                                        f"api_max_body_size ({limit})", status=413)]
-        if b"\n" in data or b"\r" in data:
-            # The hub frames batched messages by newline: data must be compact JSON.
-            data = msgspec.json.encode(msgspec.json.decode(data))
-        meta_ttl = self.config.seconds("history_meta_ttl")
         plan: list[Request | HubReplyError] = []
         for channel in item.channels:
             try:
@@ -195,11 +190,8 @@ class DirectBroker:
             except ReplyError as exc:
                 plan.append(HubReplyError(exc.code, exc.message))
                 continue
-            history = options.history_enabled
-            plan.append((channel, data, PublishOptions(
-                history_size=options.history_size if history else 0,
-                history_ttl=float(options.history_ttl) if history else 0.0,
-                idempotency_key=item.idempotency_key or "", history_meta_ttl=meta_ttl)))
+            plan.append((channel, *broker_request(self.config, options, data,
+                                                  idempotency_key=item.idempotency_key or "")))
         return plan
 
     def publish_batch(self, items: Sequence[Outgoing]) -> list[Outcome]:
