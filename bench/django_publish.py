@@ -368,7 +368,8 @@ def _print_run(way: str, rep: int, r: dict[str, Any]) -> None:
 
 def _median_run(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per point: the median rate and CPU of the repeats, the counts summed (every
-    publication of every repeat must have landed)."""
+    publication of every repeat must have landed). With an even number of repeats the
+    median is the upper middle one."""
     good = [r for r in rs if "error" not in r]
     if not good:
         return rs[-1] if rs else {"error": "not run"}
@@ -377,11 +378,13 @@ def _median_run(rs: list[dict[str, Any]]) -> dict[str, Any]:
         ps = [r[name] for r in good if isinstance(r.get(name), dict)]
         if not ps:
             continue
+        # A repeat in which every call failed has no rate: it is reported as errors.
+        ok = [p for p in ps if p["published"]]
         out[name] = {
-            "per_second": _median([p["per_second"] for p in ps]),
-            "cpu_us": _median([p["cpu_us"] for p in ps if p["cpu_us"] is not None]),
-            "p50_ms": _median([p["p50_ms"] for p in ps if p["p50_ms"] is not None]),
-            "p99_ms": _median([p["p99_ms"] for p in ps if p["p99_ms"] is not None]),
+            "per_second": _median([p["per_second"] for p in ok]),
+            "cpu_us": _median([p["cpu_us"] for p in ok]),
+            "p50_ms": _median([p["p50_ms"] for p in ok]),
+            "p99_ms": _median([p["p99_ms"] for p in ok]),
             "published": sum(p["published"] for p in ps),
             "landed": sum(p["landed"] for p in ps),
             "errors": sum(p["errors"] for p in ps),
