@@ -137,12 +137,16 @@ class Nginx:
     ports accept connections, ``stop()`` ends it (QUIT, then KILL)."""
 
     def __init__(self, prefix: Path, ports: SitePorts, cert: Certificate, *,
-                 workers: int = 1, connections: int = 4096) -> None:  # fmt: skip
+                 workers: int | str = 1, connections: int = 4096,
+                 plain_port: int | None = None) -> None:  # fmt: skip
         self.prefix = prefix
         self.ports = ports
         self.cert = cert
         self.workers = workers
         self.connections = connections
+        # bench/nginx.py only: the TLS server's locations on a plain port as well, to tell
+        # what TLS costs from what proxying costs. Not part of the shipped site.
+        self.plain_port = plain_port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -172,8 +176,12 @@ class Nginx:
         # /etc/nginx on Debian.
         for snippet in (SITE_DIR / "snippets").glob("*.conf"):
             shutil.copy(snippet, self.prefix / "conf" / "snippets" / snippet.name)
-        (self.prefix / "conf" / "sites-enabled" / "clarion.conf").write_text(
-            render_site(self.ports, self.cert))
+        site = render_site(self.ports, self.cert)
+        if self.plain_port is not None:
+            tls_listen = f"listen 127.0.0.1:{self.ports.https} ssl http2;"
+            site = site.replace(tls_listen,
+                                f"{tls_listen}\n    listen 127.0.0.1:{self.plain_port};")
+        (self.prefix / "conf" / "sites-enabled" / "clarion.conf").write_text(site)
         # Run as root (a CI container), nginx's workers would switch to "nobody" and could not
         # write under a private temporary directory: they stay the current user.
         user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
@@ -205,7 +213,8 @@ class Nginx:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nginx exited with {self.process.returncode}:\n"
                                    f"{self.error_log()}")
-            if all(_accepts(port) for port in (self.ports.https, self.ports.http)):
+            ports = (self.ports.https, self.ports.http, *filter(None, [self.plain_port]))
+            if all(_accepts(port) for port in ports):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"nginx did not listen within {timeout}s:\n{self.error_log()}")
