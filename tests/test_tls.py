@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -46,6 +47,8 @@ class Certs:
     combined: Path  # certificate and key in one file
     other_key: Path  # a key that does not belong to ``cert``
     encrypted_key: Path  # ``key`` under a password
+    ca_cert: x509.Certificate
+    ca_key: ec.EllipticCurvePrivateKey
 
     def client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
@@ -78,6 +81,24 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
                          critical=False)
           .sign(ca_key, hashes.SHA256()))
+    key, cert = _server_cert(ca, ca_key)
+    out = Certs(root / "ca.pem", root / "cert.pem", root / "key.pem", root / "both.pem",
+                root / "other-key.pem", root / "encrypted-key.pem", ca, ca_key)
+    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out.key.write_bytes(_pem_key(key))
+    out.combined.write_bytes(out.cert.read_bytes() + out.key.read_bytes())
+    out.other_key.write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
+    out.encrypted_key.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    return out
+
+
+def _server_cert(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+                 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A certificate for 127.0.0.1 and localhost, signed by the test CA."""
+    now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder().subject_name(_name("localhost"))
             .issuer_name(ca.subject).public_key(key.public_key())
@@ -93,17 +114,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    out = Certs(root / "ca.pem", root / "cert.pem", root / "key.pem", root / "both.pem",
-                root / "other-key.pem", root / "encrypted-key.pem")
-    out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(_pem_key(key))
-    out.combined.write_bytes(out.cert.read_bytes() + out.key.read_bytes())
-    out.other_key.write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
-    out.encrypted_key.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret")))
-    return out
+    return key, cert
 
 
 # -- a hub serving TLS ------------------------------------------------------------------------
@@ -306,6 +317,54 @@ def test_workers_serve_tls(tls_hub: Callable[..., TlsHub], certs: Certs) -> None
     for _ in range(10):
         with httpx.Client(verify=certs.client_context(), timeout=BOUND) as client:
             assert client.get(f"{hub.url}/health").status_code == 200
+
+
+def _served_serial(port: int, certs: Certs) -> int:
+    context = certs.client_context()
+    with socket.create_connection(("127.0.0.1", port), timeout=BOUND) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def _wait_for(hub: TlsHub, text: str, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while hub.output().count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert hub.output().count(text) >= count, hub.output()
+
+
+def test_renewed_certificate_is_served_after_a_rolling_restart(
+        tls_hub: Callable[..., TlsHub], certs: Certs, tmp_path: Path) -> None:
+    if not _redis_up():
+        if in_ci():
+            pytest.fail("no Redis at 127.0.0.1:6379; CI must run one")
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    cert, key = tmp_path / "live-cert.pem", tmp_path / "live-key.pem"
+    cert.write_bytes(certs.cert.read_bytes())
+    key.write_bytes(certs.key.read_bytes())
+    prefix = f"clarion-tls{uuid.uuid4().hex[:8]}"
+    hub = tls_hub(f'broker = "redis://127.0.0.1:6379/12"\n[redis]\nprefix = "{prefix}"\n'
+                  + CHAT_NAMESPACE, "--workers", "2", "--certfile", str(cert),
+                  "--keyfile", str(key))
+    _wait_for(hub, "worker ready", 2)
+    old = _served_serial(hub.port, certs)
+    # Renewal: new files in place, then SIGHUP. The workers are replaced one by one, each new
+    # one reading the files again.
+    new_key, new_cert = _server_cert(certs.ca_cert, certs.ca_key)
+    cert.write_bytes(new_cert.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(_pem_key(new_key))
+    hub.process.send_signal(signal.SIGHUP)
+    _wait_for(hub, "reload done", 1)
+    assert {_served_serial(hub.port, certs) for _ in range(10)} == {new_cert.serial_number}
+    assert old != new_cert.serial_number
+    # A broken renewal: the new worker cannot start, the reload stops, the old ones serve on.
+    cert.write_text("-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n")
+    hub.process.send_signal(signal.SIGHUP)
+    _wait_for(hub, "reload aborted", 1)
+    assert "could not be loaded" in hub.output()
+    assert {_served_serial(hub.port, certs) for _ in range(10)} == {new_cert.serial_number}
 
 
 # -- startup errors ---------------------------------------------------------------------------
