@@ -1,0 +1,276 @@
+"""``clarion serve --workers 2`` reloaded with SIGHUP: a rolling restart (issue 12, part 2).
+
+A real supervisor and two real workers on one port, Redis db 0 under a key prefix of the test's
+own. Clients connected before the reload (centrifuge-python WebSockets with recovery, NDJSON
+streams that resume from their cursor, from tests/test_scaleout_redis_failure.py) are counted
+publication by publication while a publisher keeps publishing through the server API during
+the whole reload (a 503 or a dropped connection is retried with the same idempotency key, so
+every publication is published exactly once). Every client must receive every publication
+exactly once and in order, though every one of them was told to reconnect.
+
+Nothing waits on a clock: the reload is over when the supervisor says so and both workers'
+pids have changed; a last publication marks the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from tests.conftest import Hub
+from tests.test_scaleout_redis_failure import (
+    CHANNEL,
+    END,
+    NAMESPACE,
+    Log,
+    Published,
+    T,
+    check,
+    stream_client,
+    ws_client,
+)
+from tests.test_workers import (  # noqa: F401 - server and tag are fixtures
+    alive,
+    metrics,
+    ready_pids,
+    sample,
+    server,
+    tag,
+    wait_until,
+)
+
+from clarion.hub.workers import RECONNECT_WINDOW, parse_ready, ready_line, reconnect_window
+
+BROKER = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def prefix(tag: str) -> Iterator[str]:  # noqa: F811 - the fixture imported above
+    """This test's [redis] prefix in db 0; its keys are deleted afterwards."""
+    name = f"clarion-{tag}"
+    yield name
+    client = redis.Redis.from_url(BROKER)
+    try:
+        keys = list(client.scan_iter(match=f"{name}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def start(server: Callable[..., Hub], prefix: str) -> Hub:  # noqa: F811
+    return server("serve", f'{NAMESPACE}\n[redis]\nprefix = "{prefix}"\n', "--broker", BROKER)
+
+
+def config_file(hub: Hub) -> Path:
+    # Where the server fixture of tests/test_workers.py writes it.
+    return hub.log.with_name(f"clarion-{hub.port}.toml")
+
+
+async def publish_surely(http: httpx.AsyncClient, hub: Hub, i: int, key: str,
+                         out: Published) -> None:
+    """Publish ``{"i": i}`` until the hub acknowledges it: a 503 (no broker yet) or a
+    connection cut by a retiring worker is retried with the same idempotency key, so a
+    publication whose answer was lost is not published twice."""
+    out.attempted.append(i)
+    deadline = time.monotonic() + T
+    while True:
+        assert time.monotonic() < deadline, f"publication {i} never acknowledged: {out.other}"
+        try:
+            resp = await http.post(f"{hub.url}/api/publish", headers={"X-API-Key": hub.api_key},
+                                   json={"channel": CHANNEL, "data": {"i": i},
+                                         "idempotency_key": f"{key}-{i}"})
+        except httpx.TransportError:
+            out.unavailable += 1
+            await asyncio.sleep(0.02)
+            continue
+        if resp.status_code == 503:
+            out.unavailable += 1
+            await asyncio.sleep(0.02)
+            continue
+        assert resp.status_code == 200 and "result" in resp.json(), resp.text
+        out.ok.append(i)
+        return
+
+
+def reloads_done(hub: Hub) -> int:
+    return hub.output().count("reload done")
+
+
+# -- the rolling restart ---------------------------------------------------------------------
+
+
+async def test_steady_publishing_through_a_rolling_restart_reaches_every_client_once(
+        server: Callable[..., Hub], prefix: str) -> None:  # noqa: F811
+    hub = start(server, prefix)
+    before = ready_pids(hub)
+    logs = [Log(f"ws{k}") for k in range(4)] + [Log(f"stream{k}") for k in range(2)]
+    clients = [await ws_client(hub, log) for log in logs[:4]]
+    ready = [asyncio.Event() for _ in range(2)]
+    streams = [asyncio.ensure_future(stream_client(hub, log, event))
+               for log, event in zip(logs[4:], ready, strict=True)]
+    for event in ready:
+        await asyncio.wait_for(event.wait(), T)
+    published = Published()
+    i = 0
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+
+            async def publish_until(done: Callable[[], bool]) -> None:
+                nonlocal i
+                deadline = time.monotonic() + 4 * T
+                while not done():
+                    assert time.monotonic() < deadline, "the reload did not end"
+                    await publish_surely(http, hub, i, prefix, published)
+                    i += 1
+                    await asyncio.sleep(0.01)
+
+            await publish_until(lambda: len(published.ok) >= 50)
+            hub.process.send_signal(signal.SIGHUP)
+            # Publishing goes on through the whole reload: both slots replaced, both old
+            # workers gone.
+            await publish_until(lambda: reloads_done(hub) == 1)
+            after = ready_pids(hub)
+            assert set(after) == {0, 1} and not set(after.values()) & set(before.values())
+            assert not any(alive(pid) for pid in before.values())
+            ok = len(published.ok)
+            await publish_until(lambda: len(published.ok) >= ok + 50)
+            await publish_surely(http, hub, END, prefix, published)
+            for log in logs:
+                await asyncio.wait_for(log.done.wait(), T)
+    finally:
+        for task in streams:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for client in clients:
+            await client.disconnect()
+    assert hub.process.poll() is None, hub.output()
+    sent = [n for n in published.ok if n != END]
+    assert sent == list(range(i)), "every publication acknowledged once, in order"
+    for log in logs:
+        check(log, published)
+        assert log.losses == 0, f"{log.name} was told its position is gone: {log.events[-5:]}"
+        assert log.received == sent, f"{log.name}: not every publication exactly once in order"
+        # Every client was on an old worker, so every one of them was told to go.
+        assert log.disconnects >= 1, f"{log.name} was never moved"
+    text = metrics(hub)
+    assert sample(text, "clarion_worker_reloads_total", result="ok") == 1.0
+    assert sample(text, "clarion_worker_reloads_total", result="failed") == 0.0
+    assert sample(text, "clarion_workers_running") == 2.0
+    assert sample(text, "clarion_workers_draining") == 0.0
+    assert sample(text, "clarion_worker_restarts_total", slot="0") == 0.0
+    output = hub.output()
+    assert output.count("worker retiring: its replacement is ready") == 2
+    assert "worker died" not in output
+    seen = [(log.name, len(log.received), log.disconnects) for log in logs]
+    print(f"\npublished {len(sent)} (retried {published.unavailable}), clients "
+          f"(name, received, reconnects): {seen}")
+
+
+async def test_a_reload_with_a_broken_configuration_keeps_the_old_workers(
+        server: Callable[..., Hub], prefix: str) -> None:  # noqa: F811
+    hub = start(server, prefix)
+    before = ready_pids(hub)
+    log = Log("ws")
+    client = await ws_client(hub, log)
+    cfg = config_file(hub)
+    good = cfg.read_text()
+    try:
+        cfg.write_text(good + "\nnot_a_setting = 1\n")
+        hub.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload aborted" in hub.output(), hub, "the reload aborted")
+        output = hub.output()
+        assert "the new worker exited before it was ready" in output
+        assert "not_a_setting" in output  # the new worker's own error says what is wrong
+        assert ready_pids(hub) == before and all(alive(pid) for pid in before.values())
+        text = metrics(hub)
+        assert sample(text, "clarion_worker_reloads_total", result="failed") == 1.0
+        assert sample(text, "clarion_worker_reloads_total", result="ok") == 0.0
+        assert sample(text, "clarion_workers_running") == 2.0
+        assert sample(text, "clarion_worker_restarts_total", slot="0") == 0.0
+
+        # The old workers serve on, and nobody was disconnected.
+        published = Published()
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            for n in range(20):
+                await publish_surely(http, hub, n, prefix, published)
+            deadline = time.monotonic() + T
+            while len(log.received) < 20:
+                assert time.monotonic() < deadline, log.events
+                await asyncio.sleep(0.02)
+        assert log.received == list(range(20)) and log.disconnects == 0
+
+        # Fixed, the next reload goes through.
+        cfg.write_text(good)
+        hub.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: reloads_done(hub) == 1, hub, "the reload done", timeout=4 * T)
+        after = ready_pids(hub)
+        assert not set(after.values()) & set(before.values())
+        assert sample(metrics(hub), "clarion_worker_reloads_total", result="ok") == 1.0
+    finally:
+        await client.disconnect()
+
+
+async def test_a_sighup_during_a_reload_queues_one_more(
+        server: Callable[..., Hub], prefix: str) -> None:  # noqa: F811
+    hub = start(server, prefix)
+    first = ready_pids(hub)
+    hub.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload starting" in hub.output(), hub, "the reload started")
+    hub.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: reloads_done(hub) == 2, hub, "two reloads done", timeout=4 * T)
+    output = hub.output()
+    assert "SIGHUP during a reload: queued, to run after this one" in output
+    assert output.count("reload starting") == 2
+    last = ready_pids(hub)
+    assert not set(last.values()) & set(first.values())
+    # Each reload started one worker per slot; all but the last two are gone.
+    started = [int(p) for p in _started_pids(output)]
+    assert len(started) == 6
+    assert {pid for pid in started if alive(pid)} == set(last.values())
+    text = metrics(hub)
+    assert sample(text, "clarion_worker_reloads_total", result="ok") == 2.0
+    assert sample(text, "clarion_workers_running") == 2.0
+
+
+async def test_sigterm_during_a_reload_stops_old_and_new_workers(
+        server: Callable[..., Hub], prefix: str) -> None:  # noqa: F811
+    hub = start(server, prefix)
+    hub.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(_started_pids(hub.output())) == 3, hub, "a new worker started")
+    hub.process.send_signal(signal.SIGTERM)
+    assert hub.process.wait(4 * T) == 0, hub.output()
+    assert "supervisor stopped clean=True" in hub.output()
+    assert not any(alive(int(pid)) for pid in _started_pids(hub.output()))
+
+
+def _started_pids(output: str) -> list[str]:
+    return [line.rpartition("pid=")[2].split()[0] for line in output.splitlines()
+            if line.startswith("info") and "worker started" in line]
+
+
+# -- the pure parts ---------------------------------------------------------------------------
+
+
+def test_ready_line_round_trip() -> None:
+    line = ready_line("127.0.0.1:8000", 4, 12.5)
+    assert parse_ready(line) == {"address": "127.0.0.1:8000", "workers": "4", "drain": "12.5"}
+    assert parse_ready(b"") is None  # the worker exited before it was ready: EOF
+    assert parse_ready(b"ready\n") == {}
+    assert parse_ready(b"nonsense\n") is None
+
+
+def test_reconnect_window_is_at_most_half_the_shutdown_timeout() -> None:
+    from clarion.hub.config import Config
+
+    assert reconnect_window(Config(shutdown_timeout=10.0)) == RECONNECT_WINDOW
+    assert reconnect_window(Config(shutdown_timeout=1.0)) == 0.5
+    assert reconnect_window(Config(shutdown_timeout=0.0)) == 0.0
