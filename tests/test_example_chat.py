@@ -31,6 +31,7 @@ from test_browser import SCREENSHOT_DIR, browser  # noqa: F401  (the Chromium fi
 
 RUN = Path(__file__).resolve().parent.parent / "examples" / "chat" / "run"
 PG_DSN = os.environ.get("CLARION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("CLARION_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET_KEY = "chat-example-test-secret-key-" + "x" * 30
 
 
@@ -40,6 +41,7 @@ class ChatServer:
     port: int
     log: Path
     database: str | None
+    redis_prefix: str | None
 
     @property
     def url(self) -> str:
@@ -81,6 +83,28 @@ def _postgres_database() -> str:
     return name
 
 
+def _redis_prefix() -> str:
+    """A key prefix of one test's own on the shared Redis (checked reachable first)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping()
+    except redis.RedisError as exc:
+        if in_ci():
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    return f"chat-test-{uuid.uuid4().hex[:10]}"
+
+
+def _drop_redis_keys(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 def _drop_database(name: str) -> None:
     import psycopg
 
@@ -92,19 +116,23 @@ def _drop_database(name: str) -> None:
 def chat_factory(tmp_path: Path) -> Iterator[ChatFactory]:
     started: list[ChatServer] = []
 
-    def start(*, postgres: bool) -> ChatServer:
+    def start(*, postgres: bool, redis: bool = False) -> ChatServer:
         port = free_port()
         database = _postgres_database() if postgres else None
+        redis_prefix = _redis_prefix() if redis else None
         env = {**os.environ, "CHAT_PORT": str(port), "CHAT_DATA_DIR": str(tmp_path / "var"),
                "CHAT_SECRET_KEY": SECRET_KEY}
         env.pop("CHAT_DATABASE_URL", None)
         env.pop("CHAT_REDIS_URL", None)
         if database:
             env["CHAT_DATABASE_URL"] = f"{PG_DSN}/{database}"
+        if redis_prefix:
+            env["CHAT_REDIS_URL"] = REDIS_URL
+            env["CHAT_REDIS_PREFIX"] = redis_prefix
         log = tmp_path / f"chat-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([str(RUN)], stdout=out, stderr=subprocess.STDOUT, env=env)
-        server = ChatServer(proc, port, log, database)
+        server = ChatServer(proc, port, log, database, redis_prefix)
         started.append(server)
         deadline = time.monotonic() + 60  # migrations first
         while time.monotonic() < deadline:
@@ -128,6 +156,8 @@ def chat_factory(tmp_path: Path) -> Iterator[ChatFactory]:
                 server.process.wait()
         if server.database:
             _drop_database(server.database)
+        if server.redis_prefix:
+            _drop_redis_keys(server.redis_prefix)
 
 
 # ---- in the browser ---------------------------------------------------------------------
@@ -261,7 +291,7 @@ def _database_messages(chat: ChatServer) -> list[tuple[str, str]]:
     return [(u, t) for u, t in rows]
 
 
-# ---- over HTTP, on the default SQLite -------------------------------------------------------
+# ---- over HTTP, on the default SQLite; the hub on memory, and on Redis ----------------------
 
 @contextlib.contextmanager
 def _signed_up(chat: ChatServer, name: str) -> Iterator[httpx.Client]:
@@ -284,11 +314,14 @@ def _csrf(client: httpx.Client) -> dict[str, str]:
     return {"X-CSRFToken": client.cookies["csrftoken"]}
 
 
+@pytest.mark.parametrize("broker", ["memory", "redis"])
 def test_messages_are_saved_then_published_and_bad_input_is_refused(
-    chat_factory: ChatFactory,
+    chat_factory: ChatFactory, broker: str
 ) -> None:
-    chat = chat_factory(postgres=False)
-    assert "database: sqlite3" in chat.output()
+    """With Redis, Django publishes and issues tickets straight into the hub's Redis: the
+    hub's history shows the publication all the same."""
+    chat = chat_factory(postgres=False, redis=broker == "redis")
+    assert f"broker: {broker}, database: sqlite3" in chat.output()
     with _signed_up(chat, "dave") as dave:
         room = dave.get("/rooms/kitchen/")
         assert room.status_code == 200

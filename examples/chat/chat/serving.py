@@ -21,33 +21,23 @@ from clarion.hub.app import Hub
 from clarion.hub.config import Config, load_config
 from clarion.hub.wsgi import WsgiMount
 
-# Channel options of ``room:<name>``: what the page relies on.
-ROOM_NAMESPACE: dict[str, Any] = {
-    "history_size": 200,  # what a reconnecting page recovers; older gaps come from the DB
-    "history_ttl": 3600,
-    "force_recovery": True,
-    "presence": True,
-    "join_leave": True,
-    # Any logged-in user (a ticket holder) may enter any room and see who is there. Clients
-    # do not publish: messages go through Django, which saves them first.
-    "allow_subscribe_for_client": True,
-    "allow_presence_for_subscriber": True,
-    "allow_history_for_subscriber": True,
-}
 WSGI_THREADS = 8
 
 
 def hub_config() -> Config:
-    """The hub's configuration from the project's settings; ``CLARION_*`` environment
-    variables set the rest (``CLARION_LOG_LEVEL=debug``, …)."""
-    return load_config(overrides={
+    """``hub.toml`` (the ``room`` namespace) with the address, broker and keys from the
+    project's settings; ``CLARION_*`` environment variables set the rest
+    (``CLARION_LOG_LEVEL=debug``, …)."""
+    overrides: dict[str, Any] = {
         "host": settings.CHAT_HOST,
         "port": settings.CHAT_PORT,
         "broker": settings.CHAT_REDIS_URL or "memory",
         "api_key": settings.HUB_API_KEY,
         "token_hmac_secret": settings.HUB_TOKEN_SECRET,
-        "namespaces": {"room": ROOM_NAMESPACE},
-    })
+    }
+    if settings.CHAT_REDIS_URL:
+        overrides["redis"] = settings.CLARION["REDIS"]
+    return load_config(settings.CLARION["HUB"]["CONFIG"], overrides=overrides)
 
 
 async def serve(config: Config) -> None:

@@ -11,7 +11,7 @@ Everything that changes between a laptop and a server comes from the environment
 ``CHAT_REDIS_URL``
     ``redis://127.0.0.1:6379/0``: the hub's broker, and Django publishes and issues tickets
     straight into it (no HTTP hop). Without it the hub keeps everything in its own memory and
-    Django talks to it over HTTP.
+    Django talks to it over HTTP. ``CHAT_REDIS_PREFIX`` (``clarion-chat``) prefixes its keys.
 ``CHAT_DATA_DIR``
     the SQLite file and the generated secret key (``examples/chat/var``).
 ``CHAT_SECRET_KEY``
@@ -36,6 +36,7 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 CHAT_HOST = os.environ.get("CHAT_HOST", "127.0.0.1")
 CHAT_PORT = int(os.environ.get("CHAT_PORT", "8000"))
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")
+CHAT_REDIS_PREFIX = os.environ.get("CHAT_REDIS_PREFIX", "clarion-chat")
 
 
 def _secret_key() -> str:
@@ -132,10 +133,13 @@ CLARION: dict[str, Any] = {
         "API_KEY": HUB_API_KEY,
         "TOKEN_HMAC_SECRET": HUB_TOKEN_SECRET,
         "TIMEOUT": 5.0,
+        # The hub's channel options, read by Django when it publishes into Redis itself.
+        "CONFIG": str(BASE_DIR / "hub.toml"),
     },
 }
 if CHAT_REDIS_URL:
     CLARION["BROKER"] = CHAT_REDIS_URL
+    CLARION["REDIS"] = {"prefix": CHAT_REDIS_PREFIX}
 # A ticket only has to live from the page render to the connection it opens.
 REALTIME_TICKET_EXPIRE = 30
 
