@@ -17,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +50,14 @@ from tests.test_workers import (  # noqa: F401 - server and tag are fixtures
     wait_until,
 )
 
-from clarion.hub.workers import RECONNECT_WINDOW, parse_ready, ready_line, reconnect_window
+from clarion.errors import Disconnect
+from clarion.hub.workers import (
+    RECONNECT_WINDOW,
+    parse_ready,
+    ready_line,
+    reconnect_window,
+    spread_disconnects,
+)
 
 BROKER = "redis://127.0.0.1:6379/0"
 
@@ -257,7 +268,145 @@ def _started_pids(output: str) -> list[str]:
             if line.startswith("info") and "worker started" in line]
 
 
+# -- the supervisor alone, over stand-in workers ------------------------------------------------
+
+# A stand-in for a worker: ready with the address in the file next to it (or exits with status
+# 2 before it is ready when that says "broken"), and gone on SIGUSR1 (retired) or SIGTERM.
+FAKE_WORKER = """
+import os, signal, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from clarion.hub.workers import ready_line
+args = sys.argv[1:]
+fd = int(args[args.index("--worker-ready-fd") + 1])
+address = (Path(__file__).parent / "address").read_text().strip()
+if address == "broken":
+    print("configuration error: broken", file=sys.stderr, flush=True)
+    sys.exit(2)
+for sig in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(sig, lambda *_: sys.exit(0))
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+os.write(fd, ready_line(address, 1, 1.0))
+os.close(fd)
+while True:
+    time.sleep(1)
+"""
+SUPERVISE = """
+import sys
+from clarion.hub.logs import Logger
+from clarion.hub.workers import Supervisor
+sys.exit(Supervisor([sys.executable, sys.argv[1]], 1, 1.0, Logger()).run())
+"""
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[tuple[Hub, Path]]:
+    """A supervisor of one stand-in worker, and the file its workers read their address from."""
+    (tmp_path / "worker.py").write_text(FAKE_WORKER)
+    address = tmp_path / "address"
+    address.write_text("127.0.0.1:1")
+    log = tmp_path / "supervisor.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SUPERVISE, str(tmp_path / "worker.py")],
+                                stdout=out, stderr=subprocess.STDOUT)
+    hub = Hub(proc, 0, "", log)
+    try:
+        wait_until(lambda: "workers ready" in hub.output(), hub, "the stand-in ready")
+        yield hub, address
+    finally:
+        proc.terminate()
+        proc.wait(T)
+
+
+def test_a_reload_that_would_move_the_port_is_refused(supervised: tuple[Hub, Path]) -> None:
+    hub, address = supervised
+    old = ready_pids(hub)[0]
+    address.write_text("127.0.0.1:2")
+    hub.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload aborted" in hub.output(), hub, "the reload aborted")
+    assert ("the new configuration changes the listening address (127.0.0.1:1 to 127.0.0.1:2), "
+            "which takes a full restart") in hub.output()
+    assert ready_pids(hub)[0] == old and alive(old)
+    new = int(_started_pids(hub.output())[-1])
+    wait_until(lambda: not alive(new), hub, "the refused worker stopped")
+
+    address.write_text("broken")
+    hub.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: hub.output().count("reload aborted") == 2, hub, "the second abort")
+    assert "configuration error: broken" in hub.output()
+    assert "exited before it was ready (exit status 2)" in hub.output()
+    assert alive(old)
+
+    address.write_text("127.0.0.1:1")
+    hub.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: reloads_done(hub) == 1, hub, "the reload done")
+    assert ready_pids(hub)[0] != old and not alive(old)
+    assert f"worker retired worker=0 pid={old} status=exit status 0" in hub.output()
+
+
 # -- the pure parts ---------------------------------------------------------------------------
+
+
+class _Conn:
+    def __init__(self, hub: Any, told: list[tuple[int, int]], step: list[int]) -> None:
+        self.hub, self.told, self.step = hub, told, step
+
+    def disconnect(self, bye: Disconnect) -> None:
+        assert bye.code == 3001
+        self.told.append((id(self), self.step[0]))
+        self.hub.websockets.discard(self)
+        self.hub.streams.discard(self)
+
+
+async def test_reconnects_are_spread_over_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    step = [0]
+    real_sleep = asyncio.sleep
+
+    async def next_step(delay: float) -> None:
+        step[0] += 1
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", next_step)
+    hub: Any = SimpleNamespace(websockets=set(), streams=set())
+    told: list[tuple[int, int]] = []
+    conns = [_Conn(hub, told, step) for _ in range(10)]
+    hub.websockets.update(conns[:7])
+    hub.streams.update(conns[7:])
+    await spread_disconnects(hub, Disconnect(3001, "shutdown"), 0.2)
+    assert sorted(i for i, _ in told) == sorted(id(c) for c in conns)  # each one once
+    assert sorted({s for _, s in told}) == [0, 1, 2, 3]  # 0.2 s in steps of 0.05 s
+    assert step[0] == 3  # no sleep after the last step
+
+    # Window 0: everyone at once, no sleep; fewer clients than steps: one step each.
+    for window, clients, steps in ((0.0, 5, 1), (2.0, 3, 3)):
+        step[0] = 0
+        told.clear()
+        conns = [_Conn(hub, told, step) for _ in range(clients)]
+        hub.websockets.update(conns)
+        await spread_disconnects(hub, Disconnect(3001, "shutdown"), window)
+        assert len(told) == clients and len({s for _, s in told}) == steps
+        assert not hub.websockets
+
+
+async def test_a_client_gone_before_its_turn_is_not_told(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    hub: Any = SimpleNamespace(websockets=set(), streams=set())
+    told: list[tuple[int, int]] = []
+    step = [0]
+    conns = [_Conn(hub, told, step) for _ in range(4)]
+    hub.websockets.update(conns)
+    real_sleep = asyncio.sleep
+
+    async def leave_meanwhile(delay: float) -> None:
+        hub.websockets.clear()  # everyone not yet told left by themselves
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", leave_meanwhile)
+    await spread_disconnects(hub, Disconnect(3001, "shutdown"), 1.0)
+    assert len(told) == 1
+
+
 
 
 def test_ready_line_round_trip() -> None:

@@ -203,6 +203,11 @@ class Supervisor:
         finally:
             server.close()
 
+    @property
+    def draining(self) -> int:
+        """Old workers of a reload told to go that have not exited yet."""
+        return sum(1 for p in self._draining if p.returncode is None)
+
     def _stop(self, sig: int) -> None:
         if not self._stopping.is_set():
             self.log.info("supervisor stopping", signal=signal.Signals(sig).name)
@@ -519,7 +524,7 @@ class _SupervisorCollector(Collector):
             value=sum(1 for s in slots if s.process is not None and s.process.returncode is None))
         yield GaugeMetricFamily(
             "clarion_workers_draining", "Old worker processes of a reload still draining.",
-            value=sum(1 for p in sup._draining if p.returncode is None))
+            value=sup.draining)
         c = CounterMetricFamily("clarion_worker_restarts", "Worker processes started again "
                                 "after one died, by worker slot.", labels=["slot"])
         for s in slots:
