@@ -442,3 +442,26 @@ def test_grip_control_port_is_not_limited_per_address(hub_factory: HubFactory,
     assert status == 429
     for sock in [first, second, *(s for s, _ in control)]:
         sock.close()
+
+
+@pytest.mark.parametrize(("trusted", "proto"), [(True, "https"), (False, "http")])
+def test_grip_origin_gets_the_scheme_only_a_trusted_proxy_vouches_for(
+        hub_factory: HubFactory, tmp_path: Any, trusted: bool, proto: str) -> None:
+    from tests.conftest import free_port
+    from tests.grip_origin import Origin, Reply
+
+    with Origin() as origin:
+        origin.on("/page", Reply(200, [("Content-Type", "text/plain")], "ok"))
+        routes = tmp_path / "routes"
+        routes.write_text(f"* 127.0.0.1:{origin.port}\n")
+        grip_port = free_port()
+        hub_factory('trusted_proxies = ["127.0.0.1"]\n' if trusted else "",
+                    "--grip-routes", str(routes), "--grip-port", str(grip_port),
+                    "--control-port", str(free_port()))
+        resp = httpx.get(f"http://127.0.0.1:{grip_port}/page", timeout=BOUND, headers={
+            "X-Forwarded-For": "192.0.2.7", "X-Forwarded-Proto": "https"})
+        assert resp.status_code == 200
+        (req,) = origin.to("/page")
+        assert req.header("X-Forwarded-Proto") == proto
+        # The chain is passed on with this hop's peer appended, for the origin to read.
+        assert req.header("X-Forwarded-For") == "192.0.2.7, 127.0.0.1"

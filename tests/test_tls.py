@@ -415,3 +415,22 @@ def test_unreadable_key_is_a_clear_startup_error(tmp_path: Path, certs: Certs) -
     key.chmod(0)
     out = _start_fails(tmp_path, "--certfile", str(certs.cert), "--keyfile", str(key))
     assert "permission denied" in out, out
+
+
+def test_grip_origin_is_told_the_client_used_https(tls_hub: Callable[..., TlsHub],
+                                                   certs: Certs, tmp_path: Path) -> None:
+    from tests.grip_origin import Origin, Reply
+
+    with Origin() as origin:
+        origin.on("/page", Reply(200, [("Content-Type", "text/plain")], "ok"))
+        routes = tmp_path / "routes"
+        routes.write_text(f"* 127.0.0.1:{origin.port}\n")
+        grip_port = free_port()
+        tls_hub(CHAT_NAMESPACE, "--grip-routes", str(routes), "--grip-port", str(grip_port),
+                "--control-port", str(free_port()))
+        # A client's own X-Forwarded-Proto is not believed; the listener's TLS is the fact.
+        resp = httpx.get(f"https://127.0.0.1:{grip_port}/page", verify=certs.client_context(),
+                         headers={"X-Forwarded-Proto": "http"}, timeout=BOUND)
+        assert resp.status_code == 200 and resp.text == "ok"
+        (req,) = origin.to("/page")
+        assert req.header("X-Forwarded-Proto") == "https"
