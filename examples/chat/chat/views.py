@@ -18,7 +18,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.decorators import decorator_from_middleware, method_decorator
@@ -46,7 +46,7 @@ def index(request: HttpRequest) -> HttpResponse:
     form = RoomForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         return redirect("room", name=form.cleaned_data["name"].lower())
-    rooms = Room.objects.annotate(count=Count("messages"), last=Max("messages__sent"))
+    rooms = Room.objects.annotate(count=Count("messages"))
     return render(request, "chat/index.html", {"form": form, "rooms": rooms})
 
 
