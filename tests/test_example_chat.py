@@ -222,6 +222,7 @@ def wait_presence(page: Any, users: list[str], timeout: float = 15_000) -> None:
         raise AssertionError(f"presence is {got}, want {sorted(users)}") from exc
 
 
+@pytest.mark.browser
 def test_two_users_chat_and_one_comes_back_from_offline(
     browser: Any, chat_factory: ChatFactory  # noqa: F811
 ) -> None:
