@@ -673,8 +673,13 @@ class WorkerLink:
                     callback()
                 except Exception as exc:  # noqa: BLE001 - logged with traceback; retiring goes on
                     hub.failed("retire", exc, callback=getattr(callback, "__qualname__", "?"))
+            bye = Disconnect(*codes.SHUTDOWN)
             stop_accepting(hub)
-            await spread_disconnects(hub, Disconnect(*codes.SHUTDOWN), window)
+            if hub.grip is not None:
+                # The GRIP proxy's listeners close with the hub's, and its clients (held
+                # requests, WebSocket-over-HTTP) are told at once: the proxy has no spread.
+                hub.grip.begin_shutdown(bye)
+            await spread_disconnects(hub, bye, window)
         finally:
             hub.stop()
 
