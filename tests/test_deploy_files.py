@@ -313,6 +313,61 @@ def test_check_redis_unreachable() -> None:
     assert "Connect call failed" in result.stderr
 
 
+def test_check_broker_that_never_answers() -> None:
+    """A port that accepts connections and says nothing (a firewall's half-open answer, a
+    wrong service): bounded by --timeout, and named."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        result = _clarion("check", "--quiet", "--timeout", "1", "--broker",
+                          f"redis://127.0.0.1:{port}/0", env={"CLARION_API_KEY": "x"})
+    assert result.returncode == 1
+    assert f"broker redis://127.0.0.1:{port}/0: no answer within 1 s" in result.stderr
+
+
+def test_effective_settings_are_a_configuration_the_hub_loads(tmp_path: Path) -> None:
+    """What check prints is TOML that loads back to the same settings, secrets aside."""
+    import tomllib
+
+    import msgspec
+
+    from clarion.check import MASK, effective_settings
+    from clarion.hub.config import load_config
+
+    config = load_config(DEPLOY / "clarion.toml",
+                         environ={"CLARION_API_KEY": "secret", "CLARION_GRIP_SIG_KEY": "g"})
+    text = effective_settings(config)
+    assert tomllib.loads(text)["api_key"] == MASK
+    again_file = tmp_path / "again.toml"
+    again_file.write_text(text)
+    again = load_config(again_file, environ={})
+    want = msgspec.to_builtins(config)
+    got = msgspec.to_builtins(again)
+    for secret in ("api_key", "grip_sig_key"):
+        assert got.pop(secret) == MASK
+        want.pop(secret)
+    assert got == want
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://:pw@h:6379/0", "redis://:********@h:6379/0"),
+    ("redis://user:pw@h/0", "redis://user:********@h/0"),
+    ("redis://user@h/0", "redis://user:********@h/0"),
+    ("rediss://u:p%40ss@h/0?ssl_cert_reqs=none", "rediss://u:********@h/0?ssl_cert_reqs=none"),
+    ("redis://h/0?password=pw&db=1", "redis://h/0?password=********&db=1"),
+    ("redis+sentinel://s1,s2/mymaster?sentinel_password=pw",
+     "redis+sentinel://s1,s2/mymaster?sentinel_password=********"),
+    ("unix:///run/redis.sock?password=pw", "unix:///run/redis.sock?password=********"),
+    ("memory", "memory"),
+])
+def test_mask_url(url: str, shown: str) -> None:
+    from clarion.check import mask_url
+
+    assert mask_url(url) == shown
+
+
 def test_check_bad_toml(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('api_key = "x"\nport = \n')

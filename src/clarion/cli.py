@@ -323,6 +323,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("args", nargs=argparse.REMAINDER, help="command and its arguments")
 
+    from clarion import check
+
+    check.add_arguments(sub.add_parser("check", help="validate the configuration and reach "
+                                       "its broker and database (like nginx -t)"))
     p = sub.add_parser("publish", help="publish DATA (JSON) into CHANNEL through the API")
     p.add_argument("channel")
     p.add_argument("data", help="JSON, e.g. '{\"text\": \"hi\"}'")
@@ -348,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(args)
         if args.command == "manage":
             return _manage(args)
+        if args.command == "check":
+            from clarion import check
+
+            return check.main(args)
         return _publish(args)
     except ConfigError as exc:
         print(f"clarion: {exc}", file=sys.stderr)
