@@ -271,7 +271,9 @@ def test_environment_sets_the_new_keys() -> None:
     config = load_config(environ={
         "CLARION_TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8",
         "CLARION_HTTP_HEADER_TIMEOUT": "5s", "CLARION_HTTP_KEEPALIVE_TIMEOUT": "2m",
-        "CLARION_MAX_CONNECTIONS_PER_ADDRESS": "100", "CLARION_PROXY_HEADER": "forwarded"})
+        "CLARION_MAX_CONNECTIONS_PER_ADDRESS": "100", "CLARION_PROXY_HEADER": "forwarded",
+        "CLARION_CERTFILE": "/etc/tls/full.pem", "CLARION_KEYFILE": "/etc/tls/key.pem"})
+    assert (config.certfile, config.keyfile) == ("/etc/tls/full.pem", "/etc/tls/key.pem")
     assert config.trusted_proxies == ["10.0.0.0/8", "fd00::/8"]
     assert config.seconds("http_header_timeout") == 5.0
     assert config.seconds("http_keepalive_timeout") == 120.0
