@@ -479,6 +479,23 @@ def test_check_django_settings_that_do_not_import(tmp_path: Path) -> None:
     assert "Django settings no_such_settings_module: No module named" in result.stderr
 
 
+def test_check_database_that_never_answers(tmp_path: Path) -> None:
+    """A PostgreSQL address that accepts and says nothing: --timeout becomes libpq's
+    connect_timeout, so the check ends and names it instead of waiting for the kernel."""
+    pytest.importorskip("psycopg")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        env = _settings_module(tmp_path, "silentpg", {
+            "ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1", "PORT": port,
+            "USER": "postgres", "NAME": "x"})
+        result = _clarion("check", "--quiet", "--timeout", "1", "--settings", "silentpg",
+                          env={**env, "CLARION_API_KEY": "x"})
+    assert result.returncode == 1
+    assert "database 'default' (postgresql x): connection timeout expired" in result.stderr
+
+
 def test_check_postgresql_database(tmp_path: Path) -> None:
     """A database that does not exist is named with PostgreSQL's own words; one created and
     migrated for this test passes."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import sys
@@ -169,7 +170,7 @@ def check(
     steps: list[Callable[[], list[str]]] = [partial(_check_broker, config, timeout)]
     settings = settings or env.get("DJANGO_SETTINGS_MODULE") or None
     if webhooks_db or settings:
-        steps.append(partial(_check_database, webhooks_db, settings))
+        steps.append(partial(_check_database, webhooks_db, settings, timeout))
     for step in steps:
         try:
             for line in step():
@@ -272,7 +273,8 @@ async def _probe_broker(config: Any, timeout: float) -> float:
         await broker.close()
 
 
-def _check_database(webhooks_db: str | None, settings: str | None) -> list[str]:
+def _check_database(webhooks_db: str | None, settings: str | None,
+                    timeout: float) -> list[str]:
     try:
         import django
         from django.core.exceptions import ImproperlyConfigured
@@ -304,10 +306,10 @@ def _check_database(webhooks_db: str | None, settings: str | None) -> list[str]:
             raise ConfigError(f"Django settings {settings}: {exc}") from None
         where = f"webhook store ({settings})"
         pending_is_problem = True
-    return _database_state(where, pending_is_problem)
+    return _database_state(where, pending_is_problem, timeout)
 
 
-def _database_state(where: str, pending_is_problem: bool) -> list[str]:
+def _database_state(where: str, pending_is_problem: bool, timeout: float) -> list[str]:
     from django.apps import apps
     from django.core import checks
     from django.core.exceptions import ImproperlyConfigured
@@ -324,6 +326,11 @@ def _database_state(where: str, pending_is_problem: bool) -> list[str]:
     vendor = connection.vendor
     name = connection.settings_dict.get("NAME")
     db = f"{where}: database {alias!r} ({vendor} {name})"
+    if vendor == "postgresql":
+        # libpq waits for a host that drops packets for as long as the kernel retries (minutes);
+        # the project's own connect_timeout, if it set one, stays.
+        options = connection.settings_dict.setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", max(1, math.ceil(timeout)))
     try:
         connection.ensure_connection()
         executor = MigrationExecutor(connection)
