@@ -437,6 +437,21 @@ def test_demo_chat_in_chromium_over_https_and_wss(browser: Any, stack: Stack) ->
         stack.publish("chat:lobby", {"text": "from the server", "name": "hub"})
         _wait_text(ada, "from the server")
         _wait_text(bea, "from the server")
+        # The page came over HTTP/2; an EventSource on it shares that connection, and its
+        # events still arrive one by one.
+        assert ada.evaluate(
+            "performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+        channel = f"chat:h2-{uuid.uuid4().hex[:8]}"
+        ada.evaluate("""([url]) => {
+            window.h2events = [];
+            const es = new EventSource(url);
+            es.onmessage = (e) => window.h2events.push(JSON.parse(e.data));
+        }""", [f"/connection/sse?channel={channel}&token={token('ada-sse')}"])
+        ada.wait_for_function("window.h2events.some(e => e.connect)", timeout=15_000)
+        for n in (1, 2):
+            stack.publish(channel, {"n": n})
+            ada.wait_for_function(f"window.h2events.filter(e => e.pub).length === {n}",
+                                  timeout=15_000)
     except Exception:
         print(stack.output())
         raise

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,8 @@ class Nginx:
 
     def __init__(self, prefix: Path, ports: SitePorts, cert: Certificate, *,
                  workers: int | str = 1, connections: int = 4096,
-                 plain_port: int | None = None) -> None:  # fmt: skip
+                 plain_port: int | None = None,
+                 edit: Callable[[str], str] | None = None) -> None:  # fmt: skip
         self.prefix = prefix
         self.ports = ports
         self.cert = cert
@@ -147,6 +149,7 @@ class Nginx:
         # bench/nginx.py only: the TLS server's locations on a plain port as well, to tell
         # what TLS costs from what proxying costs. Not part of the shipped site.
         self.plain_port = plain_port
+        self.edit = edit  # bench/nginx.py: a variant of the site (e.g. a tuning) beside it
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -181,6 +184,8 @@ class Nginx:
             tls_listen = f"listen 127.0.0.1:{self.ports.https} ssl http2;"
             site = site.replace(tls_listen,
                                 f"{tls_listen}\n    listen 127.0.0.1:{self.plain_port};")
+        if self.edit is not None:
+            site = self.edit(site)
         (self.prefix / "conf" / "sites-enabled" / "clarion.conf").write_text(site)
         # Run as root (a CI container), nginx's workers would switch to "nobody" and could not
         # write under a private temporary directory: they stay the current user.
