@@ -24,6 +24,7 @@ HEADERS = ("x-forwarded-for", "forwarded")
 # A chain longer than this is cut to its rightmost hops: no real path has as many proxies, and
 # the walk must stay cheap whatever a client sends.
 MAX_HOPS = 32
+KNOWN_MAX = 4096  # addresses whose trust is remembered
 
 
 def parse_networks(values: Sequence[str], name: str = "trusted_proxies") -> tuple[Network, ...]:
@@ -58,13 +59,17 @@ class TrustedProxies:
     """``trusted(peer)`` once per connection; ``resolve(peer, headers)`` per request from a
     trusted peer only."""
 
-    __slots__ = ("header", "networks")
+    __slots__ = ("_known", "header", "networks")
 
     def __init__(self, networks: Sequence[Network], header: str = "x-forwarded-for") -> None:
         if header not in HEADERS:
             raise ValueError(f"proxy_header: must be one of {', '.join(HEADERS)}")
         self.networks = tuple(networks)
         self.header = header
+        # Answers for recent addresses: parsing one and testing it against every network
+        # costs microseconds, on every request a proxy forwards. Cleared when full, so a
+        # client that varies its forwarded address costs no more than without it.
+        self._known: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -72,13 +77,21 @@ class TrustedProxies:
     def trusted(self, address: str) -> bool:
         if not self.networks or not address:
             return False
+        known = self._known.get(address)
+        if known is not None:
+            return known
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
-        return any(ip in net for net in self.networks)
+            answer = False
+        else:
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+            answer = any(ip in net for net in self.networks)
+        if len(self._known) >= KNOWN_MAX:
+            self._known.clear()
+        self._known[address] = answer
+        return answer
 
     def resolve(self, peer: str, headers: dict[str, str], scheme: str) -> Forwarded:
         """The client and scheme for a request that ``peer`` (a trusted proxy) forwarded.
@@ -90,7 +103,7 @@ class TrustedProxies:
                              headers.get("x-forwarded-proto", ""),
                              headers.get("x-forwarded-host", ""))
         client, client_scheme, client_host = peer, scheme, ""
-        for address, proto, host in reversed(hops[-MAX_HOPS:]):
+        for address, proto, host in reversed(hops):
             client = address
             client_scheme = proto or client_scheme
             client_host = host or client_host
@@ -105,7 +118,7 @@ def _xff_hops(value: str, proto: str, host: str) -> list[tuple[str, str, str]]:
     protos = [p.strip().lower() for p in proto.split(",") if p.strip()]
     last = protos[-1] if protos and protos[-1] in ("http", "https") else ""
     hosts = [h.strip() for h in host.split(",") if h.strip()]
-    hops = [(_host(part), "", "") for part in value.split(",") if part.strip()]
+    hops = [(_host(part), "", "") for part in _rightmost(value) if part.strip()]
     if hops:
         hops[-1] = (hops[-1][0], last, hosts[-1] if hosts else "")
     return hops
@@ -113,7 +126,7 @@ def _xff_hops(value: str, proto: str, host: str) -> list[tuple[str, str, str]]:
 
 def _forwarded_hops(value: str) -> list[tuple[str, str, str]]:
     hops: list[tuple[str, str, str]] = []
-    for element in value.split(","):
+    for element in _rightmost(value):
         address = proto = host = ""
         for pair in element.split(";"):
             key, sep, raw = pair.partition("=")
@@ -130,6 +143,13 @@ def _forwarded_hops(value: str) -> list[tuple[str, str, str]]:
         if address:
             hops.append((address, proto, host))
     return hops
+
+
+def _rightmost(value: str) -> list[str]:
+    """The last ``MAX_HOPS`` comma-separated parts: only those are split and parsed, so a
+    chain of thousands costs what one of 32 does."""
+    parts = value.rsplit(",", MAX_HOPS)
+    return parts[1:] if len(parts) > MAX_HOPS else parts
 
 
 def _host(text: str) -> str:
