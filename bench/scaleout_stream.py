@@ -414,12 +414,12 @@ class PhaseWatch:
         if self.spy.poll() is None:
             self.spy.kill()
         self.spy = None
-        if self.spy_path and os.path.exists(self.spy_path):  # noqa: ASYNC240
+        if self.spy_path:
+            # summarized at the end of the run: py-spy may still be writing it out here
             self.report["profile"] = self.spy_path
-            self.report["profile_summary"] = summarize_profile(self.spy_path)
 
 
-def summarize_profile(path: str, top: int = 14) -> dict[str, Any]:
+def summarize_profile(path: str, top: int = 20) -> dict[str, Any]:
     """Self and inclusive share of the hub's samples per function, from py-spy's raw output
     (``frame;frame;... count`` per line, a leading ``process ...`` frame per worker)."""
     own: collections.Counter[str] = collections.Counter()
@@ -548,6 +548,10 @@ async def main(args: argparse.Namespace) -> int:
                 origin.stop()
         phases = (results.get("phases") or {}).get(system, {})
         for n in sorted(phases, key=int):
+            path = phases[n].get("profile")
+            if path and os.path.exists(path):  # noqa: ASYNC240 - once per run, at its end
+                await asyncio.sleep(2)  # py-spy's --subprocesses output is written last
+                phases[n]["profile_summary"] = summarize_profile(path)
             print_phase(system, int(n), phases[n])
     await common.flush_redis_prefix(common.REDIS_PREFIX.encode(), db=0)
     results["seconds"] = round(time.time() - t0, 1)
@@ -642,7 +646,9 @@ def print_phase(system: str, n: int, ph: dict[str, Any]) -> None:
     if prof:
         print(f"    py-spy {ph['profile']}: {prof['samples']:,} samples")
         print("    self:      " + "; ".join(f"{f} {p}%" for f, p in prof["self_pct"][:8]))
-        print("    inclusive: " + "; ".join(f"{f} {p}%" for f, p in prof["inclusive_pct"][:8]))
+        # the frames every sample has (runpy, main, the loop) say nothing
+        inner = [(f, p) for f, p in prof["inclusive_pct"] if p < 97][:8]
+        print("    inclusive: " + "; ".join(f"{f} {p}%" for f, p in inner))
 
 
 def cli() -> None:
