@@ -469,8 +469,35 @@ def test_check_django_settings_unmigrated_database(tmp_path: Path) -> None:
         "ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "empty.sqlite3")})
     result = _clarion("check", "--quiet", "--settings", "unmigrated", env=env)
     assert result.returncode == 1
-    assert "migration(s) of clarion not applied (0001_initial" in result.stderr
+    assert "migration(s) that clarion needs not applied (" in result.stderr
+    assert "clarion.0001_initial, clarion.0002_postgresql_match_notify" in result.stderr
+    assert "contenttypes.0001_initial" in result.stderr
     assert "run: manage.py migrate clarion" in result.stderr
+
+
+def test_check_settings_only_when_asked_and_from_the_project_directory(tmp_path: Path) -> None:
+    """The hub unit's environment names the project's settings (for the workers), and its
+    ExecStartPre check runs elsewhere: DJANGO_SETTINGS_MODULE alone must not make it fail.
+    --settings finds the project in the current directory, as manage.py does."""
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "deploysite.py").write_text(SETTINGS.format(db=repr({
+        "ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "app.sqlite3")})))
+    hub = _clarion("check", "--quiet", env={"CLARION_API_KEY": "x",
+                                            "DJANGO_SETTINGS_MODULE": "deploysite"})
+    assert (hub.returncode, hub.stderr) == (0, "")
+    migrate = subprocess.run([sys.executable, "-m", "django", "migrate", "-v", "0",
+                              "--settings", "deploysite"], cwd=project, capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "PYTHONPATH": "."})
+    assert migrate.returncode == 0, migrate.stderr
+    # The console script, as a unit or a deploy hook runs it: `python -m` would put the
+    # current directory on sys.path by itself.
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    here = subprocess.run([str(VENV_BIN / "clarion"), "check", "--settings", "deploysite"],
+                          cwd=project, capture_output=True, text=True, timeout=60,
+                          env={**base, "CLARION_API_KEY": "x"})
+    assert here.returncode == 0, here.stderr
+    assert "migrations applied" in here.stdout
 
 
 def test_check_django_settings_that_do_not_import(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ Like ``nginx -t``, it is meant to run before a restart (``ExecStartPre=``, a dep
    of the history script on a probe channel (so a Redis that refuses scripts or writes through
    its ACLs is found here, not at the first publication). The probe's keys are removed, and
    expire within a minute if the removal fails;
-3. with ``--webhooks-db FILE`` or a Django settings module (``--settings``,
-   ``$DJANGO_SETTINGS_MODULE``), the webhook database is connected to, its migrations checked,
-   and Django's system checks of the ``clarion`` app run;
+3. with ``--webhooks-db FILE`` or ``--settings MODULE`` (a Django project's settings), the
+   webhook database is connected to, its migrations checked, and Django's system checks of the
+   ``clarion`` app run. Only when asked: the hub needs no Django, and a hub unit whose
+   environment names the project's settings must not fail its check on them;
 4. the effective settings are printed as TOML with every secret masked.
 
 Exit status: 0 when all is well; 2 for a configuration the hub would refuse (as ``clarion
@@ -168,7 +169,6 @@ def check(
     problems = 0
     invalid = False
     steps: list[Callable[[], list[str]]] = [partial(_check_broker, config, timeout)]
-    settings = settings or env.get("DJANGO_SETTINGS_MODULE") or None
     if webhooks_db or settings:
         steps.append(partial(_check_database, webhooks_db, settings, timeout))
     for step in steps:
@@ -298,6 +298,10 @@ def _check_database(webhooks_db: str | None, settings: str | None,
     else:
         assert settings is not None
         os.environ["DJANGO_SETTINGS_MODULE"] = settings
+        # As manage.py and gunicorn do: the project in the current directory is importable.
+        # A console script's sys.path starts with its own bin directory instead.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             django.setup()
         except ImportError as exc:
@@ -335,14 +339,15 @@ def _database_state(where: str, pending_is_problem: bool, timeout: float) -> lis
         connection.ensure_connection()
         executor = MigrationExecutor(connection)
         leaves = [node for node in executor.loader.graph.leaf_nodes() if node[0] == "clarion"]
-        pending = [m.name for m, _ in executor.migration_plan(leaves)]
+        # The plan includes what clarion's migrations depend on (contenttypes, auth, …).
+        pending = [f"{m.app_label}.{m.name}" for m, _ in executor.migration_plan(leaves)]
     except DatabaseError as exc:
         raise _Problem(f"{db}: {str(exc).strip() or type(exc).__name__}") from None
     finally:
         connection.close()
     lines = [f"{db}: connected"]
     if pending:
-        text = (f"{db}: {len(pending)} migration(s) of clarion not applied "
+        text = (f"{db}: {len(pending)} migration(s) that clarion needs not applied "
                 f"({', '.join(pending)})")
         if pending_is_problem:
             raise _Problem(f"{text}; run: manage.py migrate clarion")
@@ -366,8 +371,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keyfile", metavar="PEM", help="as for serve")
     parser.add_argument("--webhooks-db", metavar="FILE",
                         help="also check this SQLite file of serve --webhooks-db")
-    parser.add_argument("--settings", help="also check the webhook database of this Django "
-                                           "settings module (default $DJANGO_SETTINGS_MODULE)")
+    parser.add_argument("--settings", metavar="MODULE",
+                        help="also check the webhook database of this Django settings module "
+                             "(the project in the current directory, as for manage.py)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each service (default 10)")
     parser.add_argument("--quiet", action="store_true",
