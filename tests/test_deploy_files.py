@@ -224,6 +224,167 @@ def test_supervisor_config_names_a_missing_secret(tmp_path: Path) -> None:
     assert "ENV_CLARION_API_KEY" in result.stderr
 
 
+SITE = {
+    "manage.py": """import os, sys
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    from django.core.management import execute_from_command_line
+    execute_from_command_line(sys.argv)
+""",
+    "mysite/__init__.py": "",
+    "mysite/settings.py": """from pathlib import Path
+SECRET_KEY = "test"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+ROOT_URLCONF = "mysite.urls"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "clarion.django"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
+                         "NAME": Path(__file__).resolve().parent.parent / "db.sqlite3"}}
+""",
+    "mysite/urls.py": """from django.http import HttpResponse
+from django.urls import path
+urlpatterns = [path("", lambda request: HttpResponse("mysite ok"))]
+""",
+    "mysite/wsgi.py": """import os
+from django.core.wsgi import get_wsgi_application
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+application = get_wsgi_application()
+""",
+}
+
+
+def _wait_for(what: str, probe: Any, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if probe():
+                return
+        except (httpx.TransportError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                             for p in sorted(log.glob("*.log")))
+            pytest.fail(f"{what} did not happen within {seconds:g} s\n{logs}")
+        time.sleep(0.2)
+
+
+def _free_ports_with_prefix() -> str:
+    """A port prefix P such that P1 and P2 are free: the worker program's 910%(process_num)d."""
+    for prefix in range(2000, 6500, 37):
+        ports = [int(f"{prefix}{n}") for n in (1, 2)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return str(prefix)
+    pytest.fail("no free pair of ports")
+
+
+def test_supervisord_runs_the_programs(tmp_path: Path) -> None:
+    """deploy/supervisor/clarion.conf under a real supervisord, paths and ports moved into
+    this test: the hub (two workers on Redis), two webhook workers through manage.py and
+    gunicorn serving a Django project all come up; signal HUP makes a rolling restart; stop
+    ends the hub's supervisor cleanly (its workers drained, not killed)."""
+    _service(REDIS, "Redis")
+    _supervisor_config(tmp_path)  # skips without supervisor; makes tmp_path/log
+    supervisord = VENV_BIN / "supervisord"
+    app = tmp_path / "app"
+    for name, text in SITE.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=app,
+                             capture_output=True, text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+    (tmp_path / "state").mkdir()
+    toml = tmp_path / "clarion.toml"
+    toml.write_text((DEPLOY / "clarion.toml").read_text())
+    hub_port, web_port, prefix = free_port(), free_port(), _free_ports_with_prefix()
+    logs = tmp_path / "log"
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout
+    conf = (DEPLOY / "supervisor" / "clarion.conf").read_text()
+    for old, new in (("/srv/clarion/venv/bin", str(VENV_BIN)),
+                     ("/etc/clarion/clarion.toml", str(toml)),
+                     ("/var/lib/clarion", str(tmp_path / "state")),
+                     ("/srv/clarion/app", str(app)), ("/var/log/clarion", str(logs)),
+                     ("user=clarion", f"user={user.strip()}"),
+                     ("127.0.0.1:8001", f"127.0.0.1:{web_port}"),
+                     ("--workers 4", "--workers 2"),
+                     ("910%(process_num)d", f"{prefix}%(process_num)d")):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    (tmp_path / "clarion.conf").write_text(conf)
+    sock = tmp_path / "s.sock"
+    main = tmp_path / "supervisord.conf"
+    main.write_text(f"""[supervisord]
+logfile={logs}/supervisord.log
+pidfile={tmp_path}/supervisord.pid
+childlogdir={logs}
+[unix_http_server]
+file={sock}
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{sock}
+[include]
+files={tmp_path}/clarion.conf
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
+    env.update({"CLARION_API_KEY": "deploy-key", "CLARION_TOKEN_HMAC_SECRET": "s" * 32,
+                "DJANGO_SETTINGS_MODULE": "mysite.settings", "CLARION_PORT": str(hub_port),
+                "CLARION_REDIS_PREFIX": f"test-sup-{uuid.uuid4().hex[:8]}"})
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VENV_BIN / "supervisorctl"), "-c", str(main), *args],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    proc = subprocess.Popen([str(supervisord), "-n", "-c", str(main)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    hub = f"http://127.0.0.1:{hub_port}"
+    try:
+        _wait_for("the hub's /health", lambda: httpx.get(f"{hub}/health").status_code == 200,
+                  logs)
+        _wait_for("gunicorn serving Django", lambda: httpx.get(
+            f"http://127.0.0.1:{web_port}/").text == "mysite ok", logs)
+        for n in (1, 2):
+            _wait_for(f"webhook worker {n}'s metrics", lambda n=n: "clarion_webhook_attempts"
+                      in httpx.get(f"http://127.0.0.1:{prefix}{n}/metrics").text, logs)
+        _wait_for("both hub workers", lambda: 'clarion_workers_running 2.0' in
+                  httpx.get(f"{hub}/metrics").text, logs)
+        published = httpx.post(f"{hub}/api/publish", headers={"X-API-Key": "deploy-key"},
+                               json={"channel": "chat:x", "data": {"n": 1}})
+        assert published.json()["result"]["offset"] == 1
+        status = ctl("status")
+        assert status.stdout.count("RUNNING") == 4, status.stdout
+
+        hup = ctl("signal", "HUP", "clarion:clarion-hub")
+        assert hup.returncode == 0, hup.stdout + hup.stderr
+        _wait_for("a rolling restart", lambda: 'clarion_worker_reloads_total{result="ok"} 1.0'
+                  in httpx.get(f"{hub}/metrics").text, logs)
+        assert httpx.get(f"{hub}/health").status_code == 200
+
+        stop = ctl("stop", "clarion:*")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        hub_log = (logs / "hub.log").read_text()
+        assert '"event": "supervisor stopped", "clean": true' in hub_log  # log_format = json
+        assert "killing" not in hub_log
+    finally:
+        ctl("shutdown")
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        import redis
+
+        # The shared Redis keeps a channel's epoch for history_meta_ttl (30 days).
+        with redis.Redis(*REDIS) as r:
+            for key in r.scan_iter(f"{env['CLARION_REDIS_PREFIX']}:*"):
+                r.delete(key)
+
+
 # -- the production clarion.toml -------------------------------------------------------------
 
 
