@@ -52,15 +52,17 @@ def webhook_databases() -> Iterator[None]:
     Several test modules import this fixture, and pytest keeps one session fixture per module
     that defines it: without the guard each module would drop the database under the open
     connections of the others."""
-    global _databases_ready
-    if not _databases_ready:
+    # The flag lives in the environment, not in this module: the suite imports this file both
+    # as webhook_support and as tests.webhook_support, two module objects, and a second
+    # creation would drop the database under the first one's open connections.
+    if os.environ.get(_READY) != os.environ["CLARION_TEST_PG_DB"]:
         _create_databases()
-        _databases_ready = True
+        os.environ[_READY] = os.environ["CLARION_TEST_PG_DB"]
         atexit.register(_drop_databases)
     yield
 
 
-_databases_ready = False
+_READY = "CLARION_TEST_WEBHOOK_DATABASES_READY"
 
 
 def _create_databases() -> None:
@@ -71,6 +73,7 @@ def _create_databases() -> None:
         if in_ci():
             raise
         pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    connections.close_all()  # ours would be terminated by the FORCE below
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
