@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import django_env
@@ -338,6 +339,26 @@ async def test_async_twins_from_an_async_view(memory_hub: Hub) -> None:
     assert response.status_code == 200, response.content
     assert response.json() == {"offset": 1, "broadcast": 2, "clients": 1, "history": 2}
     await rec.wait_for(lambda: len(rec.pubs) == 2)
+    await client.disconnect()
+
+
+async def test_concurrent_async_publications_share_batches_in_call_order(
+        memory_hub: Hub) -> None:
+    # 40 async views publishing at once: one request for the first, the rest wait for it and
+    # go together; each gets its own answer (a refused channel fails alone), in call order.
+    client, rec = await subscriber(memory_hub, "chat:many")
+    calls = [realtime.apublish("chat:many", {"n": n}) if n != 7 else
+             realtime.apublish("nowhere:x", {"n": n}) for n in range(40)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    refused = results.pop(7)
+    assert isinstance(refused, HubReplyError) and refused.code == 102
+    assert [r.offset for r in results if isinstance(r, PublishResult)] == list(range(1, 40))
+    await rec.wait_for(lambda: len(rec.pubs) == 39)
+    assert [p["n"] for p in rec.pubs] == [n for n in range(40) if n != 7]
+    metrics = (await asyncio.to_thread(httpx.get, f"{memory_hub.url}/metrics")).text
+    batches = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith('clarion_api_calls_total{method="batch"}'))
+    assert 1 <= batches <= 3, metrics
     await client.disconnect()
 
 

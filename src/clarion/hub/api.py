@@ -234,6 +234,7 @@ class ServerApi:
                 return Response.error(400, f"body is not valid JSON: {exc}")
             except RecursionError:
                 return _too_deep()
+            self.hub.metrics.api_calls["batch"] += 1  # and each command by its own method
             return Response(200, await self.batch(batch))
         entry = self.methods.get(method)
         if entry is None:

@@ -25,7 +25,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from clarion.client import ClientInfo, HistoryResult, PresenceStats, PublishResult, StreamPosition
-from clarion.django.realtime import _routes
+from clarion.django.realtime import _coalesce, _routes
 from clarion.django.realtime._commit import after_commit
 from clarion.django.realtime._outgoing import Outgoing, outgoing
 from clarion.django.realtime._tokens import connection_token, subscription_token
@@ -135,7 +135,9 @@ def _send(item: Outgoing) -> PublishResult | list[PublishResult]:
 
 
 async def _asend(item: Outgoing) -> PublishResult | list[PublishResult]:
-    (result,) = await _routes.publisher().apublish_batch([item])
+    # Concurrent async publications share batches (see _coalesce).
+    result: PublishResult | list[PublishResult] | Exception = await _coalesce.send(
+        item, _routes.publisher().apublish_batch)
     if isinstance(result, Exception):
         raise result
     return result
