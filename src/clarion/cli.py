@@ -181,6 +181,9 @@ def _embed_webhooks(hub: Any, db: str, link: Any = None) -> Any:
     task = asyncio.get_running_loop().create_task(supervisor.run())
     if link is not None:
         link.on_wake = lambda: [waker() for waker in woken]
+        # A worker retired by a rolling restart stops delivering at once: its successor in
+        # the same slot has started its own delivery worker on the same database.
+        link.on_retire.append(supervisor.stop)
     return supervisor, task
 
 
