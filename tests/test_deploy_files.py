@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -159,6 +160,114 @@ def test_units_agree_with_the_hub_configuration() -> None:
     assert int(hub["LimitNOFILE"][0]) > config.max_connections
 
 
+def _site(tmp_path: Path) -> Path:
+    app = tmp_path / "app"
+    for name, text in SITE.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=app,
+                             capture_output=True, text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+    return app
+
+
+def test_systemd_units_commands_run(tmp_path: Path) -> None:
+    """No systemd runs as PID 1 here, so each unit's commands run as systemd would run them:
+    its EnvironmentFile (deploy/clarion.env.example with test values), its
+    WorkingDirectory, ExecStartPre, ExecStart, ExecReload with $MAINPID, KillSignal; the
+    socket unit's ListenStream handed to gunicorn by systemd-socket-activate (LISTEN_FDS), as
+    systemd does. Paths and ports are moved into the test."""
+    _service(REDIS, "Redis")
+    activate = _tool("systemd-socket-activate")
+    app = _site(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    toml = tmp_path / "clarion.toml"
+    toml.write_text((DEPLOY / "clarion.toml").read_text())
+    hub_port, web_port, prefix = free_port(), free_port(), _free_ports_with_prefix()
+    moves = (("/srv/clarion/venv/bin", str(VENV_BIN)), ("/etc/clarion/clarion.toml", str(toml)),
+             ("/var/lib/clarion", str(state)), ("/srv/clarion/app", str(app)),
+             ("--workers 4", "--workers 2"), ("910%i", f"{prefix}1"),
+             ("127.0.0.1:8001", f"127.0.0.1:{web_port}"))
+
+    def unit(name: str) -> dict[str, list[str]]:
+        settings = _unit_settings(name)
+        for values in settings.values():
+            for old, new in moves:
+                values[:] = [v.replace(old, new) for v in values]
+        return settings
+
+    env_file = {}
+    for line in (DEPLOY / "clarion.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env_file[key] = value
+    assert set(env_file) == {"CLARION_API_KEY", "CLARION_TOKEN_HMAC_SECRET",
+                             "DJANGO_SETTINGS_MODULE"}
+    env_file.update({"CLARION_API_KEY": "unit-key", "CLARION_TOKEN_HMAC_SECRET": "h" * 32})
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("CLARION_") and k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+    # What the test needs on top: its own port and key prefix (the file says 8000, clarion).
+    env = {**base, **env_file, "CLARION_PORT": str(hub_port),
+           "CLARION_REDIS_PREFIX": f"test-units-{uuid.uuid4().hex[:8]}"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, command: list[str], cwd: str) -> subprocess.Popen[bytes]:
+        out = (logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        started.append(proc)
+        return proc
+
+    try:
+        hub = unit("clarion-hub.service")
+        assert hub["EnvironmentFile"] == ["/etc/clarion/clarion.env"]
+        pre = subprocess.run(hub["ExecStartPre"][0].split(), cwd=hub["WorkingDirectory"][0],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert (pre.returncode, pre.stdout, pre.stderr) == (0, "", "")
+        hub_proc = start("hub", hub["ExecStart"][0].split(), hub["WorkingDirectory"][0])
+        url = f"http://127.0.0.1:{hub_port}"
+        _wait_for("both hub workers", lambda: "clarion_workers_running 2.0"
+                  in httpx.get(f"{url}/metrics").text, logs)
+
+        worker = unit("clarion-worker@.service")
+        worker_proc = start("worker", worker["ExecStart"][0].split(),
+                            worker["WorkingDirectory"][0])
+        _wait_for("the webhook worker's metrics", lambda: "clarion_webhook_attempts"
+                  in httpx.get(f"http://127.0.0.1:{prefix}1/metrics").text, logs)
+
+        socket_unit = unit("clarion-web.socket")
+        web = unit("clarion-web.service")
+        web_proc = start("web", [activate, "-l", socket_unit["ListenStream"][0],
+                                 *web["ExecStart"][0].split()], web["WorkingDirectory"][0])
+        _wait_for("gunicorn on the activated socket", lambda: httpx.get(
+            f"http://127.0.0.1:{web_port}/").text == "mysite ok", logs)
+
+        reload = hub["ExecReload"][0].replace("$MAINPID", str(hub_proc.pid)).split()
+        assert subprocess.run(reload, timeout=30).returncode == 0
+        _wait_for("a rolling restart", lambda: 'clarion_worker_reloads_total{result="ok"} 1.0'
+                  in httpx.get(f"{url}/metrics").text, logs)
+
+        for name, proc, settings in (("hub", hub_proc, hub), ("worker", worker_proc, worker),
+                                     ("web", web_proc, web)):
+            signal_name = settings.get("KillSignal", ["SIGTERM"])[0]
+            proc.send_signal(getattr(signal, signal_name))
+            assert proc.wait(120) == 0, (logs / f"{name}.log").read_text()[-3000:]
+        assert '"event": "supervisor stopped", "clean": true' in (logs / "hub.log").read_text()
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        import redis
+
+        with redis.Redis(*REDIS) as r:
+            for key in r.scan_iter(f"{env['CLARION_REDIS_PREFIX']}:*"):
+                r.delete(key)
+
+
 # -- supervisord -----------------------------------------------------------------------------
 
 _SUPERVISOR_PARSE = """
@@ -291,13 +400,7 @@ def test_supervisord_runs_the_programs(tmp_path: Path) -> None:
     _service(REDIS, "Redis")
     _supervisor_config(tmp_path)  # skips without supervisor; makes tmp_path/log
     supervisord = VENV_BIN / "supervisord"
-    app = tmp_path / "app"
-    for name, text in SITE.items():
-        (app / name).parent.mkdir(parents=True, exist_ok=True)
-        (app / name).write_text(text)
-    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=app,
-                             capture_output=True, text=True, timeout=120)
-    assert migrate.returncode == 0, migrate.stderr
+    app = _site(tmp_path)
     (tmp_path / "state").mkdir()
     toml = tmp_path / "clarion.toml"
     toml.write_text((DEPLOY / "clarion.toml").read_text())
