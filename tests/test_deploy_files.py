@@ -459,8 +459,9 @@ files={tmp_path}/clarion.conf
         published = httpx.post(f"{hub}/api/publish", headers={"X-API-Key": "deploy-key"},
                                json={"channel": "chat:x", "data": {"n": 1}})
         assert published.json()["result"]["offset"] == 1
-        status = ctl("status")
-        assert status.stdout.count("RUNNING") == 4, status.stdout
+        # RUNNING once a program has lived startsecs (5 s).
+        _wait_for("all four programs RUNNING",
+                  lambda: ctl("status").stdout.count("RUNNING") == 4, logs)
 
         hup = ctl("signal", "HUP", "clarion:clarion-hub")
         assert hup.returncode == 0, hup.stdout + hup.stderr
