@@ -261,6 +261,10 @@ def test_routes_health_static_and_metrics(stack: Stack) -> None:
     r = httpx.get(f"http://127.0.0.1:{stack.ports.http}/room?x=1", timeout=10)
     assert r.status_code == 301
     assert r.headers["location"] == "https://127.0.0.1/room?x=1"
+    # ... except certbot's challenges, answered from its webroot (empty here: 404).
+    acme = httpx.get(f"http://127.0.0.1:{stack.ports.http}/.well-known/acme-challenge/t",
+                     timeout=10)
+    assert acme.status_code == 404
 
 
 def test_the_webhook_worker_runs_beside_the_hub(stack: Stack) -> None:
