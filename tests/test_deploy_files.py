@@ -950,6 +950,39 @@ def test_alert_rules_fire_as_meant(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_broker_down_alert_input_rises_when_redis_dies(tmp_path: Path,
+                                                      hub_factory: Any) -> None:
+    """ClarionBrokerUnreachable counts failed node announcements. A real hub on a Redis of
+    its own: once that Redis is killed, the counter passes the rule's threshold (5) and
+    /health?strict=1 answers 503, the readiness signal the monitoring page pairs with it."""
+    exe = _tool("redis-server")
+    port = free_port()
+    redis_proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save",
+                                   "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        _wait_for("redis-server", lambda: socket.create_connection(
+            ("127.0.0.1", port), timeout=1).close() is None, tmp_path)
+        hub = hub_factory("", "--broker", f"redis://127.0.0.1:{port}/0")
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+    threshold = re.search(r"why=\"send\"}\[2m\]\)\) > (\d+)", ALERTS.read_text())
+    assert threshold, "the rule's threshold"
+
+    def failed() -> float:
+        for line in httpx.get(f"{hub.url}/metrics").text.splitlines():
+            if line.startswith('clarion_control_messages_failed_total{why="send"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    _wait_for("failed announcements above the alert's threshold",
+              lambda: failed() > int(threshold.group(1)), tmp_path)
+    health = httpx.get(f"{hub.url}/health", params={"strict": "1"})
+    assert health.status_code == 503
+    assert health.json()["status"] == "degraded"
+
+
 def test_alert_rules_structure() -> None:
     """What promtool does not insist on: every rule has a severity, a summary and a
     description, and the groups cover the hub and the webhooks."""
