@@ -15,9 +15,11 @@ import binascii
 import hmac
 from typing import TYPE_CHECKING
 
+from clarion.broker.base import PublishOptions
 from clarion.errors import BrokerError, GripError, ReplyError
 from clarion.hub.config import ChannelOptions
 from clarion.hub.http import HttpProtocol, Request, Response
+from clarion.hub.publishing import broker_request
 from clarion.hub.push import GRIP_ONLY_TAG, GRIP_TAG
 from clarion.protocol.grip import items as grip_items
 from clarion.protocol.grip import mapping
@@ -97,21 +99,25 @@ class ControlApi:
         except GripError as exc:
             self.hub.metrics.grip_errors += 1
             return _text(400, f"{exc}\n", json)
-        published = 0
+        # One broker call for the request's items (one Redis round trip), so they reach the
+        # subscribers together and leave in one write each, as an /api/batch does.
+        requests = [self.broker_request(item, opts)
+                    for item, opts in zip(parsed, options, strict=True)]
         try:
-            for item, opts in zip(parsed, options, strict=True):
-                await self.publish(item, opts)
-                published += 1
-        except BrokerError as exc:
-            # Redis away: say so within the broker's timeout, as the server API does; the
-            # items before the failing one went out, and the message says how many.
-            self.hub.metrics.grip_published += published
-            self.hub.log.warning("GRIP publish failed: broker unavailable", error=str(exc))
+            results = await self.hub.broker.publish_many(requests)
+        except BrokerError as exc:  # not started, or a backend that fails them all at once
+            results = [exc] * len(requests)
+        failed = [r for r in results if isinstance(r, BrokerError)]
+        published = len(results) - len(failed)
+        self.hub.metrics.grip_published += published
+        if failed:
+            # Redis away: say so within the broker's timeout, as the server API does, with
+            # how many of the items went out.
+            self.hub.log.warning("GRIP publish failed: broker unavailable", error=str(failed[0]))
             resp = _text(503, f"Service Unavailable: broker unavailable ({published} of "
                               f"{len(parsed)} items published)\n", json)
             resp.headers.append(("Retry-After", "1"))
             return resp
-        self.hub.metrics.grip_published += len(parsed)
         return _text(200, "Published\n", json)
 
     def _options(self, index: int, item: grip_items.Item) -> ChannelOptions:
@@ -121,10 +127,14 @@ class ControlApi:
             raise GripError(f"Invalid format: items[{index}]: channel {item.channel[:80]!r} "
                             "is not a valid channel name (1-255 printable characters)") from None
 
-    async def publish(self, item: grip_items.Item, options: ChannelOptions) -> None:
+    def broker_request(self, item: grip_items.Item,
+                       options: ChannelOptions) -> tuple[str, bytes, PublishOptions]:
+        """An item as the broker publishes it: its native data (``null`` and no history for
+        an item only GRIP clients can use), the item itself in a tag."""
         data = mapping.native_data(item)
         tags = {GRIP_TAG: grip_items.encode_item(item).decode()}
         if data is None:
             tags[GRIP_ONLY_TAG] = "1"
-        await self.hub.publish(item.channel, data if data is not None else b"null", tags=tags,
-                               skip_history=data is None, options=options)
+        return (item.channel, *broker_request(
+            self.hub.config, options, data if data is not None else b"null", tags=tags,
+            skip_history=data is None))
