@@ -600,10 +600,15 @@ def test_effective_settings_are_a_configuration_the_hub_loads(tmp_path: Path) ->
     from clarion.check import MASK, effective_settings
     from clarion.hub.config import load_config
 
-    config = load_config(DEPLOY / "clarion.toml",
-                         environ={"CLARION_API_KEY": "secret", "CLARION_GRIP_SIG_KEY": "g"})
+    source = tmp_path / "source.toml"
+    # A namespace with a dot in its name (allowed) must stay one table, not nest.
+    source.write_text((DEPLOY / "clarion.toml").read_text()
+                      + '[namespaces."feed.v2"]\npresence = true\n')
+    config = load_config(source, environ={"CLARION_API_KEY": "file:looks-like-a-path",
+                                          "CLARION_GRIP_SIG_KEY": "g"})
     text = effective_settings(config)
-    assert tomllib.loads(text)["api_key"] == MASK
+    assert tomllib.loads(text)["api_key"] == MASK  # only GRIP keys may be file: paths
+    assert "looks-like-a-path" not in text
     again_file = tmp_path / "again.toml"
     again_file.write_text(text)
     again = load_config(again_file, environ={})
@@ -682,6 +687,16 @@ def test_check_what_serve_refuses_at_start(tmp_path: Path) -> None:
     bad = _clarion("check", "--config", str(grip))
     assert bad.returncode == 2
     assert "grip_routes" in bad.stderr
+    routes.write_text("* 127.0.0.1:8001\n")
+    grip.write_text(f'grip_routes = "{routes}"\ngrip_sig_key = "file:{tmp_path}/no.key"\n')
+    key = _clarion("check", "--config", str(grip))
+    assert key.returncode == 2
+    assert f"GRIP key file {tmp_path}/no.key: No such file or directory" in key.stderr
+    (tmp_path / "grip.key").write_text("00ff" * 16)
+    grip.write_text(f'grip_routes = "{routes}"\ngrip_sig_key = "file:{tmp_path}/grip.key"\n')
+    ok = _clarion("check", "--config", str(grip), env={"CLARION_API_KEY": "x"})
+    assert ok.returncode == 0, ok.stderr
+    assert f'grip_sig_key = "file:{tmp_path}/grip.key"' in ok.stdout
 
 
 def test_check_bad_timeout() -> None:

@@ -52,6 +52,8 @@ _SECRETS = frozenset({
     "api_key", "token_hmac_secret", "grip_sig_key", "grip_upstream_key",
     "control_basic_auth", "control_bearer_token", "control_jwt_key",
 })
+# Keys the hub reads as "file:PATH" too (GRIP's key syntax): a path is no secret.
+_FILE_KEYS = frozenset({"grip_sig_key", "grip_upstream_key"})
 _PASSWORD_PARAM = re.compile(r"((?:^|[?&])[a-z_]*password=)[^&]*", re.IGNORECASE)
 
 
@@ -91,7 +93,7 @@ def _scrub(text: str, broker: str | list[str]) -> str:
 def _masked(name: str, value: Any) -> Any:
     if name in _SECRETS and isinstance(value, str) and value:
         # A key kept in a file is named by its path, which is no secret and worth seeing.
-        return value if value.startswith("file:") else MASK
+        return value if name in _FILE_KEYS and value.startswith("file:") else MASK
     if name == "broker":
         return [mask_url(u) for u in value] if isinstance(value, list) else mask_url(value)
     return value
@@ -112,7 +114,9 @@ def effective_settings(config: Any) -> str:
         lines += ["", "[redis]"]
         lines += [f"{k} = {_toml(v)}" for k, v in raw["redis"].items() if v is not None]
     for name, options in (raw.get("namespaces") or {}).items():
-        lines += ["", f"[namespaces.{name}]"]
+        # A dot in a bare key would nest tables; namespace names may contain dots.
+        key = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+        lines += ["", f"[namespaces.{key}]"]
         lines += [f"{k} = {_toml(v)}" for k, v in options.items()]
     return "\n".join(lines) + "\n"
 
@@ -227,6 +231,17 @@ def _check_startup(config: Any) -> None:
             parse_routes(text, config.grip_routes)
         except GripError as exc:
             raise ConfigError(f"grip_routes: {exc}") from None
+        from clarion.hub.grip.proxy import read_key_file
+        from clarion.protocol.grip.sig import decode_key
+
+        for name in sorted(_FILE_KEYS):
+            spec = getattr(config, name)
+            try:
+                if spec:
+                    decode_key(spec, read_key_file)
+            except (GripError, OSError) as exc:
+                # The message names a file or the first characters of a base64 key only.
+                raise ConfigError(f"{name}: {exc}") from None
 
 
 def _check_broker(config: Any, timeout: float) -> list[str]:
