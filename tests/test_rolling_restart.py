@@ -52,7 +52,6 @@ from tests.test_workers import (  # noqa: F401 - server and tag are fixtures
 
 from clarion.errors import Disconnect
 from clarion.hub.workers import (
-    RECONNECT_WINDOW,
     parse_ready,
     ready_line,
     reconnect_window,
@@ -420,6 +419,7 @@ def test_ready_line_round_trip() -> None:
 def test_reconnect_window_is_at_most_half_the_shutdown_timeout() -> None:
     from clarion.hub.config import Config
 
-    assert reconnect_window(Config(shutdown_timeout=10.0)) == RECONNECT_WINDOW
+    assert reconnect_window(Config(shutdown_timeout=10.0)) == 2.0  # the default
     assert reconnect_window(Config(shutdown_timeout=1.0)) == 0.5
     assert reconnect_window(Config(shutdown_timeout=0.0)) == 0.0
+    assert reconnect_window(Config(reconnect_window="5s", shutdown_timeout=20.0)) == 5.0

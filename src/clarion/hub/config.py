@@ -204,6 +204,9 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     poll_timeout: float | str = 25.0
     poll_timeout_max: float | str = 60.0
     shutdown_timeout: float | str = 10.0
+    # A worker retired by a rolling restart (SIGHUP) tells its clients to reconnect a share at
+    # a time over this window, so they do not all land on the other workers at once.
+    reconnect_window: float | str = 2.0
     # How long info and channels wait for the other nodes' answers (clarion.hub.control).
     survey_timeout: float | str = 1.0
     workers: int = 1  # hub processes on the same ports (clarion.hub.workers); >1 needs redis
@@ -252,8 +255,8 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
                      "pong_timeout", "client_stale_close_delay", "client_expired_close_delay",
                      "client_expired_sub_close_delay", "presence_ttl",
                      "history_meta_ttl", "poll_timeout", "poll_timeout_max", "shutdown_timeout",
-                     "grip_connect_timeout", "grip_response_timeout", "survey_timeout",
-                     "http_header_timeout", "http_keepalive_timeout"):
+                     "reconnect_window", "grip_connect_timeout", "grip_response_timeout",
+                     "survey_timeout", "http_header_timeout", "http_keepalive_timeout"):
             setattr(self, name, parse_duration(getattr(self, name), name))
         for name in ("http_header_timeout", "http_keepalive_timeout"):
             # The sweep that enforces them runs once a second; a day is beyond any real wait.

@@ -75,9 +75,6 @@ RETIRE = signal.SIGUSR1
 # A new worker of a reload must be ready within this (worker 0 may run webhook migrations);
 # one that is not is stopped and the reload ends, leaving the old workers in place.
 READY_TIMEOUT = 120.0
-# How long a retiring worker spreads its clients' reconnects over, unless the configuration
-# says otherwise (``reconnect_window``); never more than half of shutdown_timeout.
-RECONNECT_WINDOW = 2.0
 # The window is cut into steps this long: each step disconnects its share of the clients.
 RECONNECT_STEP = 0.05
 
@@ -728,12 +725,9 @@ class WorkerLink:
 
 
 def reconnect_window(config: Config) -> float:
-    """Seconds a retiring worker spreads its clients' reconnects over: ``reconnect_window``
-    when the configuration has it, else RECONNECT_WINDOW; at most half of shutdown_timeout,
-    which bounds the drain that follows."""
-    window = (config.seconds("reconnect_window")
-              if "reconnect_window" in type(config).__struct_fields__ else RECONNECT_WINDOW)
-    return min(window, config.seconds("shutdown_timeout") / 2)
+    """Seconds a retiring worker spreads its clients' reconnects over: ``reconnect_window``,
+    at most half of shutdown_timeout, which bounds the drain that follows."""
+    return min(config.seconds("reconnect_window"), config.seconds("shutdown_timeout") / 2)
 
 
 def stop_accepting(hub: Hub) -> None:

@@ -44,11 +44,15 @@ class WsgiMount:
             "SERVER_NAME": self.host,
             "SERVER_PORT": str(self.port),
             "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": request.client.rsplit(":", 1)[0] if request.client else "",
+            # An address, never with a port (cutting at the last ":" broke IPv6 ones); behind
+            # a trusted proxy, the client it forwarded for.
+            "REMOTE_ADDR": request.client,
             "CONTENT_LENGTH": str(len(request.body)),
             "CONTENT_TYPE": request.headers.get("content-type", ""),
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            # "https" over the hub's TLS or when a trusted proxy says so: Django's
+            # is_secure(), secure cookies and CSRF's origin check depend on it.
+            "wsgi.url_scheme": request.scheme,
             "wsgi.input": io.BytesIO(request.body),
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
