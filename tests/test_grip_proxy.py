@@ -885,6 +885,7 @@ async def test_stream_hold_header_form(proxy: Proxy, origin: Origin) -> None:
         assert resp.status_code == 200
         assert resp.headers["x-stream"] == "1"
         assert resp.headers["transfer-encoding"] == "chunked"
+        assert resp.headers["x-accel-buffering"] == "no"  # an nginx in front must not buffer
         assert not [k for k in resp.headers if k.lower().startswith("grip-")]
         await body.expect(b"start\n")
         proxy.publish(stream_item("st", "one\n"))

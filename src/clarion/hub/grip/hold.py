@@ -152,7 +152,12 @@ class GripHold(HeldConnection):
         missed while the origin was answering: all in one loop turn, so nothing slips by."""
         if self.mode == "stream":
             r = inst.response
-            self.transport.write(response_bytes(r.code, r.reason, r.headers, r.body,
+            headers = r.headers
+            if not any(k.lower() == "x-accel-buffering" for k, _ in headers):
+                # An nginx in front without proxy_buffering off would hold the stream back
+                # until its buffer fills; the origin may still say otherwise.
+                headers = [*headers, ("X-Accel-Buffering", "no")]
+            self.transport.write(response_bytes(r.code, r.reason, headers, r.body,
                                                 chunked=True))
         self.apply(inst)
         self.proxy.holds.add(self)
