@@ -451,6 +451,14 @@ class HttpProtocol(asyncio.Protocol):
                     # This request's failure: logged with its traceback and counted; the
                     # connection and the process go on.
                     self.hub.failed("handler", exc, path=request.path)
+                    if self.takeover is not None:
+                        # It had taken the connection over (a stream's head is out): an HTTP
+                        # answer now would land inside that stream's body. The stream ends
+                        # unfinished, which its client reads as a reason to reconnect.
+                        self.takeover.connection_lost(exc)
+                        self.takeover = None
+                        self.transport.close()
+                        return
                     result = Response.error(500, "internal server error")
                 if isinstance(result, Takeover):
                     # Requests pipelined behind it wait: a takeover that answers with plain
