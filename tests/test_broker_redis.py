@@ -578,3 +578,23 @@ async def test_publish_many_is_one_script_call_that_reloads_a_lost_script(
                                              (channel, b"2", history_on())])
         assert all(isinstance(r, BrokerError) for r in results)
         own_redis.start()
+
+
+async def test_an_unknown_url_parameter_is_a_config_error_without_secrets() -> None:
+    broker = RedisBroker("redis://:pw1@127.0.0.1:6379/0?bogus=1&password=pw2")
+    with pytest.raises(ConfigError) as refused:
+        await broker.start(Recorder())
+    await broker.close()
+    message = str(refused.value)
+    assert "bogus" in message
+    assert "pw1" not in message and "pw2" not in message
+
+
+def test_broker_urls_are_redacted_for_logs() -> None:
+    from clarion.broker.urls import redact
+
+    assert redact("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact("redis://u:s3cret@h/0?password=x&db=2&sentinel_password=y") \
+        == "redis://u:***@h/0?password=***&db=2&sentinel_password=***"
+    assert redact(["redis://a:1/0", "redis://:p@b:2/0"]) == "redis://a:1/0,redis://:***@b:2/0"
+    assert redact("redis://h:6379/0") == "redis://h:6379/0"

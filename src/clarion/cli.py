@@ -217,6 +217,11 @@ def _django(args: argparse.Namespace) -> None:
         raise ConfigError("webhooks need Django: pip install 'clarion[django]'") from None
     if settings_module and not args.db:
         os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+        # As manage.py finds the project it sits in: a console script's sys.path has its own
+        # directory, not the working one, so `clarion worker --settings mysite.settings` run
+        # from the project could not import it.
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
         django.setup()
         return
     from clarion.django import embedded

@@ -22,6 +22,7 @@ import msgspec
 from clarion import __version__
 from clarion.broker import Broker, PublishResult, create_broker
 from clarion.broker.base import ClientInfo, StreamPosition
+from clarion.broker.urls import redact
 from clarion.errors import BrokerError, Disconnect
 from clarion.hub.api import ServerApi, broker_unavailable
 from clarion.hub.channels import ChannelRules
@@ -282,7 +283,7 @@ class Hub:
             await self.grip.start()
         self._housekeeper = self._loop.create_task(self._housekeeping())
         self.log.info("hub listening", address=self.address,
-                      broker=_redacted(self.config.broker), version=self.version)
+                      broker=redact(self.config.broker), version=self.version)
 
     def tls_options(self) -> dict[str, Any]:
         """``create_server`` options for a client listener: TLS when configured, with the
@@ -443,15 +444,6 @@ def _create_broker(config: Config) -> Broker:
     return create_broker(config.broker, **config.broker_options())
 
 
-def _redacted(broker: str | list[str]) -> str:
-    """The broker setting for logs: no passwords."""
-    urls = broker if isinstance(broker, list) else [broker]
-    out = []
-    for url in urls:
-        scheme, sep, rest = url.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        out.append(f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}" if at else url)
-    return ",".join(out)
 
 
 def _ticket_request(name: str) -> Any:

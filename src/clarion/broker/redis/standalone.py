@@ -39,6 +39,7 @@ from clarion.broker.base import (
     PublishResult,
     StreamPosition,
 )
+from clarion.broker.urls import redact as _redact
 from clarion.errors import BrokerError, ConfigError
 from clarion.protocol import tickets
 
@@ -749,9 +750,15 @@ class RedisBroker(Broker):
 
     async def _connect_client(self) -> Any:
         """The command client (its pool in ``self._pool`` when it has one)."""
-        self._pool = BlockingConnectionPool.from_url(
-            self.url, max_connections=self.pool_size, timeout=self.command_timeout,
-            **self._pool_options())
+        try:
+            self._pool = BlockingConnectionPool.from_url(
+                self.url, max_connections=self.pool_size, timeout=self.command_timeout,
+                **self._pool_options())
+            # redis-py passes unknown URL parameters on to the connection class: building one
+            # (it does not connect) turns a misspelt ?parameter into a clear error at start.
+            self._pool.make_connection()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"broker: {self._where!r}: {exc}") from None
         self._pool.connection_class = with_hiredis_packing(self._pool.connection_class)
         return Redis(connection_pool=self._pool)
 
@@ -1149,11 +1156,3 @@ async def _disconnect(conn: AbstractConnection) -> None:
         await conn.disconnect(nowait=True)
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}{sep}{user + ':' if user else ':'}***@{hostpart}"
