@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,9 +18,35 @@ import grip_fanout
 import idle_memory
 import loadclient as lc
 import publish_styles
+import django_publish
 import scaleout
+import scaleout_stream
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+class _NginxRows:
+    """bench/nginx.py keeps its comparison in results["summary"]: direct vs through nginx."""
+
+    @staticmethod
+    def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
+        summary = results.get("summary", {})
+        direct = summary.get("direct", {})
+        rows: list[list[Any]] = []
+        problems: list[str] = []
+        for way, label in (("nginx-plain", "through nginx, plain"),
+                           ("nginx-tls", "through nginx, TLS (shipped site)")):
+            r = summary.get(way)
+            if not r or not direct:
+                problems.append(f"nginx: no {way} figure")
+                continue
+            ours, peer = r.get("deliveries_per_s"), direct.get("deliveries_per_s")
+            cost = 1 - ours / peer if ours and peer else None
+            rows.append([f"WS deliveries/s @ 1,000 subs, {label}", lc.fmt_num(ours),
+                         "direct", lc.fmt_num(peer),
+                         f"{ours / peer:.2f}x" if ours and peer else "-", "cost <= 20%",
+                         "-" if cost is None else ("yes" if cost <= 0.20 else "NO")])
+        return rows, problems
 
 
 def main() -> int:
@@ -34,6 +61,9 @@ def main() -> int:
         ("publish_styles", publish_styles),
         ("publish_styles_redis2", publish_styles),
         ("scaleout", scaleout),
+        ("scaleout_stream", scaleout_stream),
+        ("django_publish", django_publish),
+        ("nginx", _NginxRows),
     ):
         path = os.path.join(RESULTS, f"{name}.json")
         if not os.path.exists(path):
