@@ -12,13 +12,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import django_publish
 import fanout_stream
 import fanout_ws
 import grip_fanout
 import idle_memory
 import loadclient as lc
 import publish_styles
-import django_publish
 import scaleout
 import scaleout_stream
 
