@@ -11,10 +11,10 @@ import uuid
 from typing import Any
 
 import pytest
-
-from conftest import API_KEY, CHAT_NAMESPACE, Hub, HubFactory
 from tests.netproxy import NetProxy
 from tests.test_scaleout_nodes import node_config, redis_available
+
+from conftest import API_KEY, CHAT_NAMESPACE, Hub, HubFactory
 
 BROKERS = ["memory", "redis"]
 

@@ -474,7 +474,7 @@ def test_clarion_js_loads_as_a_module_from_a_page_on_another_origin(browser: Any
                  f"'{hub.url}/static/clarion.js'; window.loaded = typeof Clarion;</script>")
 
     class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             body = page_html.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html")

@@ -368,8 +368,9 @@ def event(type: str, data: Any, *, channel: str | None = None,
           idempotency_key: str | None = None) -> Command[EventResult]:
     """Send one event of ``type`` to the webhook listeners subscribed to it and, with
     ``channel``, publish the webhook's body (``{"type", "timestamp", "data"}``, byte for byte
-    what the listeners get) into that channel, under the event's id as the idempotency key. The hub needs its webhook store (``serve --webhooks-db``) and ``type``
-    must be a registered event type."""
+    what the listeners get) into that channel, under the event's id as the idempotency key.
+    The hub needs its webhook store (``serve --webhooks-db``) and ``type`` must be a
+    registered event type."""
     body = _body("event", {
         "type": _text("event", "type", type), "data": data,
         "channel": _optional_text("event", "channel", channel),
