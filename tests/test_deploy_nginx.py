@@ -1,12 +1,19 @@
 """The shipped nginx site (deploy/nginx/clarion.conf) in front of a production-shaped stack.
 
 One stack per module (it is expensive): Debian's nginx with the site (ports and a certificate
-made here filled in, tests/deploy_app/nginx.py), ``clarion serve --workers 2`` on Redis with
-its GRIP proxy, the Django app of tests/deploy_app under gunicorn, and ``clarion worker``.
-Everything the tests do goes through nginx over https/wss unless a test says otherwise.
+made here filled in, tests/deploy_app/nginx.py); ``clarion serve --workers 2`` on Redis with
+its GRIP proxy; the chat example (examples/chat: rooms, logins, messages in a PostgreSQL
+database of its own, migrated first) under gunicorn, configured by its CHAT_* environment as in
+production, with the hub as a separate service; the GRIP views of tests/deploy_app under a
+second gunicorn that only the GRIP proxy reaches; and ``clarion worker``. Everything the tests
+do goes through nginx over https/wss unless a test says otherwise.
 
-Skipped when nginx, Redis or (for the browser test) Chromium is missing; under CI=true each of
-those is a failure: CI runs scripts/install-test-deps.
+The chat's CLARION["HUB"]["URL"] is the site's public https address: the page loads clarion.js
+from it, and Django calls the hub's API there too (nginx sends /api/ to the hub), trusting the
+test's certificate (tests/deploy_app/chat_settings.py).
+
+Skipped when nginx, Redis, PostgreSQL or (for the browser test) Chromium is missing; under
+CI=true each of those is a failure: CI runs scripts/install-test-deps.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import redis
 import websockets
-from tests.conftest import (
+from websockets.typing import Origin
+
+from conftest import (
     API_KEY,
     CHAT_NAMESPACE,
     HMAC_SECRET,
@@ -41,7 +50,7 @@ from tests.conftest import (
     in_ci,
     token,
 )
-from tests.deploy_app.nginx import (
+from deploy_app.nginx import (
     Certificate,
     Nginx,
     SitePorts,
@@ -49,10 +58,21 @@ from tests.deploy_app.nginx import (
     nginx_available,
     render_site,
 )
-from tests.sse_reader import LineReader, SSEReader
-from websockets.typing import Origin
+from sse_reader import LineReader, SSEReader
+from test_example_chat import (
+    PG_DSN,
+    _drop_database,
+    _postgres_database,
+    send,
+    shown,
+    sign_up_and_enter,
+    wait_presence,
+    wait_shown,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+CHAT_DIR = TESTS_DIR.parent / "examples" / "chat"
+CHAT_SECRET_KEY = "deploy-chat-test-secret-key-" + "x" * 30
 PER_ADDRESS = 2  # the hub's max_connections_per_address, per worker process
 WORKERS = 2
 
@@ -81,6 +101,7 @@ class Stack:
     nginx: Nginx
     cert: Certificate
     ports: SitePorts
+    grip_origin_port: int
     control_port: int
     worker_metrics_port: int
     prefix: str
@@ -129,6 +150,17 @@ max_connections_per_address = {PER_ADDRESS}
 """
 
 
+def _hub_config(prefix: str) -> str:
+    """The test's settings, then the chat example's channel options (its hub.toml, which the
+    example's Django reads too when it publishes into Redis) beside the tests' chat namespace."""
+    return (HUB_CONFIG + f'\n[redis]\nprefix = "{prefix}"\n' + CHAT_NAMESPACE + "\n"
+            + (CHAT_DIR / "hub.toml").read_text())
+
+
+def _pythonpath(*dirs: Path) -> str:
+    return os.pathsep.join([*map(str, dirs), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ok, why = nginx_available()
@@ -142,9 +174,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prefix = f"clarion-deploy-{uuid.uuid4().hex[:10]}"
     ports = SitePorts(https=free_port(), http=free_port(), hub=free_port(), grip=free_port(),
                       app=free_port())
-    control_port, worker_metrics_port = free_port(), free_port()
+    grip_origin_port, control_port, worker_metrics_port = free_port(), free_port(), free_port()
     cert = make_certificate(base / "tls")
     procs: list[tuple[subprocess.Popen[bytes], bool]] = []
+    database = _postgres_database()  # skips, or fails under CI, without PostgreSQL
 
     def spawn(name: str, cmd: list[str], env: dict[str, str] | None = None,
               group: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
@@ -156,37 +189,62 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         return proc
 
     config = base / "hub.toml"
-    config.write_text(HUB_CONFIG + f'\n[redis]\nprefix = "{prefix}"\n' + CHAT_NAMESPACE)
+    config.write_text(_hub_config(prefix))
     routes = base / "routes"
-    routes.write_text(f"* 127.0.0.1:{ports.app},over_http\n")
+    routes.write_text(f"* 127.0.0.1:{grip_origin_port},over_http\n")
+    chat_env = {
+        "DJANGO_SETTINGS_MODULE": "deploy_app.chat_settings",
+        "PYTHONPATH": _pythonpath(CHAT_DIR, TESTS_DIR),
+        "CHAT_DATABASE_URL": f"{PG_DSN}/{database}",
+        "CHAT_REDIS_URL": REDIS_URL, "CHAT_REDIS_PREFIX": prefix,
+        "CHAT_DATA_DIR": str(base / "chat-var"), "CHAT_SECRET_KEY": CHAT_SECRET_KEY,
+        "CHAT_HUB_URL": f"https://127.0.0.1:{ports.https}",
+        "CHAT_HUB_API_KEY": API_KEY, "CHAT_HUB_TOKEN_SECRET": HMAC_SECRET,
+        "CHAT_BEHIND_HTTPS_PROXY": "1",
+        # Django calls the hub's API at the public https address: it trusts the test's CA
+        # (deploy_app/chat_settings.py says how).
+        "DEPLOY_TEST_CA_FILE": str(cert.cert),
+    }  # fmt: skip
+    # The example's tables before its first request, as a deploy runs migrations first.
+    migrate = subprocess.run(
+        [sys.executable, str(CHAT_DIR / "manage.py"), "migrate", "--noinput"],
+        cwd=base, env={**os.environ, **chat_env}, capture_output=True, timeout=300)
+    if migrate.returncode != 0:
+        _drop_database(database)
+        pytest.fail("examples/chat: manage.py migrate failed:\n"
+                    + (migrate.stdout + migrate.stderr).decode(errors="replace"))
     hub = spawn("hub", [
         sys.executable, "-m", "clarion", "serve", "--host", "127.0.0.1",
         "--port", str(ports.hub), "--config", str(config), "--workers", str(WORKERS),
         "--broker", REDIS_URL, "--log-level", "debug",
         "--grip-routes", str(routes), "--grip-port", str(ports.grip),
         "--control-port", str(control_port)])  # fmt: skip
-    app = spawn("gunicorn", [
-        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{ports.app}",
-        "--worker-class", "gthread", "--workers", "1", "--threads", "8", "--timeout", "120",
-        "--graceful-timeout", "5", "--access-logfile", "-", "--no-control-socket",
-        "--chdir", str(TESTS_DIR), "deploy_app.wsgi:application"], env={
-        "DJANGO_SETTINGS_MODULE": "deploy_app.settings",
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p),
+    gunicorn = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
+                "--threads", "8", "--timeout", "120", "--graceful-timeout", "5",
+                "--access-logfile", "-", "--no-control-socket"]  # fmt: skip
+    app = spawn("gunicorn-chat", [
+        *gunicorn, "--bind", f"127.0.0.1:{ports.app}", "--chdir", str(CHAT_DIR),
+        "chatsite.wsgi:application"], env=chat_env, group=True)  # fmt: skip
+    grip_app = spawn("gunicorn-grip", [
+        *gunicorn, "--bind", f"127.0.0.1:{grip_origin_port}", "--chdir", str(TESTS_DIR),
+        "deploy_app.wsgi:application"], env={
+        "DJANGO_SETTINGS_MODULE": "deploy_app.settings", "PYTHONPATH": _pythonpath(TESTS_DIR),
         "GRIP_IMPL": "clarion", "GRIP_CONTROL_URI": f"http://127.0.0.1:{control_port}",
-        "DEPLOY_HUB_URL": f"http://127.0.0.1:{ports.hub}", "DEPLOY_API_KEY": API_KEY,
     }, group=True)  # fmt: skip
     worker = spawn("worker", [
         sys.executable, "-m", "clarion", "worker", "--db", str(base / "webhooks.sqlite3"),
         "--metrics-port", str(worker_metrics_port)])  # fmt: skip
     nginx = Nginx(base / "nginx", ports, cert)
-    stack = Stack(nginx, cert, ports, control_port, worker_metrics_port, prefix, logs)
+    stack = Stack(nginx, cert, ports, grip_origin_port, control_port, worker_metrics_port,
+                  prefix, logs)
     try:
         _wait_until(lambda: _answers(f"{stack.hub_url}/health")
                     and _accepts(ports.grip) and _accepts(control_port),
                     hub, "clarion serve --workers 2", stack.output, 30)  # fmt: skip
         _wait_until(lambda: _answers(f"http://127.0.0.1:{ports.app}/whoami"), app,
-                    "gunicorn (deploy_app)", stack.output, 60)  # fmt: skip
+                    "gunicorn (examples/chat)", stack.output, 60)  # fmt: skip
+        _wait_until(lambda: _accepts(grip_origin_port), grip_app,
+                    "gunicorn (deploy_app's GRIP views)", stack.output, 60)  # fmt: skip
         _wait_until(lambda: _answers(f"http://127.0.0.1:{worker_metrics_port}/metrics"),
                     worker, "clarion worker", stack.output, 60)  # fmt: skip
         nginx.start()
@@ -202,6 +260,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 client.delete(*keys)
         finally:
             client.close()
+            _drop_database(database)
 
 
 def _answers(url: str) -> bool:
@@ -225,7 +284,7 @@ def _accepts(port: int) -> bool:
 def test_render_refuses_a_site_without_the_shipped_values(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # The test must run the shipped file: if a value it fills in is gone, it says which.
-    import tests.deploy_app.nginx as site
+    import deploy_app.nginx as site
 
     changed = tmp_path / "nginx"
     (changed / "snippets").mkdir(parents=True)
@@ -251,10 +310,16 @@ def test_routes_health_static_and_metrics(stack: Stack) -> None:
         # The metrics are the hub's port's business, not the public name's.
         assert c.get("/metrics").status_code == 403
         assert "clarion_" in httpx.get(f"{stack.hub_url}/metrics", timeout=10).text
-        # Anything else is the Django app.
+        # Anything else is the Django app: the chat example, which sends strangers to log in.
         who = c.get("/whoami")
         assert who.status_code == 200, who.text
         assert who.json()["secure"] is True
+        home = c.get("/")
+        assert home.status_code == 302 and home.headers["location"].startswith("/login/")
+        login = c.get("/login/")
+        assert login.status_code == 200 and "csrfmiddlewaretoken" in login.text
+        # Behind https the example's cookies are Secure (CHAT_BEHIND_HTTPS_PROXY).
+        assert "secure" in login.headers["set-cookie"].lower(), login.headers
         # The API through nginx needs its key as it does anywhere.
         assert c.post("/api/info", json={}).status_code == 401
     # Plain http is sent to https.
@@ -382,7 +447,7 @@ async def test_x_forwarded_for_reaches_the_hub_and_the_app(stack: Stack) -> None
     assert "client=6.6.6." not in out
 
 
-# -- the demo chat in Chromium ------------------------------------------------------------------
+# -- the chat example in Chromium -------------------------------------------------------------
 
 
 CHROMIUM = os.environ.get("CLARION_CHROMIUM", "/usr/bin/chromium")
@@ -392,55 +457,49 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(stack: Stack) -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("python playwright is not installed")
     if not Path(CHROMIUM).exists():
         _unavailable(f"{CHROMIUM} is missing")
+    # The certificate is the test's own: this browser accepts it, as it would a real one
+    # (test_example_chat's helpers open their own contexts, so ignore_https_errors, a context
+    # option, is not theirs to pass; Chromium ignores --ignore-certificate-errors-spki-list
+    # outside managed setups).
+    args = [*CHROMIUM_ARGS, "--ignore-certificate-errors"]
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
             yield b
         finally:
             b.close()
 
 
-def _join(browser: Any, stack: Stack, name: str) -> tuple[Any, Any]:
-    # The certificate is the test's own: Chromium is told to accept it, as for a real one.
-    context = browser.new_context(ignore_https_errors=True)
-    page = context.new_page()
-    page.on("console", lambda m: print(f"[{name} console.{m.type}] {m.text}"))
-    page.goto(f"{stack.url}/")
-    page.fill("#name", name)
-    page.click("#join")
-    page.wait_for_selector("#status[data-state='connected']", timeout=15_000)
-    return context, page
-
-
-def _wait_text(page: Any, text: str) -> None:
-    page.wait_for_function(
-        "(t) => [...document.querySelectorAll('#messages .message .text')]"
-        ".some(e => e.textContent === t)", arg=text, timeout=15_000)
-
-
 @pytest.mark.browser
-def test_demo_chat_in_chromium_over_https_and_wss(browser: Any, stack: Stack) -> None:
-    ada_ctx, ada = _join(browser, stack, "ada")
-    bea_ctx, bea = _join(browser, stack, "bea")
+def test_example_chat_in_chromium_over_https_and_wss(browser: Any, stack: Stack) -> None:
+    # The flow of tests/test_example_chat.py, with its helpers: they need only the site's url.
+    site = cast(Any, stack)
+    room = f"deploy-{uuid.uuid4().hex[:8]}"
+    ada_ctx, ada = sign_up_and_enter(browser, site, "ada", room)
+    bea_ctx, bea = sign_up_and_enter(browser, site, "bea", room)
     try:
         for page in (ada, bea):
             assert page.evaluate("window.location.protocol") == "https:"
-        ada.fill("#message", "hello over wss")
-        ada.click("#send")
-        _wait_text(bea, "hello over wss")
-        bea.fill("#message", "and back")
-        bea.click("#send")
-        _wait_text(ada, "and back")
-        stack.publish("chat:lobby", {"text": "from the server", "name": "hub"})
-        _wait_text(ada, "from the server")
-        _wait_text(bea, "from the server")
+            # clarion.js came from CLARION["HUB"]["URL"], the public https address.
+            assert page.evaluate(
+                "[...document.scripts].map(s => s.src)"
+                ".includes(location.origin + '/static/clarion.js')")
+        wait_presence(ada, ["ada", "bea"])
+        wait_presence(bea, ["ada", "bea"])
+        send(ada, "hello over wss")
+        wait_shown(bea, ["hello over wss"])
+        send(bea, "and back")
+        wait_shown(ada, ["hello over wss", "and back"])
+        want = [("ada", "hello over wss"), ("bea", "and back")]
+        assert shown(ada) == want
+        assert shown(bea) == want
         # The page came over HTTP/2; an EventSource on it shares that connection, and its
         # events still arrive one by one.
         assert ada.evaluate(
@@ -462,5 +521,10 @@ def test_demo_chat_in_chromium_over_https_and_wss(browser: Any, stack: Stack) ->
     finally:
         ada_ctx.close()
         bea_ctx.close()
-    # The pages' WebSockets went through nginx (101 in its access log), not around it.
-    assert '"GET /connection/websocket HTTP/1.1" 101' in stack.nginx.access_log()
+    access = stack.nginx.access_log()
+    # The pages' WebSockets went through nginx (101 in its access log), not around it; so did
+    # Django's call to the hub's API for the room's presence.
+    assert '"GET /connection/websocket HTTP/1.1" 101' in access
+    assert '"POST /api/presence HTTP/1.1" 200' in access, access[-4000:]
+    chat_log = _log(stack.logs / "gunicorn-chat.log")
+    assert "Traceback" not in chat_log, chat_log[-6000:]

@@ -17,6 +17,19 @@ Everything that changes between a laptop and a server comes from the environment
 ``CHAT_SECRET_KEY``
     Django's secret key; generated into ``CHAT_DATA_DIR`` when unset. The hub's API key and
     token secret are derived from it, so Django and the hub agree without more settings.
+
+When the hub runs as a service of its own (production: ``clarion serve`` beside gunicorn,
+nginx in front), ``runchat`` is not used and these say where it is and what it shares:
+
+``CHAT_HUB_URL``
+    the hub as browsers reach it, e.g. the site's public ``https://chat.example.com``
+    (``{% clarion_script %}`` writes it into pages). Django calls the hub's API there too, so
+    the proxy must send ``/api/`` to the hub. Default ``http://CHAT_HOST:CHAT_PORT``.
+``CHAT_HUB_API_KEY``, ``CHAT_HUB_TOKEN_SECRET``
+    the hub's ``api_key`` and ``token_hmac_secret``; derived from the secret key when unset.
+``CHAT_BEHIND_HTTPS_PROXY``
+    ``1`` when an https proxy (nginx) is the only way in: Django trusts its
+    ``X-Forwarded-Proto: https`` (CSRF checks the https origin) and sends cookies ``Secure``.
 """
 
 from __future__ import annotations
@@ -124,12 +137,19 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 
-# The hub this project talks to: the one `runchat` starts in the same process.
-HUB_API_KEY = _derived("clarion-hub-api-key")
-HUB_TOKEN_SECRET = _derived("clarion-hub-token-secret")
+# Only set this when nothing but the proxy can reach Django: a client talking to Django
+# directly could claim https with the header.
+if os.environ.get("CHAT_BEHIND_HTTPS_PROXY", "").lower() in ("1", "true", "yes"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+# The hub this project talks to: by default the one `runchat` starts in the same process.
+HUB_API_KEY = os.environ.get("CHAT_HUB_API_KEY") or _derived("clarion-hub-api-key")
+HUB_TOKEN_SECRET = os.environ.get("CHAT_HUB_TOKEN_SECRET") or _derived("clarion-hub-token-secret")
 CLARION: dict[str, Any] = {
     "HUB": {
-        "URL": f"http://{CHAT_HOST}:{CHAT_PORT}",
+        "URL": os.environ.get("CHAT_HUB_URL") or f"http://{CHAT_HOST}:{CHAT_PORT}",
         "API_KEY": HUB_API_KEY,
         "TOKEN_HMAC_SECRET": HUB_TOKEN_SECRET,
         "TIMEOUT": 5.0,
