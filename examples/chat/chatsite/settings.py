@@ -24,7 +24,8 @@ nginx in front), ``runchat`` is not used and these say where it is and what it s
 ``CHAT_HUB_URL``
     the hub as browsers reach it, e.g. the site's public ``https://chat.example.com``
     (``{% clarion_script %}`` writes it into pages). Django calls the hub's API there too, so
-    the proxy must send ``/api/`` to the hub. Default ``http://CHAT_HOST:CHAT_PORT``.
+    the proxy must send ``/api/`` to the hub. Its host name is added to ``ALLOWED_HOSTS``.
+    Default ``http://CHAT_HOST:CHAT_PORT``.
 ``CHAT_HUB_API_KEY``, ``CHAT_HUB_TOKEN_SECRET``
     the hub's ``api_key`` and ``token_hmac_secret``; derived from the secret key when unset.
 ``CHAT_BEHIND_HTTPS_PROXY``
@@ -50,6 +51,7 @@ CHAT_HOST = os.environ.get("CHAT_HOST", "127.0.0.1")
 CHAT_PORT = int(os.environ.get("CHAT_PORT", "8000"))
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")
 CHAT_REDIS_PREFIX = os.environ.get("CHAT_REDIS_PREFIX", "clarion-chat")
+CHAT_HUB_URL = os.environ.get("CHAT_HUB_URL") or f"http://{CHAT_HOST}:{CHAT_PORT}"
 
 
 def _secret_key() -> str:
@@ -93,7 +95,8 @@ def _database(url: str) -> dict[str, Any]:
 
 SECRET_KEY = _secret_key()
 DEBUG = os.environ.get("CHAT_DEBUG", "").lower() in ("1", "true", "yes")
-ALLOWED_HOSTS = ["127.0.0.1", "localhost", CHAT_HOST]
+# With nginx in front, the hub's public address is the site's: its name is Django's too.
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", CHAT_HOST, urlsplit(CHAT_HUB_URL).hostname or ""]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -149,7 +152,7 @@ HUB_API_KEY = os.environ.get("CHAT_HUB_API_KEY") or _derived("clarion-hub-api-ke
 HUB_TOKEN_SECRET = os.environ.get("CHAT_HUB_TOKEN_SECRET") or _derived("clarion-hub-token-secret")
 CLARION: dict[str, Any] = {
     "HUB": {
-        "URL": os.environ.get("CHAT_HUB_URL") or f"http://{CHAT_HOST}:{CHAT_PORT}",
+        "URL": CHAT_HUB_URL,
         "API_KEY": HUB_API_KEY,
         "TOKEN_HMAC_SECRET": HUB_TOKEN_SECRET,
         "TIMEOUT": 5.0,
