@@ -580,3 +580,12 @@ def test_transport_is_injectable() -> None:
     assert str(request.url) == "http://hub/api/publish"
     assert request.headers["x-api-key"] == "k" and request.headers["x-trace"] == "t1"
     assert json.loads(request.content) == {"channel": "a", "data": 1}
+
+
+def test_a_private_ca_is_named_by_its_file(tmp_path: Path) -> None:
+    from clarion.client._client import tls_verification
+    from clarion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read the CA bundle"):
+        Client("https://hub.example", verify=str(tmp_path / "missing.pem"))
+    assert tls_verification(True) is True and tls_verification(False) is False

@@ -10,7 +10,7 @@ do goes through nginx over https/wss unless a test says otherwise.
 
 The chat's CLARION["HUB"]["URL"] is the site's public https address: the page loads clarion.js
 from it, and Django calls the hub's API there too (nginx sends /api/ to the hub), trusting the
-test's certificate (tests/deploy_app/chat_settings.py).
+test's certificate (CLARION["HUB"]["CA_FILE"], the example's CHAT_HUB_CA_FILE).
 
 Skipped when nginx, Redis, PostgreSQL or (for the browser test) Chromium is missing; under
 CI=true each of those is a failure: CI runs scripts/install-test-deps.
@@ -201,9 +201,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CHAT_HUB_URL": f"https://127.0.0.1:{ports.https}",
         "CHAT_HUB_API_KEY": API_KEY, "CHAT_HUB_TOKEN_SECRET": HMAC_SECRET,
         "CHAT_BEHIND_HTTPS_PROXY": "1",
-        # Django calls the hub's API at the public https address: it trusts the test's CA
-        # (deploy_app/chat_settings.py says how).
-        "DEPLOY_TEST_CA_FILE": str(cert.cert),
+        # Django calls the hub's API at the public https address, whose certificate is the
+        # test's own: CLARION["HUB"]["CA_FILE"] through the example's setting.
+        "CHAT_HUB_CA_FILE": str(cert.cert),
     }  # fmt: skip
     # The example's tables before its first request, as a deploy runs migrations first.
     migrate = subprocess.run(

@@ -197,6 +197,19 @@ def test_api_and_health_over_https(tls_hub: Callable[..., TlsHub], certs: Certs)
     assert f"address=https://127.0.0.1:{hub.port}" in hub.output()
 
 
+def test_clarion_client_trusts_a_private_ca_by_its_file(tls_hub: Callable[..., TlsHub],
+                                                        certs: Certs) -> None:
+    from clarion.client import Client
+    from clarion.errors import HubUnavailable
+
+    hub = tls_hub()
+    with Client(hub.url, api_key=API_KEY, timeout=BOUND, verify=str(certs.ca)) as client:
+        assert client.publish("chat:ca", {"n": 1}).offset == 1
+    with Client(hub.url, api_key=API_KEY, timeout=BOUND) as untrusting, \
+            pytest.raises(HubUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusting.publish("chat:ca", {"n": 2})
+
+
 def test_plain_http_to_the_tls_port_gets_no_answer(tls_hub: Callable[..., TlsHub]) -> None:
     hub = tls_hub()
     data = b""

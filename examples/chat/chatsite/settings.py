@@ -28,6 +28,9 @@ nginx in front), ``runchat`` is not used and these say where it is and what it s
     Default ``http://CHAT_HOST:CHAT_PORT``.
 ``CHAT_HUB_API_KEY``, ``CHAT_HUB_TOKEN_SECRET``
     the hub's ``api_key`` and ``token_hmac_secret``; derived from the secret key when unset.
+``CHAT_HUB_CA_FILE``
+    a CA bundle (PEM) to check the hub's https certificate against, when it is signed by a
+    private CA; unset: the usual public CAs.
 ``CHAT_BEHIND_HTTPS_PROXY``
     ``1`` when an https proxy (nginx) is the only way in: Django trusts its
     ``X-Forwarded-Proto: https`` (CSRF checks the https origin) and sends cookies ``Secure``.
@@ -160,6 +163,8 @@ CLARION: dict[str, Any] = {
         "CONFIG": str(BASE_DIR / "hub.toml"),
     },
 }
+if os.environ.get("CHAT_HUB_CA_FILE"):
+    CLARION["HUB"]["CA_FILE"] = os.environ["CHAT_HUB_CA_FILE"]
 if CHAT_REDIS_URL:
     CLARION["BROKER"] = CHAT_REDIS_URL
     CLARION["REDIS"] = {"prefix": CHAT_REDIS_PREFIX}

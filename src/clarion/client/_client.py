@@ -4,6 +4,7 @@ read the answer live once, in :mod:`clarion.client.commands`."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from clarion.client._results import (
     Ticket,
 )
 from clarion.client.commands import Command
-from clarion.errors import HubError, HubReplyError
+from clarion.errors import ConfigError, HubError, HubReplyError
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -84,17 +85,20 @@ class Client(_Base):
     (it is thread-safe, as ``httpx.Client`` is). Every call is bounded by ``timeout`` seconds
     for connecting, for sending and for each wait for the answer, and raises
     ``HubUnavailable`` past it. Nothing is retried. ``transport`` replaces httpx's own (a
-    proxy, ``httpx.MockTransport`` in tests); ``headers`` are sent with every call.
+    proxy, ``httpx.MockTransport`` in tests); ``headers`` are sent with every call;
+    ``verify`` says how an ``https://`` hub's certificate is checked (:func:`tls_verification`).
     """
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 5.0,
                  transport: httpx.BaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None,
+                 verify: bool | str | ssl.SSLContext = True) -> None:
         super().__init__(url, api_key, timeout, headers)
         # trust_env=False: the hub is on your own network; HTTP(S)_PROXY set for outbound
         # traffic would send these calls astray. Pass a transport to use a proxy.
         self._http = httpx.Client(headers=self._headers, timeout=self.timeout,
-                                  transport=transport, trust_env=False)
+                                  transport=transport, trust_env=False,
+                                  verify=tls_verification(verify))
 
     def __enter__(self) -> Client:
         return self
@@ -190,16 +194,31 @@ class Client(_Base):
                                        idempotency_key=idempotency_key))
 
 
+def tls_verification(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """How an ``https://`` hub's certificate is checked: ``True``, against the usual public
+    CAs; a path, against that CA bundle (a private CA; ``SSL_CERT_FILE`` is not read, as no
+    environment setting is); an ``SSLContext``, as it says; ``False``, not at all (tests)."""
+    if isinstance(verify, str):
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"clarion.client: cannot read the CA bundle {verify!r}: "
+                              f"{exc}") from None
+    return verify
+
+
 class AsyncClient(_Base):
     """:class:`Client` for asyncio: the same methods, awaited; ``aclose()`` and
     ``async with``. Share one per event loop."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 5.0,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None,
+                 verify: bool | str | ssl.SSLContext = True) -> None:
         super().__init__(url, api_key, timeout, headers)
         self._http = httpx.AsyncClient(headers=self._headers, timeout=self.timeout,
-                                       transport=transport, trust_env=False)
+                                       transport=transport, trust_env=False,
+                                       verify=tls_verification(verify))
 
     async def __aenter__(self) -> AsyncClient:
         return self

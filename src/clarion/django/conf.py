@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
-from os import PathLike, fspath
+from os import PathLike, fspath, path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,6 +125,9 @@ class HubSettings:
     # reads channel options (history, namespaces) and ticket lifetimes from it, so what it
     # publishes is what the hub would have published.
     CONFIG: str | None = None
+    # A CA bundle to check an https:// hub's certificate against (a private CA); None: the
+    # usual public CAs.
+    CA_FILE: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +226,17 @@ def _hub_settings(raw: Any, problems: list[Problem]) -> HubSettings | None:
     if config is not None and not isinstance(config, str | PathLike):
         problems.append(("clarion.E105", "CLARION['HUB']['CONFIG'] must be the path of the "
                                          "hub's TOML file"))
+    ca_file = raw.get("CA_FILE")
+    if ca_file is not None and (not isinstance(ca_file, str | PathLike)
+                                or not path.isfile(ca_file)):
+        problems.append(("clarion.E108", f"CLARION['HUB']['CA_FILE'] must be the path of a "
+                                         f"readable CA bundle (PEM), not {ca_file!r}"))
     if problems:
         return None
     return HubSettings(URL=url.rstrip("/"), API_KEY=raw.get("API_KEY"),
                        TOKEN_HMAC_SECRET=raw.get("TOKEN_HMAC_SECRET"), TIMEOUT=float(timeout),
-                       CONFIG=None if config is None else fspath(config))
+                       CONFIG=None if config is None else fspath(config),
+                       CA_FILE=None if ca_file is None else fspath(ca_file))
 
 
 MAX_TIMEOUT = 300.0

@@ -33,7 +33,8 @@ def _command(item: Outgoing) -> Command[Any]:
 class HubApi:
     def __init__(self, conf: RealtimeSettings) -> None:
         hub = conf.HUB
-        self._args: dict[str, Any] = {"api_key": hub.API_KEY, "timeout": hub.TIMEOUT}
+        self._args: dict[str, Any] = {"api_key": hub.API_KEY, "timeout": hub.TIMEOUT,
+                                      "verify": hub.CA_FILE or True}
         self.url = hub.URL
         self._lock = threading.Lock()
         self._sync: Client | None = None
