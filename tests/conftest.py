@@ -140,6 +140,16 @@ def grip_sig(key: str = GRIP_KEY, iss: str = GRIP_ISS, exp_in: int = 3600) -> st
     return jwt.encode({"iss": iss, "exp": int(time.time()) + exp_in}, key, algorithm="HS256")
 
 
+def redis_up(port: int = 6379) -> bool:
+    """Whether a Redis answers PING on 127.0.0.1 (the machine's, or a test's own)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 

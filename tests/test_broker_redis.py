@@ -28,23 +28,16 @@ from clarion.broker.base import Broker, ClientInfo, PublishOptions, StreamPositi
 from clarion.broker.memory import MemoryBroker
 from clarion.broker.redis import RedisBroker
 from clarion.errors import BrokerError, ConfigError
-from conftest import free_port, in_ci
+from conftest import free_port, in_ci, redis_up
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")
 def redis_available() -> None:
-    if not _redis_up():
+    if not redis_up():
         why = "no Redis at 127.0.0.1:6379"
         if in_ci():
             pytest.fail(f"{why}; CI must run one")

@@ -48,6 +48,7 @@ from conftest import (
     _wait_until,
     free_port,
     in_ci,
+    redis_up,
     token,
 )
 from deploy_app.nginx import (
@@ -83,13 +84,6 @@ def _unavailable(why: str) -> None:
     pytest.skip(why)
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _log(path: Path) -> str:
@@ -166,7 +160,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ok, why = nginx_available()
     if not ok:
         _unavailable(why)
-    if not _redis_up():
+    if not redis_up():
         _unavailable("no Redis at 127.0.0.1:6379")
     base = tmp_path_factory.mktemp("deploy")
     logs = base / "logs"

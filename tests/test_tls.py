@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.centrifuge_support import Recorder
-from tests.conftest import API_KEY, BASE_CONFIG, CHAT_NAMESPACE, free_port, in_ci, token
+from tests.conftest import API_KEY, BASE_CONFIG, CHAT_NAMESPACE, free_port, in_ci, redis_up, token
 
 BOUND = 20.0
 
@@ -305,17 +305,10 @@ def test_tls_from_the_config_file(tls_hub: Callable[..., TlsHub], certs: Certs) 
 # -- workers ----------------------------------------------------------------------------------
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def test_workers_serve_tls(tls_hub: Callable[..., TlsHub], certs: Certs) -> None:
-    if not _redis_up():
+    if not redis_up():
         if in_ci():
             pytest.fail("no Redis at 127.0.0.1:6379; CI must run one")
         pytest.skip("no Redis at 127.0.0.1:6379")
@@ -350,7 +343,7 @@ def _wait_for(hub: TlsHub, text: str, count: int) -> None:
 
 def test_renewed_certificate_is_served_after_a_rolling_restart(
         tls_hub: Callable[..., TlsHub], certs: Certs, tmp_path: Path) -> None:
-    if not _redis_up():
+    if not redis_up():
         if in_ci():
             pytest.fail("no Redis at 127.0.0.1:6379; CI must run one")
         pytest.skip("no Redis at 127.0.0.1:6379")

@@ -27,7 +27,16 @@ import httpx
 import pytest
 import redis
 from centrifuge import Client
-from tests.conftest import API_KEY, BASE_CONFIG, CHAT_NAMESPACE, Hub, free_port, in_ci, token
+from tests.conftest import (
+    API_KEY,
+    BASE_CONFIG,
+    CHAT_NAMESPACE,
+    Hub,
+    free_port,
+    in_ci,
+    redis_up,
+    token,
+)
 from tests.test_websocket_clients import Recorder
 
 from clarion.hub.config import Config
@@ -40,20 +49,13 @@ SHUTDOWN_TIMEOUT = 3
 READY = re.compile(r"worker ready worker=(\d+) pid=(\d+)")
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 @pytest.fixture
 def tag() -> Iterator[str]:
     """A name of this test's own, in its channels (and key prefix when the config has one);
     every Redis key that holds it is deleted afterwards."""
-    if not _redis_up():
+    if not redis_up():
         why = "no Redis at 127.0.0.1:6379"
         if in_ci():
             pytest.fail(f"{why}; CI must run one")
