@@ -8,8 +8,9 @@ import signal
 import time
 from typing import Any
 
+import httpx
 import websockets
-from tests.conftest import CHAT_NAMESPACE, Hub, token
+from tests.conftest import CHAT_NAMESPACE, Hub, HubFactory, token
 
 
 async def connect(hub: Hub, tok: str, channel: str | None = None) -> Any:
@@ -105,3 +106,16 @@ async def test_late_connect_is_not_judged_by_a_ping_it_never_got(hub_factory: An
             await ws.send("{}")
     assert ws.close_code is None  # still open
     await ws.close()
+
+
+def test_sighup_to_one_hub_process_is_ignored_with_a_warning(hub_factory: HubFactory) -> None:
+    # Its default would end the process at once, without the graceful shutdown; only a
+    # supervisor (--workers) can reload.
+    hub = hub_factory()
+    hub.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "SIGHUP ignored" not in hub.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "SIGHUP ignored" in hub.output()
+    assert hub.process.poll() is None
+    assert httpx.get(f"{hub.url}/health", timeout=5).status_code == 200

@@ -289,6 +289,24 @@ def test_grip_proxy_client_port_serves_tls(tls_hub: Callable[..., TlsHub], certs
     assert f"https://127.0.0.1:{grip_port}" in hub.output()
 
 
+def test_grip_routes_with_ssl_conditions_match_on_the_tls_port(
+        tls_hub: Callable[..., TlsHub], certs: Certs, tmp_path: Path) -> None:
+    # Pushpin's route condition ssl=yes|no: only the ssl=yes route applies to clients of a
+    # TLS client port.
+    dead_origin = free_port()
+    routes = tmp_path / "routes"
+    routes.write_text(f"*,ssl=no,path_beg=/plain 127.0.0.1:{dead_origin}\n"
+                      f"*,ssl=yes,path_beg=/secure 127.0.0.1:{dead_origin}\n")
+    grip_port, control_port = free_port(), free_port()
+    tls_hub(CHAT_NAMESPACE, "--grip-routes", str(routes), "--grip-port", str(grip_port),
+            "--control-port", str(control_port))
+    with httpx.Client(verify=certs.client_context(), timeout=BOUND) as client:
+        plain = client.get(f"https://127.0.0.1:{grip_port}/plain/x")
+        secure = client.get(f"https://127.0.0.1:{grip_port}/secure/x")
+    assert plain.status_code == 502 and "no route" in plain.text
+    assert secure.status_code in (502, 503) and "no route" not in secure.text
+
+
 def test_certificate_and_key_in_one_file(tls_hub: Callable[..., TlsHub], certs: Certs) -> None:
     hub = tls_hub(CHAT_NAMESPACE, "--certfile", str(certs.combined))
     assert httpx.get(f"{hub.url}/health", verify=certs.client_context(),

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -87,6 +88,14 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
         gc.freeze()
         if link is not None:
             await link.start(hub)
+        else:
+            # SIGHUP's default ends the process at once, without the graceful shutdown:
+            # `systemctl reload` (or a closed terminal) on a one-process hub would cut every
+            # client. Only a supervisor (--workers) can replace a process without loss.
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: hub.log.warning(
+                    "SIGHUP ignored: one hub process cannot reload; serve with --workers N "
+                    "for rolling restarts, or restart it"))
         if hub.grip is not None and banners:
             print(f"GRIP proxy on {hub.grip.address}, publish API on "
                   f"{hub.grip.control_address}/publish/", flush=True)

@@ -289,7 +289,8 @@ class GripProxy:
         # A WebSocket handshake is a GET (RFC 6455 §4.1); any other method is plain HTTP.
         websocket = request.method == "GET" and \
             request.headers.get("upgrade", "").lower() == "websocket"
-        route = self.table.match(host, request.path, websocket)
+        route = self.table.match(host, request.path, websocket,
+                                 tls=request.scheme == "https")  # routes with ssl=yes
         if route is None:
             return _text(502, f"no route for host {host or '(none)'} and path {request.path}\n")
         over_http = route.targets[0].over_http
