@@ -61,6 +61,15 @@ def _service(address: tuple[str, int], what: str) -> None:
         _missing(f"no {what} at {address[0]}:{address[1]}")
 
 
+def _outside_env() -> dict[str, str]:
+    """The test process's environment without what the suite sets for itself: CLARION_*,
+    and the Django settings module (and path) the in-process Django tests configured. A
+    deployed program sees none of them; inherited, manage.py's setdefault would load the
+    tests' settings instead of the site's."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("CLARION_") and k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+
+
 def _clarion(*args: str, env: dict[str, str] | None = None,
              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     # No CLARION_* or Django settings from the environment running the tests leak in.
@@ -166,7 +175,7 @@ def _site(tmp_path: Path) -> Path:
         (app / name).parent.mkdir(parents=True, exist_ok=True)
         (app / name).write_text(text)
     migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=app,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, env=_outside_env())
     assert migrate.returncode == 0, migrate.stderr
     return app
 
@@ -434,7 +443,7 @@ serverurl=unix://{sock}
 [include]
 files={tmp_path}/clarion.conf
 """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
+    env = _outside_env()
     env.update({"CLARION_API_KEY": "deploy-key", "CLARION_TOKEN_HMAC_SECRET": "s" * 32,
                 "DJANGO_SETTINGS_MODULE": "mysite.settings", "CLARION_PORT": str(hub_port),
                 "CLARION_REDIS_PREFIX": f"test-sup-{uuid.uuid4().hex[:8]}"})
