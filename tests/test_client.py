@@ -25,6 +25,8 @@ import httpx
 import msgspec
 import pytest
 from tests.conftest import API_KEY, CHAT_NAMESPACE, Hub, HubFactory, free_port, token
+from tests.test_api import read_messages as frames
+from tests.test_api import read_reply as reply
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -55,22 +57,6 @@ def chat() -> str:
 
 
 # -- a real WebSocket client, to see what the calls did --------------------------------------
-
-
-def frames(ws: ClientConnection, timeout: float = 5.0) -> Iterator[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
-        for line in str(frame).split("\n"):
-            if line.strip():
-                yield json.loads(line)
-
-
-def reply(ws: ClientConnection, cmd_id: int) -> dict[str, Any]:
-    for msg in frames(ws):
-        if msg.get("id") == cmd_id:
-            return msg
-    raise AssertionError("unreachable")
 
 
 def push(ws: ClientConnection, kind: str) -> dict[str, Any]:
