@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ django_env.configure()
 
 from django.db import transaction  # noqa: E402
 from django.db.models.signals import post_save  # noqa: E402
-from django.test import override_settings  # noqa: E402
 from tests.conftest import API_KEY, Hub, HubFactory, token  # noqa: E402
 
 from centrifuge_support import Recorder, wait_changed  # noqa: E402
@@ -39,6 +37,7 @@ from webhook_support import (  # noqa: E402
     clean_db,
     receiver,
     webhook_databases,
+    webhooks,
 )
 
 __all__ = ["clean_db", "receiver", "webhook_databases"]
@@ -49,20 +48,12 @@ history_size = 100
 history_ttl = 300
 allow_subscribe_for_client = true
 """
-LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
 class OrderHook(Hook):
     name = "order.paid"
     provides_args = ["customer_id", "total"]
     channel = "orders:{customer_id}"
-
-
-@contextlib.contextmanager
-def webhooks(db: str) -> Iterator[None]:
-    with override_settings(CLARION={"WEBHOOKS": {"ALLOWED_NETWORKS": LOOPBACK,
-                                                 "DATABASE": db}}):
-        yield
 
 
 def listen(hook: Hook, rec: Receiver, db: str) -> Any:

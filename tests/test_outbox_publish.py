@@ -41,12 +41,14 @@ from clarion.errors import PayloadTooLarge, WebhookError  # noqa: E402
 from netproxy import NetProxy  # noqa: E402
 from webhook_support import (  # noqa: E402
     CLARION_CLI,
+    LOOPBACK,
     Receiver,
     clean_db,
     embedded_server,
     receiver,
     spawn_worker,
     webhook_databases,
+    webhooks,
 )
 
 __all__ = ["clean_db", "receiver", "webhook_databases"]
@@ -57,14 +59,6 @@ history_size = 100
 history_ttl = 300
 allow_subscribe_for_client = true
 """
-LOOPBACK = ["127.0.0.0/8", "::1/128"]
-
-
-@contextlib.contextmanager
-def webhooks(db: str, **conf: Any) -> Iterator[None]:
-    with override_settings(CLARION={"WEBHOOKS": {"ALLOWED_NETWORKS": LOOPBACK,
-                                                 "DATABASE": db, **conf}}):
-        yield
 
 
 def http_relay(url: str) -> Any:

@@ -7,8 +7,6 @@ order, and the address policy at connect time (DNS rebinding)."""
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +18,6 @@ import django_env
 django_env.configure()
 
 from django.db import transaction
-from django.test import override_settings
 from django.utils import timezone
 
 from clarion.django.hooks import ATTEMPTS_EXHAUSTED, LISTENER_DISABLED
@@ -28,19 +25,19 @@ from clarion.django.models import Attempt, Delivery, Event, Listener
 from clarion.webhooks import addresses
 from clarion.webhooks.signing import SigningKey, generate_secret, verify
 from webhook_apps.people.hooks import MyHook
-from webhook_support import Receiver, clean_db, receiver, run_worker, settle, webhook_databases
+from webhook_support import (
+    Receiver,
+    clean_db,
+    receiver,
+    run_worker,
+    settle,
+    webhook_databases,
+    webhooks,
+)
 
 __all__ = ["clean_db", "receiver", "webhook_databases"]
 
 FAST: dict[str, Any] = {"RETRY_SCHEDULE": [0.2, 0.2], "RETRY_JITTER": 0}
-LOOPBACK = ["127.0.0.0/8", "::1/128"]
-
-
-@contextlib.contextmanager
-def webhooks(db: str = "default", **conf: Any) -> Iterator[None]:
-    with override_settings(CLARION={"WEBHOOKS": {"ALLOWED_NETWORKS": LOOPBACK,
-                                                 "DATABASE": db, **conf}}):
-        yield
 
 
 def listen(rec: Receiver, path: str, hook: Any = None, db: str = "default",

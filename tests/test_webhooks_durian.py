@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,20 +24,19 @@ from clarion.django.models import Delivery, Event, Listener
 from clarion.errors import AddressRejected, PayloadTooLarge
 from webhook_apps.people.hooks import MyHook, PersonHook
 from webhook_apps.people.models import Person
-from webhook_support import Receiver, clean_db, receiver, run_worker, webhook_databases
+from webhook_support import (
+    Receiver,
+    clean_db,
+    receiver,
+    run_worker,
+    webhook_databases,
+    webhooks,
+)
 
 __all__ = ["clean_db", "receiver", "webhook_databases"]
 
-LOOPBACK = ["127.0.0.0/8", "::1/128"]
 DATABASES = ["default", "sqlite"]
 SECRET = "the-secret-that-must-stay-home"
-
-
-@contextlib.contextmanager
-def webhooks(db: str, **conf: Any) -> Iterator[None]:
-    with override_settings(CLARION={"WEBHOOKS": {"ALLOWED_NETWORKS": LOOPBACK,
-                                                 "DATABASE": db, **conf}}):
-        yield
 
 
 def save_listener(rec: Receiver, hook: Any, path: str, db: str, **match: Any) -> Listener:

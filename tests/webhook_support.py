@@ -234,14 +234,25 @@ def receiver() -> Iterator[Receiver]:
 
 # -- running workers --------------------------------------------------------------------------
 
+LOOPBACK = ["127.0.0.0/8", "::1/128"]  # the receivers these tests start listen here
+
+
+@contextlib.contextmanager
+def webhooks(db: str = "default", **conf: Any) -> Iterator[None]:
+    """``CLARION["WEBHOOKS"]`` for a test: database ``db``, loopback receivers allowed."""
+    from django.test import override_settings
+
+    with override_settings(CLARION={"WEBHOOKS": {"ALLOWED_NETWORKS": LOOPBACK,
+                                                 "DATABASE": db, **conf}}):
+        yield
+
+
 def run_worker(*, database: str = "default", timeout: float = 60.0, **conf: Any) -> int:
     """Run a worker in this process until nothing is due; returns attempts made."""
-    from django.test import override_settings
 
     from clarion.django import worker as django_worker
 
-    webhooks = {"ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"], "DATABASE": database, **conf}
-    with override_settings(CLARION={"WEBHOOKS": webhooks}):
+    with webhooks(database, **conf):
         w = django_worker.build(exit_when_idle=True)
 
     async def go() -> None:
