@@ -109,16 +109,42 @@ class SentinelSetup:
     def _start(self, base: Path) -> None:
         _wait(lambda: "master_link_status:up" in _cli(self.replica.port, "info", "replication"),
               "the replica did not sync")
-        self.port = free_port()
-        conf = base / "sentinel.conf"
-        conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {base}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {self.primary.port} 1\n"
-            "sentinel down-after-milliseconds mymaster 1000\n"
-            "sentinel failover-timeout mymaster 5000\n")
-        self.process = subprocess.Popen([_tool("redis-sentinel"), str(conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: self._replicas() == 1, "Sentinel did not find the replica")
+        # A port chosen free can be taken before Sentinel binds it (CI saw Sentinel never
+        # answer): a Sentinel that exits is started again on another port, and a timeout says
+        # what Sentinel logged and saw.
+        for attempt in range(3):
+            self.port = free_port()
+            conf = base / f"sentinel{attempt}.conf"
+            conf.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {base}\n"
+                f"logfile {base / f'sentinel{attempt}.log'}\n"
+                f"sentinel monitor mymaster 127.0.0.1 {self.primary.port} 1\n"
+                "sentinel down-after-milliseconds mymaster 1000\n"
+                "sentinel failover-timeout mymaster 5000\n")
+            self.log = base / f"sentinel{attempt}.log"
+            self.process = subprocess.Popen([_tool("redis-sentinel"), str(conf)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if self._replicas() == 1:
+                    return
+                time.sleep(0.1)
+            if self.process.poll() is None:
+                break
+        pytest.fail("Sentinel did not find the replica within 60 s; it logged:\n"
+                    + self._log_tail() + "\nSENTINEL REPLICAS said:\n" + self._replicas_text())
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def _replicas_text(self) -> str:
+        try:
+            return _cli(self.port, "sentinel", "replicas", "mymaster")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            return f"(no answer: {exc})"
 
     def _replicas(self) -> int:
         try:
