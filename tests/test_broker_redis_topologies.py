@@ -151,7 +151,13 @@ class SentinelSetup:
             out = _cli(self.port, "sentinel", "replicas", "mymaster")
         except subprocess.CalledProcessError:
             return 0
-        return out.count("\nslave\n") if "s_down" not in out else 0
+        # redis-cli prints each replica's fields as alternating name and value lines, one
+        # replica after another; a replica counts once its flags are plain "slave" (not down,
+        # not disconnected). Counting "slave" lines counted role-reported too.
+        lines = out.splitlines()
+        fields = dict(zip(lines[::2], lines[1::2], strict=False))
+        replicas = out.count("\nflags\n") + out.startswith("flags\n")
+        return 1 if replicas == 1 and fields.get("flags") == "slave" else 0
 
     def master_port(self) -> int:
         return int(_cli(self.port, "sentinel", "get-master-addr-by-name",
