@@ -45,6 +45,14 @@ class HubMetrics:
         self.control_sent: Counter[str] = Counter()
         self.control_received: Counter[str] = Counter()
         self.control_failed: Counter[str] = Counter()
+        # Bidirectional emulation (clarion.hub.emulation): commands posted to /emulation, by
+        # where they went: "local" (the session is on this node), "forwarded" (to the node
+        # holding it), "gone" (no such session any more), "refused" (malformed, too big).
+        self.emulation_commands: Counter[str] = Counter()
+        # Proxies to the app's backend, by (proxy, outcome): proxy is connect, refresh,
+        # subscribe, publish, sub_refresh or rpc; outcome is "ok", "error" (the backend's own
+        # error or disconnect answer), "unavailable" (down, timed out, answered garbage).
+        self.proxy_requests: Counter[tuple[str, str]] = Counter()
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
             "clarion_publish_to_deliver_seconds",
@@ -150,6 +158,18 @@ class _HubCollector(Collector):
         for why, n in m.control_failed.items():
             cf.add_metric([why], n)
         yield cf
+        em = CounterMetricFamily("clarion_emulation_commands", "Commands posted to "
+                                 "/emulation, by where they went (local, forwarded, gone, "
+                                 "refused).", labels=["outcome"])
+        for outcome, n in m.emulation_commands.items():
+            em.add_metric([outcome], n)
+        yield em
+        px = CounterMetricFamily("clarion_proxy_requests", "Requests to the app's backend "
+                                 "proxies, by proxy and outcome (ok, error, unavailable).",
+                                 labels=["proxy", "outcome"])
+        for (proxy, outcome), n in m.proxy_requests.items():
+            px.add_metric([proxy, outcome], n)
+        yield px
         yield GaugeMetricFamily("clarion_nodes", "Hub nodes sharing the broker that this node "
                                 "knows to be alive, itself included.",
                                 value=hub.control.node_count)

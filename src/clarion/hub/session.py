@@ -32,6 +32,7 @@ from clarion.protocol.tokens import (
 
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
+    from clarion.hub.http import Request
 
 _Claims = TypeVar("_Claims", ConnectClaims, SubscribeClaims)
 
@@ -68,11 +69,15 @@ class Attached:
 
 class Session:
     __slots__ = ("_allowance", "_stamp", "conn_info", "connected", "created", "expire_at",
-                 "hub", "id", "last_pong", "name", "ping_sent", "post_reply", "subs", "target",
-                 "transport", "user")
+                 "hub", "id", "last_pong", "name", "ping_sent", "post_reply", "request", "subs",
+                 "target", "transport", "user")
 
-    def __init__(self, hub: Hub, target: PushTarget, transport: str) -> None:
+    def __init__(self, hub: Hub, target: PushTarget, transport: str,
+                 request: Request | None = None) -> None:
         self.hub = hub
+        # The request that opened the connection (the WebSocket handshake, the stream's GET):
+        # its headers and cookies are what a connect proxy forwards to the app's backend.
+        self.request = request
         self.target = target
         self.transport = transport
         self.id = secrets.token_hex(16)

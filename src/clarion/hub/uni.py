@@ -61,7 +61,7 @@ def _error(exc: Exception) -> Response:
 
 async def _open(hub: Hub, request: Request, target: Any, kind: str) -> Opened:
     """Authenticate and check every channel before anything is written."""
-    session = Session(hub, target, kind)
+    session = Session(hub, target, kind, request)
     token = request.param("session") or request.param("token")
     if request.param("session") and not token.startswith("ses_"):
         token = "ses_" + token

@@ -50,7 +50,7 @@ async def handle_websocket(request: Request, http: HttpProtocol) -> Response | T
     head = encode_head(101, [("upgrade", "websocket"), ("connection", "Upgrade"),
                              ("sec-websocket-accept", wsp.accept_key(key))])
     transport.write(head)
-    conn = WebSocketConnection(hub, http, transport)
+    conn = WebSocketConnection(hub, http, transport, request)
     if hub.connection_count > hub.config.max_connections:
         conn.disconnect(Disconnect(*codes.CONNECTION_LIMIT))
     return conn
@@ -59,14 +59,15 @@ async def handle_websocket(request: Request, http: HttpProtocol) -> Response | T
 class WebSocketConnection(HeldConnection):
     __slots__ = ("_busy", "_inbox", "http", "reader", "session")
 
-    def __init__(self, hub: Hub, http: HttpProtocol, transport: asyncio.Transport) -> None:
+    def __init__(self, hub: Hub, http: HttpProtocol, transport: asyncio.Transport,
+                 request: Request | None = None) -> None:
         self.hub = hub
         self.http = http
         self.transport = transport
         self.out = Outbound(transport, hub.flusher, hub.config.client_queue_max_size,
                             self._slow)
         self.reader = wsp.FrameReader(hub.config.client_max_message_size)
-        self.session = Session(hub, self, "websocket")
+        self.session = Session(hub, self, "websocket", request)
         self._inbox: list[bytes] = []
         self._busy = False
         hub.websockets.add(self)
