@@ -445,7 +445,7 @@ class Control:
     async def _subscribe(self, cmd: SubscribeCmd) -> None:
         options = self.hub.rules.options(cmd.channel)
         for session in self._sessions(cmd.user, cmd.client):
-            if cmd.channel in session.subs or session.transport != "websocket":
+            if cmd.channel in session.subs or not session.bidirectional:
                 continue
             sub = Subscription(options, options.force_recovery, options.join_leave, 0, cmd.info,
                                server_side=True)
@@ -454,7 +454,7 @@ class Control:
             result = dict(attached.result)
             if cmd.data:
                 result["data"] = msgspec.Raw(cmd.data)
-            session.target.send(proto.push_frame(  # type: ignore[attr-defined]
+            session.send(proto.push_frame(
                 proto.encode_str(cmd.channel), b"subscribe", proto.encode(result)))
             attached.activate()
             await session.announce_join(cmd.channel, sub)
@@ -464,8 +464,8 @@ class Control:
             if cmd.channel not in session.subs:
                 continue
             await session.detach(cmd.channel)
-            if session.transport == "websocket":
-                session.target.send(proto.push_frame(  # type: ignore[attr-defined]
+            if session.bidirectional:
+                session.send(proto.push_frame(
                     proto.encode_str(cmd.channel), b"unsubscribe",
                     b'{"code":2000,"reason":"server unsubscribe"}'))
 
@@ -473,14 +473,13 @@ class Control:
         for session in self._sessions(cmd.user, cmd.client):
             if session.id in cmd.whitelist or session.transport == "poll":
                 continue
-            session.target.disconnect(  # type: ignore[attr-defined]
-                Disconnect(cmd.code, cmd.reason))
+            session.target.disconnect(Disconnect(cmd.code, cmd.reason))
 
     def _refresh(self, cmd: RefreshCmd) -> None:
         for session in self._sessions(cmd.user, cmd.client):
             if session.transport == "poll":
                 continue  # a long-poll ends by itself; its next request is checked again
             if cmd.expired:
-                session.target.disconnect(Disconnect(*codes.EXPIRED))  # type: ignore[attr-defined]
+                session.target.disconnect(Disconnect(*codes.EXPIRED))
             elif cmd.expire_at:
                 session.expire_at = cmd.expire_at

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -38,7 +38,22 @@ _Claims = TypeVar("_Claims", ConnectClaims, SubscribeClaims)
 
 
 class PushTarget(Protocol):
+    """What fan-out needs of a subscriber (a connection, a subscribe buffer, a GRIP hold)."""
+
     def push(self, enc: EncodedPush) -> None: ...
+
+
+class SessionTarget(PushTarget, Protocol):
+    """What any transport does for its session: deliver a push, end the connection."""
+
+    def disconnect(self, exc: Disconnect) -> None: ...
+
+
+class FrameTarget(SessionTarget, Protocol):
+    """A bidirectional transport (WebSocket, the emulated HTTP stream and SSE) also carries
+    replies and push frames of the client protocol."""
+
+    def send(self, body: bytes) -> None: ...
 
 
 @dataclass(slots=True)
@@ -68,13 +83,16 @@ class Attached:
 
 
 class Session:
-    __slots__ = ("_allowance", "_stamp", "conn_info", "connected", "created", "expire_at",
-                 "hub", "id", "last_pong", "name", "ping_sent", "post_reply", "request", "subs",
-                 "target", "transport", "user")
+    __slots__ = ("_allowance", "_stamp", "bidirectional", "conn_info", "connected", "created",
+                 "expire_at", "hub", "id", "last_pong", "name", "ping_sent", "post_reply",
+                 "request", "subs", "target", "transport", "user")
 
-    def __init__(self, hub: Hub, target: PushTarget, transport: str,
-                 request: Request | None = None) -> None:
+    def __init__(self, hub: Hub, target: SessionTarget, transport: str,
+                 request: Request | None = None, *, bidirectional: bool | None = None) -> None:
         self.hub = hub
+        # Speaks the client protocol both ways (commands in, replies and push frames out):
+        # ``target`` is then a FrameTarget.
+        self.bidirectional = transport == "websocket" if bidirectional is None else bidirectional
         # The request that opened the connection (the WebSocket handshake, the stream's GET):
         # its headers and cookies are what a connect proxy forwards to the app's backend.
         self.request = request
@@ -121,7 +139,7 @@ class Session:
             hub.metrics.tickets_consumed += 1
             return ticket.channels
         if token.startswith("ses_"):
-            if self.transport == "websocket":
+            if self.bidirectional:
                 raise Disconnect(*codes.INVALID_TOKEN)  # resume tokens are for uni transports
             resumed = hub.resume.verify(token[4:])
             self.user = resumed.user
@@ -143,6 +161,11 @@ class Session:
         self.conn_info = claims.info
         self.expire_at = claims.expire_at
         return claims.channels
+
+    def send(self, body: bytes) -> None:
+        """A reply or push frame to a bidirectional client."""
+        assert self.bidirectional, "only bidirectional transports carry frames"
+        cast(FrameTarget, self.target).send(body)
 
     def connect_result(self, bidirectional: bool = True) -> dict[str, Any]:
         result: dict[str, Any] = {"client": self.id, "version": self.hub.version}
@@ -308,18 +331,17 @@ class Session:
         if sub is None:
             return
         hub = self.hub
-        target: Any = self.target
-        if self.transport == "websocket" and not sub.server_side:
+        if self.bidirectional and not sub.server_side:
             # Gone at once, so that the client's resubscribe is not "already subscribed".
             del self.subs[channel]
             hub.fanout.remove(channel, self)
             code, reason = codes.UNSUBSCRIBE_INSUFFICIENT_STATE
-            target.send(proto.push_frame(proto.encode_str(channel), b"unsubscribe",
-                                         proto.encode({"code": code, "reason": reason})))
+            self.send(proto.push_frame(proto.encode_str(channel), b"unsubscribe",
+                                       proto.encode({"code": code, "reason": reason})))
             hub.spawn(self._release(channel, sub))
         else:
             hub.fanout.remove(channel, self)
-            target.disconnect(Disconnect(*codes.INSUFFICIENT_STATE))
+            self.target.disconnect(Disconnect(*codes.INSUFFICIENT_STATE))
 
     async def detach_all(self) -> None:
         for channel in list(self.subs):
