@@ -126,15 +126,23 @@ class ChannelsReply(_Cmd, tag="C"):
     channels: dict[str, int]  # channel -> subscribers on the sender
 
 
+class EmulationCmd(_Cmd, tag="e"):
+    """Commands posted to ``/emulation`` on another node, for a session held here (sent
+    node-addressed, ``to=`` the session's node)."""
+
+    session: str  # the emulation session as the client sent it (id and secret)
+    data: bytes  # one frame of client-protocol commands
+
+
 Command = (SubscribeCmd | UnsubscribeCmd | DisconnectCmd | RefreshCmd | NodeCmd | LeaveCmd
-           | InfoRequest | InfoReply | ChannelsRequest | ChannelsReply)
+           | InfoRequest | InfoReply | ChannelsRequest | ChannelsReply | EmulationCmd)
 UserCommand = SubscribeCmd | UnsubscribeCmd | DisconnectCmd | RefreshCmd
 
 KINDS: dict[type[_Cmd], str] = {
     SubscribeCmd: "subscribe", UnsubscribeCmd: "unsubscribe", DisconnectCmd: "disconnect",
     RefreshCmd: "refresh", NodeCmd: "node", LeaveCmd: "leave", InfoRequest: "info_request",
     InfoReply: "info_reply", ChannelsRequest: "channels_request",
-    ChannelsReply: "channels_reply",
+    ChannelsReply: "channels_reply", EmulationCmd: "emulation",
 }
 
 
@@ -380,6 +388,10 @@ class Control:
             self._reply(sender, InfoReply(cmd.request, self.node_info()))
         elif isinstance(cmd, ChannelsRequest):
             self._reply(sender, ChannelsReply(cmd.request, self.local_channels(cmd.pattern)))
+        elif isinstance(cmd, EmulationCmd):
+            from clarion.hub.emulation import deliver
+
+            deliver(self.hub, cmd.session, cmd.data)
         else:
             if isinstance(cmd, InfoReply):
                 self._seen(cmd.info)

@@ -244,6 +244,13 @@ async def _handle_stream(request: Request, http: HttpProtocol, kind: str) -> Res
 
 
 async def handle_sse(request: Request, http: HttpProtocol) -> Response | Takeover:
+    """Clarion's SSE (``?channel=``, ``?token=``), or, for the SDKs' connect command in
+    ``cf_connect`` (or a POST body), Centrifugo's bidirectional SSE emulation."""
+    # Imported here: the emulation builds on this module's ChunkedOutbound.
+    from clarion.hub import emulation
+
+    if emulation.is_bidirectional_sse(request):
+        return await emulation.handle_sse(request, http)
     return await _handle_stream(request, http, "sse")
 
 

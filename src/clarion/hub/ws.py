@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING
 
 from clarion.errors import Disconnect, FrameError
-from clarion.hub.held import HeldConnection
+from clarion.hub.commands import CommandConnection
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
 from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush
@@ -56,8 +55,8 @@ async def handle_websocket(request: Request, http: HttpProtocol) -> Response | T
     return conn
 
 
-class WebSocketConnection(HeldConnection):
-    __slots__ = ("_busy", "_inbox", "http", "reader", "session")
+class WebSocketConnection(CommandConnection):
+    __slots__ = ("http", "reader")
 
     def __init__(self, hub: Hub, http: HttpProtocol, transport: asyncio.Transport,
                  request: Request | None = None) -> None:
@@ -68,8 +67,7 @@ class WebSocketConnection(HeldConnection):
                             self._slow)
         self.reader = wsp.FrameReader(hub.config.client_max_message_size)
         self.session = Session(hub, self, "websocket", request)
-        self._inbox: list[bytes] = []
-        self._busy = False
+        self._start_inbox()
         hub.websockets.add(self)
         hub.metrics.connections_total["websocket"] += 1
 
@@ -89,6 +87,12 @@ class WebSocketConnection(HeldConnection):
 
     # -- incoming ---------------------------------------------------------------------------
 
+    def pause_input(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_input(self) -> None:
+        self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         if self.out.closing:
             return
@@ -102,7 +106,7 @@ class WebSocketConnection(HeldConnection):
             return
         for opcode, payload in messages:
             if opcode == wsp.TEXT or opcode == wsp.BINARY:
-                self._inbox.append(payload)
+                self.feed(payload)
             elif opcode == wsp.PING:
                 self.out.write_now(wsp.encode_frame(wsp.PONG, payload))
             elif opcode == wsp.CLOSE:
@@ -115,38 +119,6 @@ class WebSocketConnection(HeldConnection):
                 self.out.closing = True
                 self.transport.close()
                 return
-        if self._inbox and not self._busy:
-            self._busy = True
-            if len(self._inbox) > 64:
-                self.transport.pause_reading()
-            self.hub.spawn(self._process())
-
-    async def _process(self) -> None:
-        session = self.session
-        try:
-            while self._inbox and not self.out.closing:
-                frame = self._inbox.pop(0)
-                self.hub.metrics.messages_in += 1
-                for cmd in proto.decode_commands(frame):
-                    if cmd.id == 0 and not cmd.method():
-                        session.last_pong = time.monotonic()
-                        session.ping_sent = 0.0
-                        continue
-                    reply = await session.command(cmd)
-                    if reply is not None:
-                        self.send(reply)
-                    if session.post_reply:
-                        self.out.flush()
-                        await session.run_post_reply()
-                if len(self._inbox) < 16 and not self.out.closing:
-                    self.transport.resume_reading()
-        except Disconnect as exc:
-            self.disconnect(exc)
-        except Exception:
-            self.hub.log.exception("command failed", client=session.id)
-            self.disconnect(Disconnect(*codes.SERVER_ERROR))
-        finally:
-            self._busy = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.out.closing = True
