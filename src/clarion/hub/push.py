@@ -49,6 +49,9 @@ class EncodedPush:
         "_grip_ws",
         "_sse",
         "_stream",
+        "_uni_line",
+        "_uni_sse",
+        "_uni_ws",
         "_ws",
         "body",
         "channel",
@@ -74,6 +77,9 @@ class EncodedPush:
         self._sse: bytes | None = None
         self._stream: bytes | None = None
         self._body: bytes | None = None
+        self._uni_ws: bytes | None = None
+        self._uni_sse: bytes | None = None
+        self._uni_line: bytes | None = None
         self._grip: grip_items.Item | None = None
         self._grip_stream: bytes | bool | None = False  # False: not computed yet
         self._grip_ws: bytes | bool | None = False
@@ -180,3 +186,27 @@ class EncodedPush:
         if cursor is not None:
             body = body[:-1] + b',"cursor":' + proto.encode_str(cursor) + b"}"
         return body + b"\n"
+
+    # Centrifugo's unidirectional transports carry the same push body as Clarion's own
+    # (``uni_body``), framed without Clarion's cursor (Centrifugo has no Last-Event-ID).
+
+    @property
+    def uni_ws(self) -> bytes:
+        """A WebSocket text frame for ``/connection/uni_websocket``."""
+        if self._uni_ws is None:
+            self._uni_ws = text_frame(self.uni_body)
+        return self._uni_ws
+
+    @property
+    def uni_sse(self) -> bytes:
+        """An SSE event (``data:`` only) for ``/connection/uni_sse``."""
+        if self._uni_sse is None:
+            self._uni_sse = sse.event(self.uni_body)
+        return self._uni_sse
+
+    @property
+    def uni_line(self) -> bytes:
+        """A JSON line for ``/connection/uni_http_stream``."""
+        if self._uni_line is None:
+            self._uni_line = self.uni_body + b"\n"
+        return self._uni_line
