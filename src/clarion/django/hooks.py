@@ -383,3 +383,27 @@ ATTEMPTS_EXHAUSTED = Hook(
                    "status_code", "error"],
 )
 OPERATIONAL = (LISTENER_DISABLED, ATTEMPTS_EXHAUSTED)
+
+
+# Events of clarion.django.connect (registered by its AppConfig): a user's account on another
+# server was connected, disconnected, or had its tokens refreshed. No token ever goes in them.
+_ACCOUNT_FIELDS = ["account_id", "user", "server", "handle", "kind", "scopes"]
+ACCOUNT_CONNECTED = Hook(
+    name="clarion.account.connected",
+    verbose_name="An account on another server was connected",
+    owner_field="user",
+    provides_args=[*_ACCOUNT_FIELDS, "created"],
+)
+ACCOUNT_DISCONNECTED = Hook(
+    name="clarion.account.disconnected",
+    verbose_name="A connected account was disconnected",
+    owner_field="user",
+    provides_args=_ACCOUNT_FIELDS,
+)
+ACCOUNT_TOKEN_REFRESHED = Hook(
+    name="clarion.account.token_refreshed",
+    verbose_name="A connected account's tokens were refreshed",
+    owner_field="user",
+    provides_args=[*_ACCOUNT_FIELDS, "expires_at"],
+)
+ACCOUNT_EVENTS = (ACCOUNT_CONNECTED, ACCOUNT_DISCONNECTED, ACCOUNT_TOKEN_REFRESHED)

@@ -4,6 +4,9 @@ Run it after a key rotation (a new ``SECRET_KEY`` with the old one in ``SECRET_K
 or a new first key in ``CLARION['ENCRYPTION_KEYS']``); once it reports nothing left on an old
 key, the old key can be removed. Values stored plain (before encryption) are encrypted too.
 Running it again changes nothing.
+
+With ``clarion.django.connect`` installed, the client secrets and the tokens of connected
+accounts and connections in progress are re-encrypted too (in their own database).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from clarion.django.conf import webhook_settings
@@ -27,9 +31,10 @@ from clarion.errors import DecryptionError
 
 
 class Command(BaseCommand):  # type: ignore[misc]
-    help = ("Re-encrypt the stored listener signing secrets with the current encryption key "
-            "(after a key rotation). --check only reports, and fails if a value cannot be "
-            "decrypted with the configured keys.")
+    help = ("Re-encrypt the stored listener signing secrets (and the connected accounts' "
+            "tokens and client secrets) with the current encryption key (after a key "
+            "rotation). --check only reports, and fails if a value cannot be decrypted with "
+            "the configured keys.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--check", action="store_true",
@@ -51,6 +56,7 @@ class Command(BaseCommand):  # type: ignore[misc]
                     broken.append(row.id)
                 elif not options["check"] and set(kinds) - {"current", "empty"}:
                     self._rewrite(using, row)
+        connect_broken = self._connect(keys, counts, check=options["check"])
         verb = "would re-encrypt" if options["check"] else "re-encrypted"
         self.stdout.write(
             f"clarion_reencrypt: {counts['current']} secrets already on the current key, "
@@ -62,6 +68,35 @@ class Command(BaseCommand):  # type: ignore[misc]
             raise CommandError(
                 f"{counts['undecryptable']} secrets of {len(broken)} listeners (ids {shown}) "
                 f"cannot be decrypted with the current keys: {keys.fix}")
+        if connect_broken:
+            shown = ", ".join(connect_broken[:20]) + (" …" if len(connect_broken) > 20 else "")
+            raise CommandError(
+                f"{counts['undecryptable']} values of connected accounts or clients ({shown}) "
+                f"cannot be decrypted with the current keys: {keys.fix}")
+
+    def _connect(self, keys: Keyring, counts: Counter[str], *, check: bool) -> list[str]:
+        """Count (and unless ``check``, re-encrypt) the connect app's values; the rows no key
+        decrypts, as ``table:id``."""
+        if not apps.is_installed("clarion.django.connect"):
+            return []
+        from clarion.django.connect.reencrypt import MODELS, rewrite, stored_rows
+
+        def fresh(value: str) -> str:
+            if not value or keys.is_current(value):
+                return value
+            return keys.encrypt(keys.decrypt(value))
+
+        broken: list[str] = []
+        for model in MODELS:
+            for rows in stored_rows(model):
+                for row in rows:
+                    kinds = [self._kind(keys, v) for v in row.values.values()]
+                    counts.update(kinds)
+                    if "undecryptable" in kinds:
+                        broken.append(f"{row.table}:{row.id}")
+                    elif not check and set(kinds) - {"current", "empty"}:
+                        rewrite(model, row, fresh)
+        return broken
 
     @staticmethod
     def _kind(keys: Keyring, value: str) -> str:
