@@ -131,3 +131,51 @@ class HubReplyError(HubError):
         self.message = message
         self.status = status
         self.fields: list[dict[str, str]] = fields or []
+
+
+class ConnectError(ClarionError):
+    """Connecting a user's account on a federated server failed (:mod:`clarion.connect`).
+
+    ``reason`` is a sentence safe to show the user: it names the server and what went wrong, and
+    never holds a secret (no token, client secret, verifier or query string)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FetchError(ConnectError):
+    """A document could not be fetched from another server: the address policy refused the
+    address (private, loopback, ... or a redirect there), plain http where https is required,
+    too big, too slow, a TLS or connection failure, or a malformed document where JSON or XML
+    was expected. The message names the URL (without its query) and the limit or rule."""
+
+
+class DiscoveryError(ConnectError):
+    """The user's server could not be found or described: unknown host, no such account
+    (WebFinger 404), or no OAuth endpoints published (host-meta, RFC 8414, OpenID)."""
+
+
+class RegistrationError(ConnectError):
+    """The server refused to register Clarion as a client, or answered with something that
+    holds no client credentials."""
+
+
+class AuthorizationError(ConnectError):
+    """The user's authorization did not complete: they denied it, or the flow's state is
+    missing, reused or expired, or the verifier or code is wrong."""
+
+
+class OAuthTokenError(ConnectError):
+    """The server's token endpoint failed: unreachable, answered garbage, or refused the grant
+    (``invalid_grant``)."""
+
+
+class RevokedError(OAuthTokenError):
+    """A token or the client's registration was revoked: a 401 on use, or ``invalid_client``
+    from the token endpoint. The account must be connected again (and the client re-registered
+    when the client was revoked: ``client_revoked`` is True then)."""
+
+    def __init__(self, reason: str, *, client_revoked: bool = False) -> None:
+        super().__init__(reason)
+        self.client_revoked = client_revoked
