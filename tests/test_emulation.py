@@ -440,7 +440,8 @@ def test_bad_input(hub: Hub) -> None:
         r = http.post(f"{url}/connection/http_stream", content=b" " * (limit + 1))
         assert r.status_code == 413
         # Protobuf is not served.
-        r = http.post(emu, content=b"\x0a\x01s", headers={"content-type": "application/octet-stream"})
+        r = http.post(emu, content=b"\x0a\x01s",
+                      headers={"content-type": "application/octet-stream"})
         assert r.status_code == 415
         # The stream's first command must be a connect with an id.
         for body in ("", "{not json", json.dumps({"id": 1, "subscribe": {"channel": "x"}}),
