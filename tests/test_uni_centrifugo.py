@@ -1,6 +1,7 @@
 """Centrifugo's unidirectional endpoints (/connection/uni_websocket, uni_sse, uni_http_stream)
 against a real hub, read by clients written by others: ``websockets``, httpx streaming, and
-Chromium's own EventSource. The wire format is Centrifugo's (docs: transports/
+Chromium's own EventSource (the ``browser`` fixture of test_browser: skipped without Chromium
+unless CI is set). The wire format is Centrifugo's (docs: transports/
 uni_client_protocol.md; centrifugo internal/uni*/handler.go)."""
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ import pytest
 import websockets
 from tests.conftest import API_KEY, Hub, HubFactory, in_ci, redis_up, token
 from tests.sse_reader import LineReader, SSEReader
+from tests.test_browser import (
+    browser,  # noqa: F401 - the module-scoped Chromium fixture
+    events_of,
+    open_hub_page,
+    wait_events,
+)
 from websockets.exceptions import ConnectionClosed
 
 T = 10.0
@@ -474,3 +481,54 @@ async def test_two_nodes_on_redis_subscribe_on_a_publish_on_b(hub_factory: HubFa
         assert [p["data"] for p in sub["publications"]] == [{"n": 2}]
         publish(node_a, channel, {"n": 3})
         assert (await ws_pub(ws))["pub"]["data"] == {"n": 3}
+
+
+# -- Chromium's own EventSource on uni_sse ---------------------------------------------------------
+
+UNI_SSE_JS = """
+([request]) => {
+  window.events = [];
+  const url = new URL('/connection/uni_sse', location.href);
+  url.searchParams.append('cf_connect', JSON.stringify(request));
+  const es = new EventSource(url);
+  window.es = es;
+  es.onerror = () => window.events.push({type: 'error', readyState: es.readyState});
+  es.onmessage = (e) => window.events.push({type: 'message', data: JSON.parse(e.data)});
+}
+"""
+
+
+@pytest.mark.browser
+def test_chromium_eventsource_with_cf_connect_recovers(
+        browser: Any, uni_hub: Hub) -> None:  # noqa: F811 - the fixture imported above
+    channel = room()
+    tok = token("lea", channels=[channel])
+    context, page = open_hub_page(browser, uni_hub)
+    try:
+        page.evaluate(UNI_SSE_JS, [{"token": tok}])
+        events = wait_events(page, "e.data && e.data.connect")
+        connect = next(e["data"]["connect"] for e in events if "connect" in e.get("data", {}))
+        epoch = connect["subs"][channel]["epoch"]
+        for i in range(3):
+            publish(uni_hub, channel, {"text": f"live{i}"})
+        events = wait_events(page, "e.data && e.data.pub && e.data.pub.data.text === 'live2'")
+        pubs = [e["data"] for e in events if "pub" in e.get("data", {})]
+        assert [p["pub"]["data"]["text"] for p in pubs] == ["live0", "live1", "live2"]
+        assert all(p["channel"] == channel for p in pubs)
+        wait_events(page, "e.data && Object.keys(e.data).length === 0")  # a {} ping
+        page.evaluate("window.es.close()")
+        for i in range(2):
+            publish(uni_hub, channel, {"text": f"missed{i}"})
+        offset = pubs[-1]["pub"]["offset"]
+        page.evaluate(UNI_SSE_JS, [{"token": tok, "subs": {
+            channel: {"recover": True, "offset": offset, "epoch": epoch}}}])
+        events = wait_events(page, "e.data && e.data.connect")
+        sub = next(e["data"]["connect"] for e in events
+                   if "connect" in e.get("data", {}))["subs"][channel]
+        assert sub["recovered"] is True
+        assert [p["data"]["text"] for p in sub["publications"]] == ["missed0", "missed1"]
+        publish(uni_hub, channel, {"text": "after"})
+        wait_events(page, "e.data && e.data.pub && e.data.pub.data.text === 'after'")
+        assert not [e for e in events_of(page) if e["type"] == "error"]
+    finally:
+        context.close()
