@@ -532,3 +532,40 @@ def test_chromium_eventsource_with_cf_connect_recovers(
         assert not [e for e in events_of(page) if e["type"] == "error"]
     finally:
         context.close()
+
+
+# -- limits, expiry, presence ----------------------------------------------------------------------
+
+
+async def test_connection_limit_counts_uni_connections(hub_factory: HubFactory) -> None:
+    hub = hub_factory("max_connections = 1\n" + ROOM)
+    async with http_stream(hub, {"token": token("max", channels=[room()])}) as first:
+        assert "connect" in await next_push(first)
+        async with httpx.AsyncClient(timeout=T) as client:
+            refused = await client.post(f"{hub.url}/connection/uni_http_stream", content=b"{}")
+            assert refused.status_code == 503
+            refused = await client.get(f"{hub.url}/connection/uni_sse")
+            assert refused.status_code == 503
+        async with websockets.connect(ws_url(hub)) as ws:
+            assert await ws_next(ws) == {"disconnect": {"code": 3504,
+                                                        "reason": "connection limit"}}
+
+
+async def test_expiring_token_ends_the_connection_with_3005(hub_factory: HubFactory) -> None:
+    hub = hub_factory("client_expired_close_delay = 0\n" + ROOM)
+    expiring = token("ned", channels=[room()], exp=int(time.time()) + 2)
+    async with http_stream(hub, {"token": expiring}) as reader:
+        connect = (await next_push(reader))["connect"]
+        assert connect["expires"] is True and 0 <= connect["ttl"] <= 2
+        assert await next_event(reader) == {"disconnect": {"code": 3005,
+                                                           "reason": "connection expired"}}
+
+
+async def test_uni_clients_are_in_presence(uni_hub: Hub) -> None:
+    channel = room()
+    async with http_stream(uni_hub, {"token": token("oli", channels=[channel])}) as reader:
+        client_id = (await next_push(reader))["connect"]["client"]
+        async with httpx.AsyncClient(timeout=T) as client:
+            answer = (await client.post(f"{uni_hub.url}/api/presence", json={
+                "channel": channel}, headers={"X-API-Key": API_KEY})).json()
+        assert answer["result"]["presence"][client_id]["user"] == "oli"
