@@ -481,3 +481,38 @@ def test_origin_check_and_cors(hub: Hub) -> None:
                       headers={"origin": good_origin})
         assert r.status_code == 204
         assert r.headers["access-control-allow-origin"] == good_origin
+
+
+def test_a_stream_reader_that_stops_reading_is_dropped_slow(hub_factory: HubFactory) -> None:
+    """The slow-consumer rule of every held connection: an HTTP stream whose client reads
+    nothing while ~10 KB publications flow is closed (3008) once its backlog passes
+    client_queue_max_size, and the hub goes on serving."""
+    hub = hub_factory("client_queue_max_size = 65536\n" + CHAT_NAMESPACE)
+    channels = [new_channel() for _ in range(20)]  # server-side, from the token
+    connect = json.dumps({"id": 1, "connect": {"token": token("slowpoke", channels=channels)}})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", hub.port))
+    try:
+        sock.sendall(f"POST /connection/http_stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(connect)}\r\n"
+                     f"\r\n{connect}".encode())
+        sock.settimeout(10)
+        head = b""
+        while b'"connect"' not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+        # From here on the client reads nothing.
+        payload = "x" * 10_000
+        with httpx.Client(timeout=10) as http:
+            for i in range(60):  # x 20 channels x 10 KB = 12 MB
+                r = http.post(f"{hub.url}/api/broadcast",
+                              json={"channels": channels, "data": {"i": i, "p": payload}},
+                              headers={"X-API-Key": API_KEY})
+                assert r.status_code == 200, r.text
+                if metric(hub, "clarion_disconnects_total", code="3008") >= 1:
+                    break
+        assert metric(hub, "clarion_disconnects_total", code="3008") >= 1
+    finally:
+        sock.close()
+    assert httpx.get(f"{hub.url}/health", timeout=5).json()["status"] == "ok"

@@ -118,8 +118,11 @@ class EmulatedConnection(CommandConnection):
     def push(self, enc: EncodedPush) -> None:
         self.out.queue(_framed.get(enc, self.sse))
 
+    def _framed(self, body: bytes) -> bytes:
+        return b"data: " + body + b"\n\n" if self.sse else body + b"\n"
+
     def send(self, body: bytes) -> None:
-        self.out.queue(b"data: " + body + b"\n\n" if self.sse else body + b"\n")
+        self.out.queue(self._framed(body))
 
     def ping(self) -> None:
         self.send(proto.EMPTY_REPLY)
@@ -127,10 +130,9 @@ class EmulatedConnection(CommandConnection):
     def farewell(self, exc: Disconnect) -> None:
         # No close frame on these transports: Centrifugo says goodbye with a disconnect push,
         # and the SDK reconnects or not by its code as it does after a WebSocket close.
-        self.send(proto.encode({"push": {"disconnect": {"code": exc.code,
-                                                        "reason": exc.reason}}}))
-        self.out.flush()
-        self.out.write_now(b"0\r\n\r\n")
+        # Written past the queue (a slow client's backlog is dropped), then the last chunk.
+        body = proto.encode({"push": {"disconnect": {"code": exc.code, "reason": exc.reason}}})
+        self.out.write_now(self.out.frame([self._framed(body)]) + b"0\r\n\r\n")
 
     def data_received(self, data: bytes) -> None:
         return None  # commands come by /emulation; nothing more is read here
@@ -284,9 +286,21 @@ def deliver(hub: Hub, session_id: str, data: bytes) -> None:
     conn = _find(hub, session_id)
     if conn is None:
         hub.metrics.emulation_commands["gone"] += 1
+    elif _flooded(hub, conn):
         return
-    hub.metrics.emulation_commands["local"] += 1
-    conn.feed(data)
+    else:
+        hub.metrics.emulation_commands["local"] += 1
+        conn.feed(data)
+
+
+def _flooded(hub: Hub, conn: EmulatedConnection) -> bool:
+    """A client posting faster than its commands run is told so (3013) and reconnects, as a
+    WebSocket client is no longer read: its frames must not pile up in memory."""
+    if conn.pending < PAUSE_ABOVE:
+        return False
+    hub.metrics.emulation_commands["refused"] += 1
+    conn.disconnect(Disconnect(*codes.TOO_MANY_REQUESTS))
+    return True
 
 
 def _answer(request: Request, status: int, message: str = "") -> Response:
@@ -348,8 +362,7 @@ async def handle_emulation(request: Request, http: HttpProtocol) -> Response:
     if conn is None:
         metrics.emulation_commands["gone"] += 1
         return _answer(request, 204)
-    if conn.pending >= PAUSE_ABOVE:
-        metrics.emulation_commands["refused"] += 1
+    if _flooded(hub, conn):
         return _answer(request, 429, "too many command batches waiting for this session")
     metrics.emulation_commands["local"] += 1
     done: asyncio.Future[None] = hub.loop.create_future()
