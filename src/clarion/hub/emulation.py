@@ -243,8 +243,9 @@ async def handle_http_stream(request: Request, http: HttpProtocol) -> Response |
 
 def is_bidirectional_sse(request: Request) -> bool:
     """How ``/connection/sse`` tells Centrifugo's bidirectional SSE from Clarion's own: the
-    SDK's connect command in ``cf_connect`` (GET), or a POST with it as the body."""
-    return CONNECT_PARAM in request.query or request.method == "POST"
+    SDK's connect command in ``cf_connect`` (GET), a POST with it as the body, or a CORS
+    preflight (Clarion's SSE is a plain GET, which needs none)."""
+    return CONNECT_PARAM in request.query or request.method in ("POST", "OPTIONS")
 
 
 async def handle_sse(request: Request, http: HttpProtocol) -> Response | Takeover:
