@@ -117,7 +117,7 @@ def start(provider: Provider) -> Provider:
     """Serve ``provider.app`` on a free 127.0.0.1 port in a daemon thread (threaded server)."""
     server = make_server("127.0.0.1", 0, provider.app, threaded=True)
     provider.server = server
-    provider.thread = threading.Thread(target=server.serve_forever,
+    provider.thread = threading.Thread(target=server.serve_forever, args=(0.05,),
                                        name=f"provider-{provider.kind}",
                                        daemon=True)
     provider.thread.start()
