@@ -89,7 +89,8 @@ Knobs (``provider.knobs``, a ``base.Knobs``; flip them on a running provider)
   is not a token), ``"reset"`` (connection closed without an answer); ``"ok"`` again to heal.
   Applies to /oauth/token (OAuth 2) and /oauth/request_token + /oauth/access_token (pump).
 - ``delay = 2.0`` — every request waits that long first (a slow provider).
-- ``access_token_ttl = 1`` — OAuth 2 access tokens issued from now on live that long (refresh).
+- ``access_token_ttl = 30`` — OAuth 2 access tokens issued from now on live that long. Below
+  authlib's client leeway (60 s) the client refreshes before its next request, no waiting.
 - ``no_oauth_endpoints = True`` — discovery finds the user but no OAuth endpoints.
 
 Revocation (``provider.state``): ``revoke_tokens(username=None)`` — the tokens stop working
