@@ -71,7 +71,8 @@ def confirm(token: str) -> tuple[ConnectedAccount, bool, FlowState]:
         raise StateError("This confirmation link is not valid.", status=400)
     now = datetime.now(UTC)
     with transaction.atomic():
-        flow = (FlowState.objects.select_for_update().select_related("client", "user")
+        flow = (FlowState.objects.select_for_update(of=("self",))
+                .select_related("client", "user")
                 .filter(pk=data["f"], stage="email").first())
         if flow is None or (flow.consumed_at is not None and flow.email_nonce != data["n"]):
             raise StateError("This confirmation link was used already or replaced by a newer "

@@ -161,9 +161,28 @@ def _authorize(server: Server, client: ServerClient, fetcher: Fetcher, redirect_
             redirect_uri)
         return url, token, token_secret
     scope = " ".join(conf.scopes_for(server.kind, server.scopes_supported))
-    url, oauth_state, verifier = OAuth2Flow(server, client.credentials(), fetcher).start(
-        redirect_uri, scope)
+    oauth2 = OAuth2Flow(server, client.credentials(), fetcher)
+    _probe_client(oauth2, redirect_uri)
+    url, oauth_state, verifier = oauth2.start(redirect_uri, scope)
     return url, oauth_state, verifier
+
+
+def _probe_client(oauth2: OAuth2Flow, redirect_uri: str) -> None:
+    """Raise RevokedError if the server no longer knows our OAuth 2 client.
+
+    A server shows its own error page for an unknown ``client_id`` at the authorization
+    endpoint and never sends the user back, so the site must find out before sending the user
+    there. A token request with a code that cannot exist does it with no side effect: the
+    server authenticates the client first (RFC 6749 §5.2), answering ``invalid_client`` for a
+    revoked one and ``invalid_grant`` for a good one. Any answer but ``invalid_client`` is left
+    to the real exchange to report."""
+    try:
+        oauth2.finish(f"clarion-probe-{secrets.token_urlsafe(16)}", secrets.token_urlsafe(48),
+                      redirect_uri)
+    except RevokedError:
+        raise
+    except ConnectError:
+        return
 
 
 # -- the callback ------------------------------------------------------------------------------
@@ -188,6 +207,10 @@ def finish(request: Any, params: Any) -> Finished:
     """Complete the flow the callback's ``params`` (``request.GET``) name."""
     oauth1 = "oauth_token" in params or "oauth_verifier" in params
     key = params.get("oauth_token") if oauth1 else params.get("state")
+    if not key and params.get("error") == "access_denied":
+        # An OAuth 1 server's refusal may name no request token (authlib's does not): there is
+        # no state to spend, and it expires unused.
+        raise AuthorizationError("You did not authorize this site; nothing was connected.")
     flow = state.consume(key, request=request)
     if flow.user_id is not None and getattr(request.user, "pk", None) != flow.user_id:
         raise state.StateError("This connection attempt was started by another user of this "
