@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -67,6 +68,10 @@ class ChannelOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_presence_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
     channel_regex: str = ""
+    # Ask the app's backend (proxy_<kind>_endpoint) instead of the allow_* flags and tokens.
+    proxy_subscribe: bool = False
+    proxy_publish: bool = False
+    proxy_sub_refresh: bool = False
 
     def __post_init__(self) -> None:
         self.history_ttl = parse_duration(self.history_ttl, "history_ttl")
@@ -246,6 +251,26 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
     # can share one address. Behind a proxy it counts the real client (trusted_proxies).
     max_connections_per_address: int = 0
 
+    # Proxies to the app's backend (clarion.hub.backend, docs/topics/proxies.md): Centrifugo
+    # v5's names. An endpoint left empty turns that proxy off.
+    proxy_connect_endpoint: str = ""
+    proxy_connect_timeout: float | str = 1.0
+    proxy_refresh_endpoint: str = ""
+    proxy_refresh_timeout: float | str = 1.0
+    proxy_subscribe_endpoint: str = ""
+    proxy_subscribe_timeout: float | str = 1.0
+    proxy_publish_endpoint: str = ""
+    proxy_publish_timeout: float | str = 1.0
+    proxy_sub_refresh_endpoint: str = ""
+    proxy_sub_refresh_timeout: float | str = 1.0
+    proxy_rpc_endpoint: str = ""
+    proxy_rpc_timeout: float | str = 1.0
+    # Headers of the client's opening request forwarded to every proxy (Centrifugo forwards
+    # none by default; the cookie is what a session-authenticated backend needs).
+    proxy_http_headers: list[str] = msgspec.field(default_factory=lambda: ["Cookie", "Origin"])
+    proxy_static_http_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    proxy_retries: int = 2  # more attempts of connect, refresh, subscribe, sub_refresh
+
     demo: bool = False
     namespaces: dict[str, ChannelOptions] = msgspec.field(default_factory=dict)
 
@@ -258,6 +283,7 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
                      "reconnect_window", "grip_connect_timeout", "grip_response_timeout",
                      "survey_timeout", "http_header_timeout", "http_keepalive_timeout"):
             setattr(self, name, parse_duration(getattr(self, name), name))
+        _check_proxies(self)
         for name in ("http_header_timeout", "http_keepalive_timeout"):
             # The sweep that enforces them runs once a second; a day is beyond any real wait.
             if not 1.0 <= self.seconds(name) <= 86400.0:
@@ -304,8 +330,51 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
         return value
 
 
+PROXY_KINDS = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+# Set by the hub on every request it sends (or by the HTTP client): not the operator's to add.
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding",
+                          "connection"})
+
+
+def _check_proxies(config: Config) -> None:
+    for kind in PROXY_KINDS:
+        name = f"proxy_{kind}_endpoint"
+        url = getattr(config, name)
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{name}: must be an http:// or https:// URL, not {url!r}")
+        timeout_name = f"proxy_{kind}_timeout"
+        seconds = parse_duration(getattr(config, timeout_name), timeout_name)
+        if not 0 < seconds <= 60:
+            raise ValueError(f"{timeout_name}: must be more than 0 and at most 60 seconds")
+        setattr(config, timeout_name, seconds)
+    for header in config.proxy_http_headers:
+        if not _HEADER_NAME.match(header):
+            raise ValueError(f"proxy_http_headers: {header!r} is not a header name")
+    for header, value in config.proxy_static_http_headers.items():
+        if not _HEADER_NAME.match(header):
+            raise ValueError(f"proxy_static_http_headers: {header!r} is not a header name")
+        if header.lower() in _OWN_HEADERS:
+            raise ValueError(f"proxy_static_http_headers: {header} is set by the hub")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"proxy_static_http_headers: the value of {header} has a line "
+                             f"break or NUL")
+    if not 0 <= config.proxy_retries <= 5:
+        raise ValueError("proxy_retries: must be between 0 and 5")
+    scopes: list[tuple[str, ChannelOptions]] = [("", config)]
+    scopes += [(f"[namespaces.{n}] ", ns) for n, ns in config.namespaces.items()]
+    for where, options in scopes:
+        for kind in ("subscribe", "publish", "sub_refresh"):
+            if getattr(options, f"proxy_{kind}") and not getattr(config, f"proxy_{kind}_endpoint"):
+                raise ValueError(f"{where}proxy_{kind}: needs proxy_{kind}_endpoint")
+
+
 _ENV_PREFIX = "CLARION_"
-_LIST_FIELDS = ("allowed_origins", "trusted_proxies")  # comma-separated in the environment
+# comma-separated in the environment
+_LIST_FIELDS = ("allowed_origins", "trusted_proxies", "proxy_http_headers")
+_JSON_FIELDS = ("proxy_static_http_headers",)  # a JSON object in the environment
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -316,8 +385,15 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith(_ENV_PREFIX):
             continue
         name = key[len(_ENV_PREFIX):].lower()
-        if name in fields:
-            out[name] = value.split(",") if name in _LIST_FIELDS else value
+        if name in _JSON_FIELDS:
+            try:
+                out[name] = msgspec.json.decode(value)
+            except msgspec.DecodeError:
+                raise ConfigError(f"{key}: must be a JSON object like "
+                                  f"{{\"X-Hub-Secret\": \"…\"}}") from None
+        elif name in fields:
+            out[name] = [v.strip() for v in value.split(",") if v.strip()] if (
+                name in _LIST_FIELDS) else value
         elif name.startswith("redis_") and name[6:] in redis_fields:
             # CLARION_REDIS_PREFIX etc.: one key of the [redis] table each.
             out.setdefault("redis", {})[name[6:]] = value

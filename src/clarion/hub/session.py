@@ -17,10 +17,12 @@ import msgspec
 
 from clarion.broker.base import ClientInfo, StreamPosition
 from clarion.errors import BrokerError, Disconnect, ReplyError, TokenError
+from clarion.hub.backend import BackendUnavailable
 from clarion.hub.config import ChannelOptions
 from clarion.hub.push import EncodedPush
 from clarion.protocol import client as proto
 from clarion.protocol import codes, tickets
+from clarion.protocol import proxy as pp
 from clarion.protocol.tokens import (
     ConnectClaims,
     SubscribeClaims,
@@ -72,6 +74,40 @@ class Subscription:
     server_side: bool = False
 
 
+# How long a refresh or sub_refresh that got no answer waits before asking again.
+PROXY_REFRESH_RETRY = 10.0
+
+
+class ProxyState:
+    """What the proxies need of a session, kept only when the hub has a proxy configured:
+    the forwarded headers of the opening request (not the whole request: ~1-2 KB per idle
+    connection), the connection's meta, and the refresh calls in flight."""
+
+    __slots__ = ("connect_data", "headers", "meta", "refresh_at", "sub_refresh_at", "subs")
+
+    def __init__(self, headers: tuple[tuple[str, str], ...]) -> None:
+        self.headers = headers
+        self.meta: pp.Payload = msgspec.UNSET
+        self.connect_data: bytes | None = None  # the connect result's data, for the reply
+        self.subs: dict[str, pp.SubscribeOptions] = {}  # the connect result's, until used
+        # wall time before which no refresh is asked (one in flight, or one failed recently)
+        self.refresh_at = 0.0
+        self.sub_refresh_at: dict[str, float] = {}
+
+
+def forwarded_headers(request: Request | None, names: list[str]) -> tuple[tuple[str, str], ...]:
+    """The listed headers of the client's request, as the proxies send them. X-Forwarded-For
+    is the client address the hub determined (trusted_proxies), never the client's header."""
+    if request is None:
+        return ()
+    wanted = {n.lower() for n in names}
+    out = [(k, v) for k, v in request.raw_headers
+           if k.lower() in wanted and k.lower() != "x-forwarded-for"]
+    if "x-forwarded-for" in wanted and request.client:
+        out.append(("X-Forwarded-For", request.client))
+    return tuple(out)
+
+
 @dataclass(slots=True)
 class Attached:
     """What subscribing found; ``activate`` switches the channel from buffering to live."""
@@ -85,7 +121,7 @@ class Attached:
 class Session:
     __slots__ = ("_allowance", "_stamp", "bidirectional", "conn_info", "connected", "created",
                  "expire_at", "hub", "id", "last_pong", "name", "ping_sent", "post_reply",
-                 "request", "subs", "target", "transport", "user")
+                 "proxy", "subs", "target", "transport", "user")
 
     def __init__(self, hub: Hub, target: SessionTarget, transport: str,
                  request: Request | None = None, *, bidirectional: bool | None = None) -> None:
@@ -93,9 +129,11 @@ class Session:
         # Speaks the client protocol both ways (commands in, replies and push frames out):
         # ``target`` is then a FrameTarget.
         self.bidirectional = transport == "websocket" if bidirectional is None else bidirectional
-        # The request that opened the connection (the WebSocket handshake, the stream's GET):
-        # its headers and cookies are what a connect proxy forwards to the app's backend.
-        self.request = request
+        # From the request that opened the connection (the WebSocket handshake, the stream's
+        # GET): the headers and cookies the proxies forward to the app's backend. None when no
+        # proxy is configured, so an idle connection keeps nothing of its request.
+        self.proxy = ProxyState(forwarded_headers(request, hub.config.proxy_http_headers)
+                                ) if hub.backend is not None else None
         self.target = target
         self.transport = transport
         self.id = secrets.token_hex(16)
@@ -116,9 +154,13 @@ class Session:
 
     # -- authentication -------------------------------------------------------------------
 
-    async def authenticate(self, token: str) -> tuple[str, ...]:
-        """Set the user from a connection JWT or a one-time ticket; returns token channels."""
+    async def authenticate(self, token: str, *, version: str = "",
+                           data: bytes = b"") -> tuple[str, ...]:
+        """Set the user from a connection JWT, a one-time ticket, a resume token, or (without
+        a token) the connect proxy's answer; returns the server-side channels."""
         hub = self.hub
+        if not token and self.proxy is not None and self.backend_has("connect"):
+            return await self._connect_proxy(version, data)
         if not token:
             if hub.config.allow_anonymous_connect_without_token:
                 return ()
@@ -162,6 +204,114 @@ class Session:
         self.expire_at = claims.expire_at
         return claims.channels
 
+    # -- proxies to the app's backend --------------------------------------------------------
+
+    def backend_has(self, kind: str) -> bool:
+        backend = self.hub.backend
+        return backend is not None and backend.has(kind)
+
+    def _proxy_base(self) -> dict[str, Any]:
+        return {"client": self.id, "transport": self.transport, "protocol": "json",
+                "encoding": "json"}
+
+    def _user_base(self) -> dict[str, Any]:
+        assert self.proxy is not None
+        return {**self._proxy_base(), "user": self.user, "meta": self.proxy.meta}
+
+    async def _answer(self, kind: str, request: pp.ProxyRequest) -> pp.Answer:
+        backend = self.hub.backend
+        assert backend is not None and self.proxy is not None
+        return await backend.call(kind, request, self.proxy.headers)
+
+    async def _ask(self, kind: str, request: pp.ProxyRequest) -> Any:
+        """The backend's result; its error or disconnect is raised as the protocol's, and no
+        valid answer at all is error 100 (temporary: the client tries again)."""
+        try:
+            answer = await self._answer(kind, request)
+        except BackendUnavailable:
+            raise codes.internal() from None
+        if answer.error is not None:
+            err = answer.error
+            raise ReplyError(err.code, err.message, err.temporary)
+        if answer.disconnect is not None:
+            raise Disconnect(answer.disconnect.code, answer.disconnect.reason)
+        return answer.result
+
+    async def _connect_proxy(self, version: str, data: bytes) -> tuple[str, ...]:
+        state = self.proxy
+        assert state is not None
+        result: pp.ConnectResult = await self._ask("connect", pp.ConnectRequest(
+            **self._proxy_base(), name=self.name, version=version, data=pp.payload(data)))
+        self.user = result.user
+        self.conn_info = pp.json_payload(result, "info")
+        self.expire_at = result.expire_at
+        if result.meta and bytes(result.meta) != b"null":
+            state.meta = result.meta
+        state.connect_data = pp.json_payload(result, "data")
+        state.subs = dict(result.subs)
+        channels = dict.fromkeys(result.channels)
+        channels.update(dict.fromkeys(result.subs))
+        return tuple(channels)
+
+    def server_sub(self, channel: str, options: ChannelOptions) -> tuple[
+            ChannelOptions, bytes | None, bytes | None]:
+        """A server-side subscription's options, channel info and data, as the connect
+        proxy's ``subs`` set them (the channel's own options otherwise)."""
+        given = self.proxy.subs.pop(channel, None) if self.proxy is not None else None
+        if given is None:
+            return options, None, None
+        if given.override is not None:
+            options = msgspec.structs.replace(options, **given.override.changes())
+        return options, pp.json_payload(given, "info"), pp.json_payload(given, "data")
+
+    def _refresh_by_proxy(self) -> bool:
+        return self.proxy is not None and self.backend_has("refresh")
+
+    def _sub_refresh_by_proxy(self, sub: Subscription) -> bool:
+        return (sub.options.proxy_sub_refresh and self.proxy is not None
+                and self.backend_has("sub_refresh"))
+
+    async def _proxy_refresh(self) -> None:
+        """The connection passed its expiry: the backend says whether and how long it lives."""
+        state = self.proxy
+        assert state is not None
+        try:
+            answer = await self._answer("refresh", pp.RefreshRequest(**self._user_base()))
+        except BackendUnavailable:
+            state.refresh_at = time.time() + PROXY_REFRESH_RETRY  # the connection stays
+            return
+        state.refresh_at = 0.0
+        result: pp.RefreshResult | None = answer.result
+        # An error or disconnect answer has no meaning here (Centrifugo's rule): expired.
+        if result is None or result.expired:
+            self.target.disconnect(Disconnect(*codes.EXPIRED))
+            return
+        self.expire_at = result.expire_at
+        info = pp.json_payload(result, "info")
+        if info is not None:
+            self.conn_info = info
+
+    async def _proxy_sub_refresh(self, channel: str, sub: Subscription) -> None:
+        state = self.proxy
+        assert state is not None
+        try:
+            answer = await self._answer("sub_refresh", pp.SubRefreshRequest(
+                **self._user_base(), channel=channel))
+        except BackendUnavailable:
+            state.sub_refresh_at[channel] = time.time() + PROXY_REFRESH_RETRY
+            return
+        state.sub_refresh_at.pop(channel, None)
+        if self.subs.get(channel) is not sub:
+            return  # unsubscribed meanwhile
+        result: pp.RefreshResult | None = answer.result
+        if result is None or result.expired:
+            self.target.disconnect(Disconnect(*codes.SUB_EXPIRED))
+            return
+        sub.expire_at = result.expire_at
+        info = pp.json_payload(result, "info")
+        if info is not None:
+            sub.chan_info = info
+
     def send(self, body: bytes) -> None:
         """A reply or push frame to a bidirectional client."""
         assert self.bidirectional, "only bidirectional transports carry frames"
@@ -169,7 +319,8 @@ class Session:
 
     def connect_result(self, bidirectional: bool = True) -> dict[str, Any]:
         result: dict[str, Any] = {"client": self.id, "version": self.hub.version}
-        if self.expire_at:
+        # With a refresh proxy the hub asks the backend itself: the client is not told to.
+        if self.expire_at and not self._refresh_by_proxy():
             result["expires"] = True
             result["ttl"] = max(0, self.expire_at - int(time.time()))
         interval = int(self.hub.config.seconds("ping_interval"))
@@ -385,7 +536,8 @@ class Session:
     async def _connect(self, cmd: proto.Command) -> Any:
         assert cmd.connect is not None
         self.name = cmd.connect.name
-        channels = await self.authenticate(cmd.connect.token)
+        channels = await self.authenticate(cmd.connect.token, version=cmd.connect.version,
+                                           data=bytes(cmd.connect.data))
         if len(channels) > self.hub.config.client_channel_limit:
             raise codes.limit_exceeded()
         # Every server-side channel must exist before the session counts as connected.
@@ -393,14 +545,18 @@ class Session:
         self.connected = True
         self.hub.fanout.register(self)
         result = self.connect_result()
+        if self.proxy is not None and self.proxy.connect_data is not None:
+            result["data"] = msgspec.Raw(self.proxy.connect_data)
+            self.proxy.connect_data = None
         if resolved:
             subs: dict[str, Any] = {}
             left_at = cmd.connect.subs
             try:
-                for channel, options in resolved:
+                for channel, channel_options in resolved:
+                    options, chan_info, sub_data = self.server_sub(channel, channel_options)
                     sub = Subscription(options, options.force_recovery,
                                        options.join_leave and options.force_push_join_leave,
-                                       server_side=True)
+                                       chan_info=chan_info, server_side=True)
                     # A reconnecting client names where it left each recoverable server-side
                     # subscription; it gets what it missed in this reply, as with subscribe.
                     was = left_at.get(channel)
@@ -410,6 +566,8 @@ class Session:
                                                  options.force_positioning)
                     self.post_reply.append(attached.activate)
                     self.post_reply.append(functools.partial(self.announce_join, channel, sub))
+                    if sub_data is not None:
+                        attached.result["data"] = msgspec.Raw(sub_data)
                     subs[channel] = attached.result
             except BaseException:
                 # Not connected after all: the client retries its connect from scratch.
@@ -424,7 +582,11 @@ class Session:
     async def _subscribe(self, cmd: proto.Command) -> Any:
         req = cmd.subscribe
         assert req is not None
-        options, sub = self.subscribe_options(req.channel, req.token)
+        sub_data: bytes | None = None
+        if self._subscribe_by_proxy(req.channel, req.token):
+            options, sub, sub_data = await self._proxy_subscribe(req)
+        else:
+            options, sub = self.subscribe_options(req.channel, req.token)
         sub.recoverable = options.force_recovery or (options.allow_recovery and req.recoverable)
         sub.push_join_leave = options.join_leave and (
             options.force_push_join_leave or req.join_leave)
@@ -436,10 +598,39 @@ class Session:
         # The reply (with recovered publications) must reach the client before live ones.
         self.post_reply.append(attached.activate)
         self.post_reply.append(lambda: self.announce_join(req.channel, sub))
-        if sub.expire_at:
+        if sub.expire_at and not self._sub_refresh_by_proxy(sub):
             attached.result["expires"] = True
             attached.result["ttl"] = max(0, sub.expire_at - int(time.time()))
+        if sub_data is not None:
+            attached.result["data"] = msgspec.Raw(sub_data)
         return attached.result
+
+    def _subscribe_by_proxy(self, channel: str, token: str) -> bool:
+        """Centrifugo's rule: the subscribe proxy decides for a namespace that asks for it,
+        except for a subscription with a token or to a user-limited channel (those carry
+        their own permission)."""
+        if token or self.proxy is None or not self.backend_has("subscribe"):
+            return False
+        if not self.hub.rules.options(channel).proxy_subscribe:
+            return False
+        return self.hub.rules.limited_users(channel) is None
+
+    async def _proxy_subscribe(self, req: proto.SubscribeRequest) -> tuple[
+            ChannelOptions, Subscription, bytes | None]:
+        channel = req.channel
+        if channel in self.subs:
+            raise codes.already_subscribed()
+        self.check_channel_limit()
+        options = self.hub.rules.options(channel)
+        result: pp.SubscribeResult = await self._ask("subscribe", pp.SubscribeRequest(
+            **self._user_base(), channel=channel, data=pp.payload(req.data)))
+        if channel in self.subs:  # a second subscribe overtook this one while it waited
+            raise codes.already_subscribed()
+        if result.override is not None:
+            options = msgspec.structs.replace(options, **result.override.changes())
+        sub = Subscription(options, options.force_recovery, False, result.expire_at,
+                           pp.json_payload(result, "info"))
+        return options, sub, pp.json_payload(result, "data")
 
     async def _unsubscribe(self, cmd: proto.Command) -> Any:
         assert cmd.unsubscribe is not None
@@ -450,10 +641,25 @@ class Session:
         req = cmd.publish
         assert req is not None
         options = self.hub.rules.options(req.channel)
-        self.hub.rules.check_action(options, "publish", self.user, req.channel in self.subs)
+        data = bytes(req.data) or b"null"
+        tags: dict[str, str] | None = None
+        skip_history = False
+        idempotency_key = ""
+        if options.proxy_publish and self.proxy is not None and self.backend_has("publish"):
+            # The backend decides instead of the allow_publish_* flags, and may rewrite.
+            result: pp.PublishResult = await self._ask("publish", pp.PublishRequest(
+                **self._user_base(), channel=req.channel, data=pp.payload(data)))
+            data = pp.json_payload(result, "data") or data
+            tags = result.tags or None
+            skip_history = result.skip_history
+            idempotency_key = result.idempotency_key
+        else:
+            self.hub.rules.check_action(options, "publish", self.user, req.channel in self.subs)
         sub = self.subs.get(req.channel)
-        await self.hub.publish(req.channel, bytes(req.data) or b"null",
-                               info=self.info(sub.chan_info if sub else None))
+        await self.hub.publish(req.channel, data,
+                               info=self.info(sub.chan_info if sub else None), tags=tags,
+                               skip_history=skip_history, idempotency_key=idempotency_key,
+                               options=options)
         return {}
 
     async def _presence(self, cmd: proto.Command) -> Any:
@@ -519,15 +725,37 @@ class Session:
         return None
 
     async def _rpc(self, cmd: proto.Command) -> Any:
-        raise codes.method_not_found()
+        req = cmd.rpc
+        assert req is not None
+        if self.proxy is None or not self.backend_has("rpc"):
+            raise codes.not_available()  # Centrifugo's answer when nothing handles RPC
+        result: pp.RPCResult = await self._ask("rpc", pp.RPCRequest(
+            **self._user_base(), method=req.method, data=pp.payload(req.data)))
+        data = pp.json_payload(result, "data")
+        return {"data": msgspec.Raw(data)} if data is not None else {}
 
     def check_expiry(self, now: float) -> Disconnect | None:
+        """Called about once a second with the wall time: the disconnect an expired
+        connection or subscription gets, or None. Where a refresh proxy decides, it is asked
+        (in a task of its own) and the answer ends or prolongs the connection."""
         config = self.hub.config
-        if self.expire_at and now > self.expire_at + config.seconds("client_expired_close_delay"):
+        state = self.proxy
+        if self.expire_at and state is not None and self._refresh_by_proxy():
+            if now >= self.expire_at and now >= state.refresh_at:
+                state.refresh_at = float("inf")  # one call in flight
+                self.hub.spawn(self._proxy_refresh())
+        elif self.expire_at and now > self.expire_at + config.seconds(
+                "client_expired_close_delay"):
             return Disconnect(*codes.EXPIRED)
         sub_delay = config.seconds("client_expired_sub_close_delay")
-        for sub in self.subs.values():
-            if sub.expire_at and now > sub.expire_at + sub_delay:
+        for channel, sub in self.subs.items():
+            if not sub.expire_at:
+                continue
+            if state is not None and self._sub_refresh_by_proxy(sub):
+                if now >= sub.expire_at and now >= state.sub_refresh_at.get(channel, 0.0):
+                    state.sub_refresh_at[channel] = float("inf")
+                    self.hub.spawn(self._proxy_sub_refresh(channel, sub))
+            elif now > sub.expire_at + sub_delay:
                 return Disconnect(*codes.SUB_EXPIRED)
         return None
 

@@ -1,0 +1,517 @@
+"""Proxies to the app's backend (docs/topics/proxies.md): a real hub process, a real backend
+(Starlette under uvicorn, tests/proxy_backend.py) and real clients (centrifuge-python, and
+the `websockets` library where a test reads the exact frames)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from centrifuge import (
+    Client,
+    ClientEventHandler,
+    ConnectedContext,
+    DisconnectedContext,
+    ReplyError,
+    ServerSubscribedContext,
+)
+from websockets.asyncio.client import ClientConnection, connect
+
+from centrifuge_support import wait_changed
+from clarion.errors import ConfigError
+from clarion.hub.backend import KINDS
+from clarion.hub.config import load_config
+from clarion.protocol import proxy as pp
+from conftest import Hub, HubFactory, free_port, token
+from proxy_backend import ProxyBackend, raw, sleeping
+
+T = 10.0  # the bound of every wait (never a measurement)
+COOKIE = "sessionid=s3cr3t-cookie-value"
+
+NAMESPACES = """
+[namespaces.room]
+proxy_subscribe = true
+proxy_publish = true
+proxy_sub_refresh = true
+presence = true
+history_size = 10
+history_ttl = 60
+
+[namespaces.plain]
+allow_subscribe_for_client = true
+allow_publish_for_client = true
+"""
+
+
+def proxy_config(backend: ProxyBackend, *, timeout: str = "2s", retries: int = 2,
+                 kinds: tuple[str, ...] = KINDS) -> str:
+    lines = [f'proxy_{kind}_endpoint = "{backend.url(kind)}"\n'
+             f'proxy_{kind}_timeout = "{timeout}"' for kind in kinds]
+    return "\n".join([
+        *lines,
+        'proxy_http_headers = ["Cookie", "X-Forwarded-For", "User-Agent"]',
+        f"proxy_retries = {retries}",
+        "[proxy_static_http_headers]",
+        '"X-Hub-Secret" = "hub-to-backend-secret"',
+        NAMESPACES,
+    ])
+
+
+@pytest.fixture
+def backend() -> Iterator[ProxyBackend]:
+    with ProxyBackend() as b:
+        yield b
+
+
+@pytest.fixture
+def proxied(hub_factory: HubFactory, backend: ProxyBackend) -> Hub:
+    return hub_factory(proxy_config(backend))
+
+
+# -- a raw client: the exact frames ------------------------------------------------------------
+
+
+class Raw:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.next_id = 0
+        self.pushes: list[dict[str, Any]] = []
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.next_id += 1
+        cmd_id = self.next_id
+        await self.ws.send(json.dumps({"id": cmd_id, method: params}))
+        while True:
+            frame = await asyncio.wait_for(self.ws.recv(), T)
+            for line in str(frame).splitlines():
+                msg = json.loads(line)
+                if msg.get("id") == cmd_id:
+                    return msg
+                if msg:
+                    self.pushes.append(msg)
+                else:
+                    await self.ws.send("{}")  # the server's ping: pong
+
+
+@asynccontextmanager
+async def raw_client(hub: Hub, headers: dict[str, str] | None = None) -> AsyncIterator[Raw]:
+    async with connect(hub.ws_url, additional_headers=headers or {"Cookie": COOKIE},
+                       open_timeout=T) as ws:
+        yield Raw(ws)
+
+
+async def closed_with(ws: ClientConnection) -> int:
+    """The close code the hub ends the connection with (pings answered meanwhile)."""
+    try:
+        while True:
+            frame = await asyncio.wait_for(ws.recv(), T)
+            if frame == "{}":
+                await ws.send("{}")
+    except Exception:  # noqa: BLE001 - websockets raises ConnectionClosed*; the code is read below
+        assert ws.close_code is not None
+        return ws.close_code
+
+
+class Events(ClientEventHandler):
+    def __init__(self) -> None:
+        self.connected: list[ConnectedContext] = []
+        self.disconnected: list[DisconnectedContext] = []
+        self.server_subs: dict[str, ServerSubscribedContext] = {}
+        self.changed = asyncio.Event()
+
+    async def on_connected(self, ctx: ConnectedContext) -> None:
+        self.connected.append(ctx)
+        self.changed.set()
+
+    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
+        self.disconnected.append(ctx)
+        self.changed.set()
+
+    async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
+        self.server_subs[ctx.channel] = ctx
+        self.changed.set()
+
+
+def metrics(hub: Hub) -> dict[tuple[str, str], float]:
+    """clarion_proxy_requests_total by (proxy, outcome)."""
+    text = httpx.get(f"{hub.url}/metrics", timeout=T).text
+    out = {}
+    for labels, value in re.findall(r"^clarion_proxy_requests_total\{([^}]*)\} (\S+)$", text,
+                                    re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        out[(found["proxy"], found["outcome"])] = float(value)
+    return out
+
+
+# -- connect ---------------------------------------------------------------------------------------
+
+
+async def test_connect_by_cookie_with_channels_subs_data_and_rpc(
+        proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {
+        "user": "42", "info": {"name": "Ada"}, "data": {"welcome": True},
+        "channels": ["plain:news"],
+        "subs": {"room:1": {"info": {"role": "owner"}, "data": {"topic": "tea"}}},
+        "meta": {"tenant": "t1"}}})
+    backend.answer("rpc", {"result": {"data": {"answer": 2019}}})
+    events = Events()
+    client = Client(proxied.ws_url, events=events, name="py-test", data={"page": "/inbox"},
+                    headers={"Cookie": COOKIE, "Authorization": "Bearer not-forwarded",
+                             "User-Agent": "proxy-test"})
+    await client.connect()
+    try:
+        await wait_changed(events.changed,
+                           lambda: bool(events.connected) and len(events.server_subs) == 2, T)
+        assert events.connected[0].data == {"welcome": True}
+        assert events.server_subs["room:1"].data == {"topic": "tea"}
+        (sent,) = backend.requests("connect")
+        assert sent.body["client"] == events.connected[0].client
+        assert sent.body["transport"] == "websocket"
+        assert (sent.body["protocol"], sent.body["encoding"]) == ("json", "json")
+        assert sent.body["name"] == "py-test"
+        assert sent.body["data"] == {"page": "/inbox"}
+        assert "user" not in sent.body
+        # Only the listed headers, the hub's own view of the client address, the static one.
+        assert sent.headers["cookie"] == COOKIE
+        assert sent.headers["user-agent"] == "proxy-test"
+        assert sent.headers["x-forwarded-for"] == "127.0.0.1"
+        assert sent.headers["x-hub-secret"] == "hub-to-backend-secret"
+        assert "authorization" not in sent.headers
+        assert sent.headers["content-type"] == "application/json"
+
+        members = proxied.api("presence", {"channel": "room:1"}).json()["result"]["presence"]
+        (member,) = members.values()
+        assert member["user"] == "42"
+        assert member["conn_info"] == {"name": "Ada"}
+        assert member["chan_info"] == {"role": "owner"}
+
+        result = await client.rpc("getCurrentPrice", {"object_id": 12})
+        assert result.data == {"answer": 2019}
+        (call,) = backend.requests("rpc")
+        assert call.body["user"] == "42"
+        assert call.body["method"] == "getCurrentPrice"
+        assert call.body["data"] == {"object_id": 12}
+        assert call.body["meta"] == {"tenant": "t1"}
+        assert call.headers["cookie"] == COOKIE
+    finally:
+        await client.disconnect()
+    counted = metrics(proxied)
+    assert counted[("connect", "ok")] == 1
+    assert counted[("rpc", "ok")] == 1
+
+
+async def test_connect_with_a_token_does_not_ask_the_backend(
+        proxied: Hub, backend: ProxyBackend) -> None:
+    async with raw_client(proxied) as c:
+        reply = await c.call("connect", {"token": token("bob")})
+    assert "connect" in reply
+    assert backend.requests("connect") == []
+
+
+async def test_connect_refused_by_error_and_by_disconnect(
+        proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"error": {"code": 403, "message": "login first"}})
+    async with raw_client(proxied) as c:
+        reply = await c.call("connect", {})
+        assert reply["error"] == {"code": 403, "message": "login first"}
+    backend.answer("connect", {"disconnect": {"code": 4501, "reason": "unauthorized"}})
+    async with raw_client(proxied) as c:
+        await c.ws.send(json.dumps({"id": 1, "connect": {}}))
+        assert await closed_with(c.ws) == 4501
+        assert c.ws.close_reason == "unauthorized"
+    # The SDK sees the terminal disconnect too, and does not reconnect.
+    events = Events()
+    client = Client(proxied.ws_url, events=events, headers={"Cookie": COOKIE})
+    await client.connect()
+    try:
+        await wait_changed(events.changed, lambda: bool(events.disconnected), T)
+        assert events.disconnected[0].code == 4501
+    finally:
+        await client.disconnect()
+    assert metrics(proxied)[("connect", "error")] == 3
+
+
+async def test_anonymous_user_from_the_backend(proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": ""}})
+    async with raw_client(proxied) as c:
+        reply = await c.call("connect", {})
+        assert "connect" in reply
+
+
+# -- subscribe, publish, sub_refresh -----------------------------------------------------------
+
+
+async def _subscribe_answer(body: dict[str, Any]) -> tuple[int, bytes]:
+    if body["channel"].endswith(":no"):
+        return 200, b'{"error":{"code":403,"message":"not in this room"}}'
+    return 200, msgspec.json.encode({"result": {
+        "info": {"seat": 7}, "data": {"greeting": "hi " + body["user"]},
+        "override": {"presence": {"value": False}}}})
+
+
+async def test_subscribe_proxy_allows_and_denies(proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": "42"}})
+    backend.answer("subscribe", _subscribe_answer)
+    async with raw_client(proxied) as c:
+        await c.call("connect", {})
+        ok = await c.call("subscribe", {"channel": "room:yes", "data": {"why": "chat"}})
+        assert ok["subscribe"]["data"] == {"greeting": "hi 42"}
+        denied = await c.call("subscribe", {"channel": "room:no"})
+        assert denied["error"] == {"code": 403, "message": "not in this room"}
+        # Channels without proxy_subscribe keep their allow_* rules.
+        plain = await c.call("subscribe", {"channel": "plain:x"})
+        assert "subscribe" in plain
+        # The override turned presence off for this subscription.
+        members = proxied.api("presence", {"channel": "room:yes"}).json()["result"]["presence"]
+        assert members == {}
+    sent = {r.body["channel"]: r.body for r in backend.requests("subscribe")}
+    assert set(sent) == {"room:yes", "room:no"}
+    assert sent["room:yes"]["data"] == {"why": "chat"}
+    assert sent["room:yes"]["user"] == "42"
+
+
+async def test_publish_proxy_rewrites_and_rejects(proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": "42"}})
+    backend.answer("subscribe", {"result": {}})
+
+    async def publish_answer(body: dict[str, Any]) -> tuple[int, bytes]:
+        text = body["data"]["text"]
+        if text.isupper():
+            return 200, b'{"error":{"code":1001,"message":"no shouting"}}'
+        return 200, msgspec.json.encode(
+            {"result": {"data": {"text": text.upper(), "by": body["user"]},
+                        "skip_history": True}})
+
+    backend.answer("publish", publish_answer)
+    async with raw_client(proxied) as c:
+        await c.call("connect", {})
+        await c.call("subscribe", {"channel": "room:pub"})
+        assert await c.call("publish", {"channel": "room:pub", "data": {"text": "hello"}}) == {
+            "id": 3, "publish": {}}
+        rejected = await c.call("publish", {"channel": "room:pub", "data": {"text": "LOUD"}})
+        assert rejected["error"] == {"code": 1001, "message": "no shouting"}
+        # The subscriber got the backend's version, once; history kept nothing of it.
+        await c.call("presence_stats", {"channel": "room:pub"})  # a round trip after the pub
+        pubs = [p["push"]["pub"]["data"] for p in c.pushes if "pub" in p.get("push", {})]
+        assert pubs == [{"text": "HELLO", "by": "42"}]
+    hist = proxied.api("history", {"channel": "room:pub", "limit": 10}).json()["result"]
+    assert hist.get("publications", []) == []
+    assert len(backend.requests("publish")) == 2
+
+
+async def test_sub_refresh_prolongs_then_expires(proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": "42"}})
+    backend.answer("subscribe", {"result": {"expire_at": int(time.time()) + 1}})
+    backend.answer("sub_refresh", {"result": {"expire_at": int(time.time()) + 1}})
+    async with raw_client(proxied) as c:
+        await c.call("connect", {})
+        reply = await c.call("subscribe", {"channel": "room:timed"})
+        assert "expires" not in reply["subscribe"]  # the hub asks the backend, not the client
+        deadline = time.monotonic() + T
+        while len(backend.requests("sub_refresh")) < 2:  # prolonged once, asked again
+            assert time.monotonic() < deadline, "no sub_refresh request"
+            await c.call("ping", {})
+            await asyncio.sleep(0.2)
+        assert backend.requests("sub_refresh")[0].body["channel"] == "room:timed"
+        backend.answer("sub_refresh", {"result": {"expired": True}})
+        assert await closed_with(c.ws) == 3006
+
+
+# -- refresh -----------------------------------------------------------------------------------
+
+
+async def test_refresh_proxy_prolongs_then_expires(proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": "42", "expire_at": int(time.time()) + 1}})
+    backend.answer("refresh", {"result": {"expire_at": int(time.time()) + 1,
+                                          "info": {"v": 2}}})
+    async with raw_client(proxied) as c:
+        reply = await c.call("connect", {})
+        assert "expires" not in reply["connect"]
+        deadline = time.monotonic() + T
+        while len(backend.requests("refresh")) < 2:
+            assert time.monotonic() < deadline, "no refresh request"
+            await c.call("ping", {})
+            await asyncio.sleep(0.2)
+        first = backend.requests("refresh")[0]
+        assert first.body["user"] == "42"
+        assert first.headers["cookie"] == COOKIE
+        backend.answer("refresh", {"result": {"expired": True}})
+        assert await closed_with(c.ws) == 3005
+
+
+# -- rpc ---------------------------------------------------------------------------------------
+
+
+async def test_rpc_without_proxy_is_108(hub: Hub) -> None:
+    client = Client(hub.ws_url, token=token("bob"))
+    await client.connect()
+    try:
+        with pytest.raises(ReplyError) as refused:
+            await client.rpc("anything", {})
+        assert refused.value.code == 108
+    finally:
+        await client.disconnect()
+
+
+async def test_rpc_error_from_the_backend(proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": "42"}})
+    backend.answer("rpc", {"error": {"code": 404, "message": "no such method",
+                                     "temporary": True}})
+    client = Client(proxied.ws_url, headers={"Cookie": COOKIE})
+    await client.connect()
+    try:
+        with pytest.raises(ReplyError) as failed:
+            await client.rpc("nope", {})
+        assert (failed.value.code, failed.value.message, failed.value.temporary) == (
+            404, "no such method", True)
+    finally:
+        await client.disconnect()
+
+
+# -- a backend that fails ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    (raw(503, b"maintenance"), "status 503"),
+    (raw(200, b"<html>oops</html>"), "not JSON"),
+    (raw(200, b'{"result": {"user": 42}}'), "$.result.user"),
+    (raw(200, b'{"result": {"user": "1"}, "error": {"code": 403}}'), "exactly one"),
+    (raw(403, b'{"result": {"user": "1"}}'), "status 403"),
+])
+async def test_connect_when_the_backend_fails(proxied: Hub, backend: ProxyBackend,
+                                              answer: Any, reason: str) -> None:
+    backend.answer("connect", answer)
+    async with raw_client(proxied) as c:
+        reply = await c.call("connect", {})
+    assert reply["error"] == {"code": 100, "message": "internal server error",
+                              "temporary": True}
+    # A 5xx is retried (connect is idempotent); garbage and other statuses are not.
+    assert len(backend.requests("connect")) == (3 if reason == "status 503" else 1)
+    log = proxied.output()
+    assert "proxy request failed" in log and reason in log
+    assert "s3cr3t" not in log and "hub-to-backend-secret" not in log
+    assert metrics(proxied)[("connect", "unavailable")] == 1
+
+
+async def test_backend_down(hub_factory: HubFactory, backend: ProxyBackend) -> None:
+    down = f"http://127.0.0.1:{free_port()}/connect"
+    hub = hub_factory(f'proxy_connect_endpoint = "{down}"\nproxy_retries = 1\n')
+    async with raw_client(hub) as c:
+        reply = await c.call("connect", {})
+    assert reply["error"]["code"] == 100
+    assert "ConnectError" in hub.output()
+
+
+async def test_publish_is_not_retried(proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": "42"}})
+    backend.answer("publish", raw(502, b"bad gateway"))
+    async with raw_client(proxied) as c:
+        await c.call("connect", {})
+        reply = await c.call("publish", {"channel": "room:p", "data": {"text": "x"}})
+    assert reply["error"]["code"] == 100
+    assert len(backend.requests("publish")) == 1
+    assert metrics(proxied)[("publish", "unavailable")] == 1
+
+
+async def test_a_hung_backend_stalls_only_its_own_client(
+        hub_factory: HubFactory, backend: ProxyBackend) -> None:
+    hub = hub_factory(proxy_config(backend, timeout="3s", retries=0))
+    backend.answer("connect", sleeping(30, {"result": {"user": "late"}}))
+    async with raw_client(hub) as other, raw_client(hub) as stuck:
+        assert "connect" in await other.call("connect", {"token": token("bob")})
+        await stuck.ws.send(json.dumps({"id": 1, "connect": {}}))
+        deadline = time.monotonic() + T
+        while not backend.requests("connect"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        # The backend holds the stuck client's connect: everyone else is served meanwhile.
+        for _ in range(3):
+            reply = await other.call("subscribe", {"channel": "plain:live"})
+            assert "subscribe" in reply or reply["error"]["code"] == 105
+            assert "publish" in await other.call("publish", {"channel": "plain:live",
+                                                             "data": {"n": 1}})
+        # Until the timeout ends the stuck one's connect with error 100.
+        msg = json.loads(await asyncio.wait_for(stuck.ws.recv(), T))
+        assert msg["error"]["code"] == 100
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"proxy_connect_endpoint": "ftp://x/"}, "proxy_connect_endpoint: must be an http"),
+    ({"proxy_rpc_endpoint": "localhost:3000"}, "proxy_rpc_endpoint: must be an http"),
+    ({"proxy_rpc_timeout": "0s"}, "proxy_rpc_timeout: must be more than 0"),
+    ({"proxy_rpc_timeout": "2m"}, "at most 60 seconds"),
+    ({"proxy_http_headers": ["Bad Header"]}, "'Bad Header' is not a header name"),
+    ({"proxy_static_http_headers": {"Host": "x"}}, "Host is set by the hub"),
+    ({"proxy_static_http_headers": {"X-A": "a\r\nb"}}, "line break"),
+    ({"proxy_retries": 9}, "proxy_retries: must be between 0 and 5"),
+    ({"proxy_publish": True}, "proxy_publish: needs proxy_publish_endpoint"),
+    ({"namespaces": {"n": {"proxy_subscribe": True}}},
+     "[namespaces.n] proxy_subscribe: needs proxy_subscribe_endpoint"),
+])
+def test_config_errors(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_config(environ={}, overrides=config)
+    assert message in str(bad.value)
+
+
+def test_config_from_environment() -> None:
+    config = load_config(environ={
+        "CLARION_PROXY_CONNECT_ENDPOINT": "https://app.internal/clarion/connect",
+        "CLARION_PROXY_CONNECT_TIMEOUT": "500ms",
+        "CLARION_PROXY_HTTP_HEADERS": "Cookie, Authorization",
+        "CLARION_PROXY_STATIC_HTTP_HEADERS": '{"X-Hub-Secret": "s"}',
+    })
+    assert config.proxy_connect_endpoint == "https://app.internal/clarion/connect"
+    assert config.seconds("proxy_connect_timeout") == 0.5
+    assert config.proxy_http_headers == ["Cookie", "Authorization"]
+    assert config.proxy_static_http_headers == {"X-Hub-Secret": "s"}
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_config(environ={"CLARION_PROXY_STATIC_HTTP_HEADERS": "X-A: b"})
+
+
+# -- the answers' shapes (unit tests of clarion.protocol.proxy) ---------------------------------
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"result": {}}', "Object missing required field `user` - at `$.result`"),
+    (b'{"result": {"user": "1", "expire_at": "soon"}}', "at `$.result.expire_at`"),
+    (b'{"result": {"user": "1", "subs": {"a": {"override": {"presence": true}}}}}',
+     "at `$.result.subs[...].override.presence`"),
+    (b'{"error": {"code": 99}}', "error.code: must be between 100 and 1999"),
+    (b'{"disconnect": {"code": 1000}}', "disconnect.code: must be between 3000 and 4999"),
+    (b'{"result": {"user": "1", "b64info": "bm90IGpzb24="}}', "b64info must be base64 of JSON"),
+    (b'{}', "exactly one of result, error and disconnect"),
+    (b"{", "not JSON"),
+    (b"[1]", "wrong shape: Expected `object`, got `array`"),
+])
+def test_answer_errors_name_the_field(body: bytes, message: str) -> None:
+    with pytest.raises(pp.ProxyAnswerError) as bad:
+        pp.decode_answer(body, pp.ConnectResult)
+    assert message in str(bad.value)
+
+
+def test_answer_base64_payloads_and_long_reasons() -> None:
+    answer = pp.decode_answer(b'{"result": {"data": null, "b64data": "eyJhIjogMX0="}}',
+                              pp.RPCResult)
+    assert pp.json_payload(answer.result, "data") == b'{"a": 1}'
+    long = pp.decode_answer(b'{"disconnect": {"code": 4500, "reason": "%s"}}' % (b"x" * 300),
+                            pp.RPCResult)
+    assert long.disconnect is not None and len(long.disconnect.reason) == pp.MAX_REASON_BYTES
+
+
+def test_requests_always_carry_user_protocol_and_encoding() -> None:
+    body = msgspec.json.decode(pp.encode_request(pp.RefreshRequest(
+        client="c", transport="sse", protocol="json", encoding="json", user="")))
+    assert body == {"client": "c", "transport": "sse", "protocol": "json", "encoding": "json",
+                    "user": ""}
