@@ -12,7 +12,8 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,9 @@ import websockets
 from tests.conftest import API_KEY, Hub, HubFactory, in_ci, redis_up, token
 from tests.sse_reader import LineReader, SSEReader
 from tests.test_browser import (
-    browser,  # noqa: F401 - the module-scoped Chromium fixture
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    _unavailable,
     events_of,
     open_hub_page,
     wait_events,
@@ -498,9 +501,26 @@ UNI_SSE_JS = """
 """
 
 
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Chromium for one test (test_browser's fixture is module-scoped): playwright's sync API
+    keeps an event loop running, which must be gone before this module's asyncio tests."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("python playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        _unavailable(f"{CHROMIUM} is missing (run scripts/install-test-deps)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
 @pytest.mark.browser
-def test_chromium_eventsource_with_cf_connect_recovers(
-        browser: Any, uni_hub: Hub) -> None:  # noqa: F811 - the fixture imported above
+def test_chromium_eventsource_with_cf_connect_recovers(browser: Any, uni_hub: Hub) -> None:
     channel = room()
     tok = token("lea", channels=[channel])
     context, page = open_hub_page(browser, uni_hub)
