@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from clarion.django.proxy import permissions  # noqa: E402
 from clarion.django.proxy._patterns import specificity  # noqa: E402
 from clarion.django.proxy.checks import check_proxy  # noqa: E402
 from clarion.django.proxy.publishing import describe_errors  # noqa: E402
+from test_browser import browser  # noqa: E402, F401  (fixture)
 
 SECRET = "proxy-site-shared-secret-for-the-tests-" + "y" * 8
 SECRET_HEADER = "X-Clarion-Proxy-Secret"
@@ -99,25 +100,27 @@ class Account:
     session: str
 
 
-def site_env(db: Path, hub_ws: str = "") -> dict[str, str]:
+def site_env(db: Path, hub_ws: str = "", ttl: int = TTL, sub_ttl: int = SUB_TTL
+             ) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "proxy_site.settings",
         "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
         "PROXY_SITE_DB": str(db), "PROXY_SITE_SECRET": SECRET,
         "PROXY_SITE_NETWORKS": "127.0.0.1/32",
-        "PROXY_SITE_CONNECT_TTL": str(TTL), "PROXY_SITE_SUBSCRIBE_TTL": str(SUB_TTL),
+        "PROXY_SITE_CONNECT_TTL": str(ttl), "PROXY_SITE_SUBSCRIBE_TTL": str(sub_ttl),
         **({"PROXY_SITE_HUB": hub_ws} if hub_ws else {}),
     }
 
 
 @contextlib.contextmanager
-def running_site(base: Path, *, hub_ws: str = "", workers: int = 1,
-                 threads: int = 8) -> Iterator[Site]:
+def running_site(base: Path, *, hub_ws: str = "", workers: int = 1, threads: int = 8,
+                 ttl: int = TTL, sub_ttl: int = SUB_TTL, access_log: bool = False
+                 ) -> Iterator[Site]:
     """tests/proxy_site migrated into a fresh SQLite file and served by gunicorn."""
     base.mkdir(parents=True, exist_ok=True)
     db = base / "site.sqlite3"
-    env = site_env(db, hub_ws)
+    env = site_env(db, hub_ws, ttl, sub_ttl)
     migrate = subprocess.run([sys.executable, "-m", "django", "migrate", "--noinput"],
                              cwd=TESTS_DIR, env=env, capture_output=True, timeout=300)
     if migrate.returncode != 0:
@@ -130,6 +133,7 @@ def running_site(base: Path, *, hub_ws: str = "", workers: int = 1,
             [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
              "--workers", str(workers), "--threads", str(threads), "--timeout", "120",
              "--graceful-timeout", "5", "--no-control-socket", "--bind", f"127.0.0.1:{port}",
+             *(["--access-logfile", "-"] if access_log else []),
              "--chdir", str(TESTS_DIR), "proxy_site.wsgi:application"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     site = Site(proc, port, log, db)
@@ -506,3 +510,208 @@ def test_system_checks(proxy: dict[str, Any], ids: list[str]) -> None:
 def test_no_guard_is_an_error_only_when_the_views_are_mounted() -> None:
     with override_settings(CLARION={}, ROOT_URLCONF="webhook_apps.urls"):
         assert check_proxy() == []
+
+
+# -- end to end: a hub asking the site, the SDK in Chromium ----------------------------------
+
+KINDS = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
+
+
+def hub_config(site: Site, *, retries: int = 1) -> str:
+    """The hub's proxies pointed at the site's views, with the shared secret as a static
+    header and the browser's Cookie forwarded (docs/topics/django-proxy.md shows the same)."""
+    endpoints = "\n".join(f'proxy_{kind}_endpoint = "{site.url}/clarion/{kind}/"'
+                          for kind in KINDS)
+    return f"""
+{endpoints}
+proxy_http_headers = ["Cookie"]
+proxy_retries = {retries}
+
+[proxy_static_http_headers]
+"{SECRET_HEADER}" = "{SECRET}"
+
+[namespaces.chat]
+proxy_subscribe = true
+proxy_publish = true
+proxy_sub_refresh = true
+
+[namespaces.vip]
+proxy_subscribe = true
+"""
+
+
+def open_site(chromium: Any, site: Site) -> tuple[Any, Any]:
+    context = chromium.new_context()
+    page = context.new_page()
+    page.on("console", lambda m: print(f"[console.{m.type}] {m.text}"))
+    page.on("pageerror", lambda e: print(f"[pageerror] {e}"))
+    page.goto(f"{site.url}/")
+    return context, page
+
+
+def sign_in(page: Any, site: Site, name: str) -> None:
+    """Sign up on the Django page: the browser keeps the session cookie."""
+    page.evaluate("""async (name) => {
+        const body = new URLSearchParams({username: name});
+        const r = await fetch('/signup/', {method: 'POST', body: body});
+        if (!r.ok) throw new Error('signup: ' + r.status);
+    }""", name)
+    page.reload()
+    assert page.inner_text("#who") == name
+
+
+def wait_for(page: Any, predicate_js: str, timeout: float = 15_000) -> list[dict[str, Any]]:
+    try:
+        page.wait_for_function(f"(window.events || []).some(e => {predicate_js})",
+                               timeout=timeout)
+    except Exception as exc:
+        raise AssertionError(f"timed out waiting for {predicate_js}; events: "
+                             f"{json.dumps(page.evaluate('window.events'), indent=1)}") from exc
+    return page.evaluate("window.events")  # type: ignore[no-any-return]
+
+
+def first(events: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+    return next(e for e in events if all(e.get(k) == v for k, v in match.items()))
+
+
+def hub_publish(hub: Any, channel: str, data: Any) -> None:
+    r = hub.api("publish", {"channel": channel, "data": data})
+    assert r.status_code == 200 and "error" not in r.json(), r.text
+
+
+@pytest.mark.browser
+def test_browser_connects_by_session_cookie(browser: Any, site: Site,  # noqa: F811
+                                            hub_factory: Any) -> None:
+    hub = hub_factory(hub_config(site))
+    name = f"u{uuid.uuid4().hex[:8]}"
+    context, page = open_site(browser, site)
+    try:
+        sign_in(page, site, name)
+        page.evaluate("(url) => window.start(url)", hub.ws_url)
+        events = wait_for(page, "e.type === 'connected'")
+        assert first(events, type="connected")["data"] == {"hello": name}
+
+        # A permitted channel, a refused one.
+        page.evaluate("window.join('chat:lobby')")
+        page.evaluate("window.join('vip:club')")
+        wait_for(page, "e.type === 'subscribed' && e.channel === 'chat:lobby'")
+        events = wait_for(page, "e.type === 'unsubscribed' && e.channel === 'vip:club'")
+        assert first(events, type="unsubscribed", channel="vip:club")["code"] == 103
+
+        # A publication through the form, rewritten (stripped, defaults filled in).
+        page.evaluate("window.centrifuge.publish('chat:lobby', {text: '  hi  '})")
+        events = wait_for(page, "e.type === 'pub' && e.channel === 'chat:lobby'")
+        assert first(events, type="pub")["data"] == {"text": "hi", "urgent": False}
+        page.evaluate("window.centrifuge.publish('chat:lobby', {}).catch(e => "
+                      "window.events.push({type: 'pub_error', code: e.code, "
+                      "message: e.message}))")
+        events = wait_for(page, "e.type === 'pub_error'")
+        assert first(events, type="pub_error") == {
+            "type": "pub_error", "code": 400,
+            "message": "invalid data: text: This field is required."}
+
+        # RPC: a registered function, and a name nobody registered.
+        page.evaluate("window.call('whoami', {n: 1})")
+        page.evaluate("window.call('nope', null)")
+        events = wait_for(page, "e.type === 'rpc'")
+        result = first(events, type="rpc")["data"]
+        assert result["user"] == name and result["echo"] == {"n": 1}
+        events = wait_for(page, "e.type === 'rpc_error'")
+        assert first(events, type="rpc_error")["code"] == 104
+
+        # What the hub publishes reaches the subscription.
+        hub_publish(hub, "chat:lobby", {"text": "from the server"})
+        wait_for(page, "e.type === 'pub' && e.data.text === 'from the server'")
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_browser_anonymous_user_is_refused(browser: Any, site: Site,  # noqa: F811
+                                           hub_factory: Any) -> None:
+    hub = hub_factory(hub_config(site))
+    context, page = open_site(browser, site)
+    try:
+        page.evaluate("(url) => window.start(url)", hub.ws_url)
+        events = wait_for(page, "e.type === 'disconnected'")
+        assert first(events, type="disconnected") == {
+            "type": "disconnected", "code": 4501, "reason": "unauthorized"}
+        # Terminal: the SDK does not try again.
+        assert page.evaluate("window.centrifuge.state") == "disconnected"
+        assert not any(e["type"] == "connected" for e in page.evaluate("window.events"))
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_backend_down_refuses_new_connections_and_the_hub_keeps_serving(
+        browser: Any, hub_factory: Any, tmp_path: Path) -> None:  # noqa: F811
+    with running_site(tmp_path / "site") as own:
+        hub = hub_factory(hub_config(own, retries=0))
+        first_context, first_page = open_site(browser, own)
+        second_context, second_page = open_site(browser, own)
+        try:
+            sign_in(first_page, own, f"a{uuid.uuid4().hex[:8]}")
+            sign_in(second_page, own, f"b{uuid.uuid4().hex[:8]}")
+            first_page.evaluate("(url) => window.start(url)", hub.ws_url)
+            wait_for(first_page, "e.type === 'connected'")
+            first_page.evaluate("window.join('chat:room')")
+            wait_for(first_page, "e.type === 'subscribed'")
+
+            _stop(own.process, group=True)  # the Django backend goes away
+
+            # A new connection gets the hub's internal error (100, temporary): the SDK
+            # reports it and keeps trying, with its backoff.
+            second_page.evaluate("(url) => window.start(url)", hub.ws_url)
+            events = wait_for(second_page, "e.type === 'error'")
+            assert first(events, type="error")["code"] == 100
+            assert second_page.evaluate("window.centrifuge.state") == "connecting"
+            assert not any(e["type"] == "connected" for e in events)
+
+            # The client connected before keeps being served.
+            hub_publish(hub, "chat:room", {"text": "still here"})
+            wait_for(first_page, "e.type === 'pub' && e.data.text === 'still here'")
+            # What needs the backend fails for it alone, with the same temporary error.
+            first_page.evaluate("window.call('whoami', null)")
+            events = wait_for(first_page, "e.type === 'rpc_error'")
+            assert first(events, type="rpc_error")["code"] == 100
+            assert first_page.evaluate("window.centrifuge.state") == "connected"
+        finally:
+            first_context.close()
+            second_context.close()
+
+
+@pytest.mark.browser
+def test_connection_lasts_while_the_session_does(
+        browser: Any, hub_factory: Any, tmp_path: Path) -> None:  # noqa: F811
+    """Short expiries: the hub asks refresh and sub_refresh, the views extend while the user is
+    signed in; after the user signs out in Django, the next refresh ends the connection and the
+    SDK's reconnect is refused for good."""
+    with running_site(tmp_path / "site", ttl=2, sub_ttl=2, access_log=True) as own:
+        hub = hub_factory(hub_config(own))
+        context, page = open_site(browser, own)
+        try:
+            sign_in(page, own, f"r{uuid.uuid4().hex[:8]}")
+            page.evaluate("(url) => window.start(url)", hub.ws_url)
+            wait_for(page, "e.type === 'connected'")
+            page.evaluate("window.join('chat:room')")
+            wait_for(page, "e.type === 'subscribed'")
+
+            def refreshed(kind: str, times: int) -> Callable[[], bool]:
+                return lambda: own.output().count(f"POST /clarion/{kind}/ ") >= times
+            _wait_until(refreshed("refresh", 2), own.process, "two refreshes", own.output, T)
+            _wait_until(refreshed("sub_refresh", 2), own.process, "two sub_refreshes",
+                        own.output, T)
+            events = page.evaluate("window.events")
+            assert not any(e["type"] in ("disconnected", "unsubscribed") for e in events)
+            assert page.evaluate("window.centrifuge.state") == "connected"
+
+            page.evaluate("fetch('/logout/', {method: 'POST'})")
+            events = wait_for(page, "e.type === 'disconnected'")
+            assert first(events, type="disconnected") == {
+                "type": "disconnected", "code": 4501, "reason": "unauthorized"}
+            # It went through an expiry (the connection's or the subscription's) first.
+            assert any(e["type"] == "connecting" and e["code"] in (3005, 3006)
+                       for e in events), events
+        finally:
+            context.close()
