@@ -43,11 +43,17 @@ class Profile:
 
 def _json(server: Server, response: httpx.Response, what: str) -> dict[str, Any]:
     where = show_url(response.request.url)
-    if not 200 <= response.status_code < 300:
-        raise ConnectError(f"{server.host} answered {response.status_code} to {what} ({where})")
     try:
         body = msgspec.json.decode(response.content)
     except msgspec.DecodeError:
+        body = None
+    if not 200 <= response.status_code < 300:
+        error = ""
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            error = f": {body['error'][:200]}"
+        raise ConnectError(
+            f"{server.host} answered {response.status_code} to {what} ({where}){error}")
+    if body is None:
         raise FetchError(f"{where}: the answer to {what} is not JSON") from None
     if not isinstance(body, dict):
         raise FetchError(f"{where}: the answer to {what} is not a JSON object")

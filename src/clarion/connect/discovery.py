@@ -44,6 +44,7 @@ REL_REQUEST_TOKEN = "http://apinamespace.org/oauth/request_token"
 REL_AUTHORIZE = "http://apinamespace.org/oauth/authorize"
 REL_ACCESS_TOKEN = "http://apinamespace.org/oauth/access_token"
 REL_PROFILE_PAGE = "http://webfinger.net/rel/profile-page"
+REL_OIDC_ISSUER = "http://openid.net/specs/connect/1.0/issuer"
 XRD_NS = "{http://docs.oasis-open.org/ns/xri/xrd-1.0}"
 XRD_ACCEPT = "application/xrd+xml, application/xml;q=0.9, application/json;q=0.5"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -206,6 +207,21 @@ def _url(value: Any, base: str) -> str:
     return urljoin(base + "/", value)
 
 
+def _metadata_urls(issuer: str, base: str) -> list[str]:
+    """Where an issuer's metadata is: RFC 8414 puts the well-known segment before the issuer's
+    path, OpenID Connect after it."""
+    urls = []
+    for root in ([issuer.rstrip("/")] if issuer.startswith(("https://", "http://")) else []) + [
+            base]:
+        parts = urlsplit(root)
+        origin, path = f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+        for url in (f"{origin}/.well-known/oauth-authorization-server{path}",
+                    f"{origin}{path}/.well-known/openid-configuration"):
+            if url not in urls:
+                urls.append(url)
+    return urls
+
+
 # -- the discovery, sans-IO ----------------------------------------------------------------
 
 _Request = tuple[str, str]  # (url, Accept)
@@ -233,7 +249,7 @@ def _steps(identifier: str, allow_http: bool) -> _Steps:
             break
         notes.append(f"WebFinger: {webfinger.reason}")
     if not base:
-        raise DiscoveryError(f"cannot reach {host}: {'; '.join(notes)}")
+        raise DiscoveryError(f"cannot discover {host}: {'; '.join(notes)}")
     assert isinstance(webfinger, httpx.Response)
     user_links: list[_Link] | None = None
     unknown_account = False
@@ -307,9 +323,11 @@ def _steps(identifier: str, allow_http: bool) -> _Steps:
             profile_url=profile_url)
         return server, resource
 
-    # 4. OAuth 2 metadata: RFC 8414, then OpenID Connect discovery.
-    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
-        answer = yield f"{base}{path}", JSON_ACCEPT
+    # 4. OAuth 2 metadata: RFC 8414, then OpenID Connect discovery, at the issuer the user's
+    # JRD names (OpenID Connect Discovery 1.0, section 2) or else at the host itself.
+    for url in _metadata_urls(_find(user_links or [], REL_OIDC_ISSUER), base):
+        path = show_url(url)
+        answer = yield url, JSON_ACCEPT
         if isinstance(answer, FetchError):
             notes.append(f"{path}: {answer.reason}")
             continue

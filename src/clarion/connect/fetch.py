@@ -103,8 +103,15 @@ def _resolve_blocking(policy: AddressPolicy, target: Target) -> list[str]:
         return pool.submit(asyncio.run, policy.resolve(target)).result()
 
 
+_WEBHOOK_SETTING = "CLARION['WEBHOOKS']['ALLOWED_NETWORKS']"
+
+
 def _refused(host: str, exc: AddressRejected) -> FetchError:
-    return FetchError(f"{host}: the address policy refuses it: {exc}")
+    # The policy's messages are written for webhook listeners; the rule is the same here, but
+    # the setting that widens it is whichever built this policy (Django: CLARION['CONNECT']).
+    text = str(exc).replace("webhook URL ", "URL ").replace(
+        _WEBHOOK_SETTING, "the policy's allowed networks")
+    return FetchError(f"{host}: the address policy refuses it: {text}")
 
 
 class _PinnedBackend(httpcore.SyncBackend):

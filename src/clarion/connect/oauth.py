@@ -254,6 +254,9 @@ def session(server: Server, creds: ClientCredentials, tokens: Tokens, fetcher: F
         client: httpx.Client = OAuth1Client(
             creds.client_id, creds.client_secret, token=tokens.access_token,
             token_secret=tokens.token_secret,
+            # Without it authlib drops a JSON body (a pump.io activity): only form bodies take
+            # part in an OAuth 1 signature, the others are sent unsigned as they are.
+            force_include_body=True,
             **fetcher.client_kwargs(event_hooks=hooks))
         return client
 
