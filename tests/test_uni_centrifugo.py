@@ -20,6 +20,7 @@ import httpx
 import pytest
 import websockets
 from tests.conftest import API_KEY, Hub, HubFactory, in_ci, redis_up, token
+from tests.proxy_backend import ProxyBackend
 from tests.sse_reader import LineReader, SSEReader
 from tests.test_browser import (
     CHROMIUM,
@@ -589,3 +590,43 @@ async def test_uni_clients_are_in_presence(uni_hub: Hub) -> None:
             answer = (await client.post(f"{uni_hub.url}/api/presence", json={
                 "channel": channel}, headers={"X-API-Key": API_KEY})).json()
         assert answer["result"]["presence"][client_id]["user"] == "oli"
+
+
+# -- the connect proxy -----------------------------------------------------------------------------
+
+
+async def test_connect_proxy_authenticates_a_uni_client_by_cookie(
+        hub_factory: HubFactory) -> None:
+    with ProxyBackend() as backend:
+        hub = hub_factory(f'proxy_connect_endpoint = "{backend.url("connect")}"\n'
+                          'proxy_http_headers = ["Cookie"]\n' + ROOM)
+        channel = room()
+        backend.answer("connect", {"result": {
+            "user": "42", "data": {"welcome": True}, "channels": [channel],
+            "subs": {"room:extra": {"data": {"topic": "tea"}}}}})
+        url = f"{hub.url}/connection/uni_sse"
+        cf_connect = json.dumps({"data": {"page": "/inbox"}, "name": "feed", "version": "2",
+                                 "subs": {room(): {}}})  # ignored: the backend decides
+        async with httpx.AsyncClient(timeout=T) as client, client.stream(
+                "GET", url, params={"cf_connect": cf_connect},
+                headers={"Cookie": "sessionid=abc"}) as resp:
+            reader = SSEReader(resp)
+            connect = (await reader.next(T)).json["connect"]
+            assert connect["data"] == {"welcome": True}
+            assert set(connect["subs"]) == {channel, "room:extra"}
+            assert connect["subs"]["room:extra"]["data"] == {"topic": "tea"}
+            (sent,) = backend.requests("connect")
+            assert sent.body["transport"] == "uni_sse"
+            assert sent.body["client"] == connect["client"]
+            assert (sent.body["name"], sent.body["version"]) == ("feed", "2")
+            assert sent.body["data"] == {"page": "/inbox"}
+            assert sent.headers["cookie"] == "sessionid=abc"
+
+        backend.answer("connect", {"disconnect": {"code": 4501, "reason": "who are you"}})
+        async with http_stream(hub, {}) as reader:
+            assert await next_push(reader) == {"disconnect": {"code": 4501,
+                                                              "reason": "who are you"}}
+        backend.answer("connect", {"error": {"code": 103, "message": "permission denied"}})
+        async with http_stream(hub, {}) as reader:
+            assert await next_push(reader) == {"disconnect": {"code": 3507,
+                                                              "reason": "permission denied"}}

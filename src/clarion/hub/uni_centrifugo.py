@@ -25,6 +25,7 @@ import msgspec
 
 from clarion.broker.base import StreamPosition
 from clarion.errors import BrokerError, Disconnect, FrameError, ReplyError
+from clarion.hub.config import ChannelOptions
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
 from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush
@@ -69,7 +70,7 @@ class SubscribeRequest(msgspec.Struct, omit_defaults=True):
 
 class ConnectRequest(msgspec.Struct, omit_defaults=True):
     token: str = ""
-    data: msgspec.Raw = msgspec.Raw(b"")  # for a connect proxy; raw JSON as sent
+    data: msgspec.Raw = msgspec.Raw(b"")  # raw JSON as sent, for the connect proxy
     name: str = ""
     version: str = ""
     subs: dict[str, SubscribeRequest] = msgspec.field(default_factory=dict)
@@ -261,14 +262,16 @@ async def establish(conn: CentrifugoUniConnection, req: ConnectRequest) -> None:
     assert session is not None
     hub = conn.hub
     session.name = req.name
-    token_channels = await session.authenticate(req.token)
-    channels: dict[str, Subscription] = {}
-    for channel in token_channels:
-        options = hub.rules.options(channel)
-        channels[channel] = Subscription(options, options.force_recovery,
-                                         options.join_leave and options.force_push_join_leave,
-                                         server_side=True)
-    for channel in req.subs:
+    by_proxy = not req.token and session.proxy is not None and session.backend_has("connect")
+    server_channels = await session.authenticate(req.token, version=req.version,
+                                                 data=bytes(req.data))
+    channels: dict[str, tuple[Subscription, bytes | None]] = {}
+    for channel in server_channels:
+        options, chan_info, sub_data = session.server_sub(channel, hub.rules.options(channel))
+        channels[channel] = (_server_side(options, chan_info), sub_data)
+    # Centrifugo takes the channels of the request's subs from a client that connected with a
+    # token or anonymously; the connect proxy's answer alone says a proxied client's channels.
+    for channel in () if by_proxy else req.subs:
         if channel in channels:
             continue
         try:
@@ -276,14 +279,11 @@ async def establish(conn: CentrifugoUniConnection, req: ConnectRequest) -> None:
         except ReplyError as exc:
             if exc.code != codes.permission_denied().code:
                 raise
-            # Centrifugo subscribes a uni client only where a client-side subscription would
-            # be allowed, and ignores the rest.
+            # Only where a client-side subscription would be allowed; the rest is ignored.
             hub.log.debug("uni connect: channel not allowed", channel=channel,
                           user=session.user)
             continue
-        channels[channel] = Subscription(options, options.force_recovery,
-                                         options.join_leave and options.force_push_join_leave,
-                                         server_side=True)
+        channels[channel] = (_server_side(options, None), None)
     if len(channels) > hub.config.client_channel_limit:
         raise Disconnect(*codes.CHANNEL_LIMIT)
     if conn.out.closing:
@@ -291,18 +291,23 @@ async def establish(conn: CentrifugoUniConnection, req: ConnectRequest) -> None:
     session.connected = True
     hub.fanout.register(session)
     hub.metrics.connections_total[conn.kind] += 1
+    result = session.connect_result(bidirectional=False)
+    if session.proxy is not None and session.proxy.connect_data is not None:
+        result["data"] = msgspec.Raw(session.proxy.connect_data)
+        session.proxy.connect_data = None
     attached: list[tuple[str, Subscription, Attached]] = []
-    for channel, sub in channels.items():
+    for channel, (sub, sub_data) in channels.items():
         was = req.subs.get(channel)
         recover = StreamPosition(was.offset, was.epoch) if (
             was is not None and was.recover and sub.recoverable) else None
         a = await session.attach(channel, sub, recover, sub.options.force_positioning)
+        if sub_data is not None:
+            a.result["data"] = msgspec.Raw(sub_data)
         attached.append((channel, sub, a))
         if conn.out.closing:
             # Gone while subscribing: connection_lost has detached what was attached before.
             await session.detach_all()
             return
-    result = session.connect_result(bidirectional=False)
     result["subs"] = {channel: a.result for channel, _, a in attached}
     # The connect push first; live publications were buffered meanwhile and follow it.
     conn.send_push(proto.encode({"connect": result}))
@@ -310,6 +315,13 @@ async def establish(conn: CentrifugoUniConnection, req: ConnectRequest) -> None:
         a.activate()
     for channel, sub, _ in attached:
         await session.announce_join(channel, sub)
+
+
+def _server_side(options: ChannelOptions, chan_info: bytes | None) -> Subscription:
+    """Every channel of a unidirectional connection is a server-side subscription."""
+    return Subscription(options, options.force_recovery,
+                        options.join_leave and options.force_push_join_leave,
+                        chan_info=chan_info, server_side=True)
 
 
 # -- HTTP endpoints ---------------------------------------------------------------------------
