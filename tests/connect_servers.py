@@ -42,6 +42,7 @@ class Seen:
 class DocServer:
     server: ThreadingHTTPServer
     scheme: str = "http"
+    address: str = "127.0.0.1"
     routes: dict[str, Handler] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
 
@@ -51,7 +52,7 @@ class DocServer:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -165,12 +166,14 @@ def drip(interval: float, count: int) -> Handler:
 
 
 @contextmanager
-def running(tls: ssl.SSLContext | None = None) -> Iterator[DocServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def running(tls: ssl.SSLContext | None = None, address: str = "127.0.0.1"
+            ) -> Iterator[DocServer]:
+    """A server on ``address`` (any of 127.0.0.0/8 on Linux), on a free port."""
+    server = ThreadingHTTPServer((address, 0), _Handler)
     server.daemon_threads = True
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
-    doc = DocServer(server, "https" if tls else "http")
+    doc = DocServer(server, "https" if tls else "http", address)
     server.doc = doc  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, name="connect-docserver",
                               daemon=True)

@@ -321,6 +321,21 @@ def test_a_redirect_to_a_forbidden_place_is_refused(docs: DocServer, location: s
     assert len(docs.seen) == 1
 
 
+def test_a_redirect_to_loopback_is_refused_when_loopback_is_not_allowed() -> None:
+    # The server listens on 127.0.0.2 and only that address is allowed: 127.0.0.1 (where
+    # Redis, the hub and the site itself listen) is not, whatever port.
+    with running(address="127.0.0.2") as docs:
+        docs.route("/doc", redirect("http://127.0.0.1:6379/"))
+        docs.route("/name", redirect("http://localhost:6379/"))
+        with Fetcher(AddressPolicy(["127.0.0.2/32"]), allow_http=True) as f:
+            for path in ("/doc", "/name"):
+                with pytest.raises(FetchError) as info:
+                    f.get_json(f"{docs.url}{path}")
+                assert "redirects to a forbidden place" in info.value.reason
+                assert "loopback" in info.value.reason
+        assert docs.paths() == ["/doc", "/name"]
+
+
 def test_malformed_documents_are_fetch_errors_that_say_where(docs: DocServer,
                                                              fetcher: Fetcher) -> None:
     docs.route("/garbage", answer(200, b"<html>not json</html>", "text/html"))

@@ -303,7 +303,8 @@ class _Settings:
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.allow_http = allow_http
-        self.verify = verify
+        # Built once: loading a CA bundle takes longer than many of the requests it serves.
+        self.ssl_context = _ssl_context(verify)
         self.user_agent = user_agent
 
     def check_url(self, url: str | httpx.URL) -> httpx.URL:
@@ -417,7 +418,7 @@ class Fetcher:
     def transport(self) -> PinnedTransport:
         """A new pinned, capped transport (each client owns and closes its own)."""
         s = self.settings
-        return PinnedTransport(s.policy, verify=s.verify, allow_http=s.allow_http,
+        return PinnedTransport(s.policy, verify=s.ssl_context, allow_http=s.allow_http,
                                max_bytes=s.max_bytes)
 
     def client_kwargs(self, **kwargs: Any) -> dict[str, Any]:
@@ -514,7 +515,7 @@ class AsyncFetcher:
 
     def transport(self) -> AsyncPinnedTransport:
         s = self.settings
-        return AsyncPinnedTransport(s.policy, verify=s.verify, allow_http=s.allow_http,
+        return AsyncPinnedTransport(s.policy, verify=s.ssl_context, allow_http=s.allow_http,
                                     max_bytes=s.max_bytes)
 
     def client_kwargs(self, **kwargs: Any) -> dict[str, Any]:

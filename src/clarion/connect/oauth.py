@@ -124,20 +124,27 @@ class OAuth1Flow:
             raise ValueError(f"{server.host} speaks {server.protocol}, not OAuth 1.0a")
         self.server, self.creds, self.fetcher = server, creds, fetcher
 
-    def _client(self, **kwargs: Any) -> Any:
+    def _client(self, statuses: list[int], **kwargs: Any) -> Any:
+        # authlib reports a failed token request without its status; the hook keeps it.
+        hooks = {"response": [lambda response: statuses.append(response.status_code)]}
         return OAuth1Client(self.creds.client_id, self.creds.client_secret, **kwargs,
-                            **self.fetcher.client_kwargs())
+                            **self.fetcher.client_kwargs(event_hooks=hooks))
 
     def start(self, callback_uri: str) -> tuple[str, str, str]:
         """``(authorize URL, request token, request token secret)``."""
-        with self._client(redirect_uri=callback_uri) as client:
+        statuses: list[int] = []
+        with self._client(statuses, redirect_uri=callback_uri) as client:
             try:
                 with _translated(self.server, "request token"):
                     token = client.fetch_request_token(self.server.request_token_url)
             except OAuthTokenError as exc:
-                # An unknown or revoked consumer key is a 401 (pump.io: 400 "Invalid consumer").
-                if "code 401" in exc.reason or "consumer" in exc.reason.lower():
-                    raise RevokedError(exc.reason, client_revoked=True) from None
+                # The consumer key is unknown: revoked, or the server lost its registrations
+                # (pump.io and authlib answer 401, pump.io 400 "Invalid consumer" too).
+                if statuses and (statuses[-1] == 401 or (
+                        statuses[-1] == 400 and "consumer" in exc.reason.lower())):
+                    raise RevokedError(
+                        f"{self.server.host} no longer knows this client (its registration "
+                        f"was revoked); register again", client_revoked=True) from None
                 raise
             request_token = token.get("oauth_token")
             secret = token.get("oauth_token_secret")
@@ -154,17 +161,19 @@ class OAuth1Flow:
         """Exchange the authorized request token and the callback's verifier."""
         if not verifier:
             raise AuthorizationError("the server's callback carried no oauth_verifier")
-        with self._client(token=request_token, token_secret=request_token_secret) as client:
+        statuses: list[int] = []
+        with self._client(statuses, token=request_token,
+                          token_secret=request_token_secret) as client:
             try:
                 with _translated(self.server, "access token"):
                     token = client.fetch_access_token(self.server.access_token_url,
                                                       verifier=verifier)
-            except OAuthTokenError as exc:
-                if "code 4" in exc.reason:
+            except OAuthTokenError:
+                if statuses and statuses[-1] in (400, 401):
                     # pump.io: "Wrong verifier", "Token has been used", an unknown token.
                     raise AuthorizationError(
                         f"{self.server.host} refused the verifier or the request token "
-                        f"(expired, used or not authorized)") from None
+                        f"(wrong, expired, already used or not authorized)") from None
                 raise
         access, secret = token.get("oauth_token"), token.get("oauth_token_secret")
         if not isinstance(access, str) or not access or not isinstance(secret, str):
