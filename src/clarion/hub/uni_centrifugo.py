@@ -121,7 +121,9 @@ class CentrifugoUniConnection(UniConnection):
         self.hub = hub
         self.transport = transport
         self.kind = kind
-        self.request = request
+        # Until the session is made from it (its proxy headers): not kept for the connection's
+        # whole life, as tens of thousands of these stay open.
+        self.request: Request | None = request
         self.positions: dict[str, tuple[int, str]] = {}
         self.single = False
         self.session: Session | None = None
@@ -219,11 +221,17 @@ class CentrifugoUniConnection(UniConnection):
             return
         self.start(req)
 
+    def open_session(self) -> Session:
+        session = self.session = Session(self.hub, self, self.kind, self.request,
+                                         bidirectional=False)
+        self.request = None
+        return session
+
     def start(self, req: ConnectRequest) -> None:
         if self._stale_timer is not None:
             self._stale_timer.cancel()
             self._stale_timer = None
-        self.session = Session(self.hub, self, self.kind, self.request, bidirectional=False)
+        self.open_session()
         self.hub.spawn(self.run_connect(req))
 
     def wait_for_connect(self) -> None:
@@ -377,7 +385,7 @@ async def _serve_stream(request: Request, http: HttpProtocol, kind: str,
     http.takeover = conn
     transport.write(head)
     hub.streams.add(conn)
-    conn.session = Session(hub, conn, kind, request, bidirectional=False)
+    conn.open_session()
     await conn.run_connect(req)
     return conn
 
