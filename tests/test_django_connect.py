@@ -7,6 +7,11 @@ OAuth 1 servers under Flask/werkzeug on 127.0.0.1) with ``auto_approve`` set, so
 part — follow the redirect to the provider, come back with its redirect — is an httpx request to
 the provider and a test-client request to the Location it answers. The Chromium runs are
 tests/test_connect_flow.py's.
+
+A process configures Django once: when this module is imported first, connect_site's settings
+(a superset of webhook_apps', its URLs included) serve the whole run; when another module
+configured webhook_apps' settings first, this module needs "clarion.django.connect" and
+"connect_site.pumpapp" in their INSTALLED_APPS and says so.
 """
 
 from __future__ import annotations
@@ -164,7 +169,9 @@ def received(signal: Any) -> Iterator[list[dict[str, Any]]]:
 
 # -- the flows --------------------------------------------------------------------------------
 
-def test_oauth2_flow_connects_encrypts_and_tells(site: Site, oauth2: Provider) -> None:
+def test_oauth2_flow_connects_encrypts_and_tells(site: Site, oauth2: Provider,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="clarion")
     with received(signals.account_connected) as sent:
         response = site.connect(oauth2.acct("alice"))
     assert response.status_code == 302, response.content[:500]
@@ -195,6 +202,12 @@ def test_oauth2_flow_connects_encrypts_and_tells(site: Site, oauth2: Provider) -
     assert FlowState.objects.get().consumed_at is not None
     # Acting for the user (notes are for pump.io and Mastodon: see the tests below).
     assert account.whoami().handle in ("alice", oauth2.acct("alice"))
+    # Clarion's log lines name the account, never a secret.
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("clarion"))
+    assert oauth2.acct("alice") in ours
+    for secret in (account.access_token, account.refresh_token, account.server.client_secret,
+                   FlowState.objects.get().secret):
+        assert secret not in ours
 
 
 def test_client_registered_once_per_server(site: Site, oauth2: Provider) -> None:
@@ -228,6 +241,28 @@ def test_mastodon_flow_and_status(site: Site, mastodon: Provider) -> None:
     assert set(account.scopes.split()) >= {"read", "write"}
     assert account.post_note("toot")
     assert any(p.endswith("/api/v1/statuses") for p in mastodon.paths_seen())
+
+
+def test_templates_can_be_overridden(site: Site) -> None:
+    templates = [{
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "OPTIONS": {"loaders": [
+            ("django.template.loaders.locmem.Loader",
+             {"clarion/connect/error.html": "SITE'S OWN: {{ reason }} ({{ status }})"}),
+            "django.template.loaders.app_directories.Loader"]},
+    }]
+    with override_settings(TEMPLATES=templates):
+        response = site.browser.get("/accounts/connect/callback/?code=abc")
+    assert response.status_code == 400
+    assert response.content.startswith(b"SITE'S OWN: The server&#x27;s answer carries no state")
+
+
+def test_next_is_kept_if_local(site: Site, oauth2: Provider) -> None:
+    response = site.browser.get(f"/accounts/connect/{oauth2.acct('alice')}/?next=/profile/")
+    assert site.back(site.approve(response))["Location"] == "/profile/"
+    response = site.browser.get(
+        f"/accounts/connect/{oauth2.acct('alice')}/?next=https://evil.example/")
+    assert site.back(site.approve(response))["Location"] == "/accounts/connect/accounts/"
 
 
 def test_form_post_starts_the_flow(site: Site, oauth2: Provider) -> None:

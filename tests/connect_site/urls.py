@@ -31,4 +31,7 @@ urlpatterns = [
     path("profile/", profile),
     path("profile/<str:webfinger>", profile),
     path("error", error),
+    # The webhook tests' URLs too: when this module's tests run first in a suite, these
+    # settings are the whole process's (tests/test_django_connect.py's docstring).
+    path("", include("webhook_apps.urls")),
 ]
