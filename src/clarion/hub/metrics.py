@@ -14,6 +14,11 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from clarion.hub.app import Hub
 
+# Every transport's session name, so each shows in the gauge (as 0) before its first client:
+# Clarion's own, the SDKs' bidirectional emulation, Centrifugo's unidirectional endpoints.
+TRANSPORTS = ("websocket", "sse", "stream", "poll", "http_stream", "bidi_sse",
+              "uni_websocket", "uni_sse", "uni_http_stream")
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -98,7 +103,7 @@ class _HubCollector(Collector):
         by_transport = Counter(s.transport for s in hub.fanout.sessions.values())
         g = GaugeMetricFamily("clarion_connections", "Open client connections.",
                               labels=["transport"])
-        for transport in ("websocket", "sse", "stream", "poll"):
+        for transport in TRANSPORTS:
             g.add_metric([transport], by_transport.get(transport, 0))
         yield g
         yield GaugeMetricFamily("clarion_subscriptions", "Channel subscriptions on this node.",
