@@ -34,11 +34,11 @@ STREAM_PATH = "/connection/http_stream"
 _get_request = lc.Target.request
 
 
-def _request(target: lc.Target) -> bytes:
+def _request(self: lc.Target) -> bytes:
     """``POST /connection/http_stream`` with the first commands as its body."""
-    if target.path != STREAM_PATH:
-        return _get_request(target)
-    head = [f"POST {target.path} HTTP/1.1", f"Host: {target.host}:{target.port}",
+    if self.path != STREAM_PATH:
+        return _get_request(self)
+    head = [f"POST {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}",
             "Content-Type: application/json", f"Content-Length: {len(FIRST_COMMANDS)}",
             "Connection: keep-alive"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + FIRST_COMMANDS
