@@ -670,6 +670,10 @@ def test_pump_provider_discovery_registration_oauth1_whoami_and_post_note() -> N
         pump.state.revoke_tokens("alice")
         with session(server, creds, tokens, fetcher) as client, pytest.raises(RevokedError):
             whoami(server, client)
+        pump.stop()
+        with session(server, creds, tokens, fetcher) as client, \
+                pytest.raises(FetchError, match="cannot connect"):
+            post_note(server, client, "to a server that is gone")
 
 
 def test_pump_provider_wrong_verifier_and_revoked_client() -> None:
@@ -753,6 +757,10 @@ def test_oauth2_session_refreshes_an_expired_token_and_reports_it() -> None:
         stale = Tokens(seen[0].access_token, refresh_token=seen[0].refresh_token, expires_at=1)
         with session(server, creds, stale, fetcher) as client, pytest.raises(RevokedError):
             whoami(server, client)  # the refresh itself is refused (invalid_grant)
+        no_refresh = Tokens(seen[0].access_token, expires_at=1)
+        with session(server, creds, no_refresh, fetcher) as client, \
+                pytest.raises(RevokedError, match="cannot be refreshed"):
+            whoami(server, client)
 
 
 def test_oauth2_provider_errors_become_connect_errors() -> None:
@@ -811,4 +819,8 @@ def test_mastodon_provider_apps_pkce_verify_credentials_and_statuses() -> None:
         mastodon.state.revoke_tokens("alice")
         with session(server, creds, tokens, fetcher) as client, pytest.raises(RevokedError):
             post_note(server, client, "again")
+        mastodon.stop()
+        with session(server, creds, tokens, fetcher) as client, \
+                pytest.raises(FetchError, match="cannot connect"):
+            whoami(server, client)
 

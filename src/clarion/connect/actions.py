@@ -21,7 +21,7 @@ import httpx
 import msgspec
 
 from clarion.connect.discovery import Server
-from clarion.connect.fetch import show_url
+from clarion.connect.fetch import show_url, translate_http_error
 from clarion.errors import ConnectError, FetchError
 
 __all__ = ["Profile", "post_note", "whoami"]
@@ -60,15 +60,23 @@ def _json(server: Server, response: httpx.Response, what: str) -> dict[str, Any]
     return body
 
 
+def _call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return client.request(method, url, **kwargs)
+    except httpx.HTTPError as exc:
+        timeout = client.timeout.read or 0.0
+        raise translate_http_error(exc, url, timeout) from None
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value) if isinstance(value, int) else ""
 
 
 def _pump_person(server: Server, client: httpx.Client) -> dict[str, Any]:
-    response = client.get(f"{server.base_url}/api/whoami")
+    response = _call(client, "GET", f"{server.base_url}/api/whoami")
     if response.status_code in (301, 302, 303, 307, 308) and response.headers.get("location"):
         profile_url = urljoin(str(response.request.url), response.headers["location"])
-        response = client.get(profile_url)
+        response = _call(client, "GET", profile_url)
     return _json(server, response, "whoami")
 
 
@@ -81,8 +89,9 @@ def whoami(server: Server, client: httpx.Client) -> Profile:
                        display_name=_text(person.get("displayName")),
                        url=_text(person.get("url")))
     if server.kind == "mastodon":
-        account = _json(server, client.get(
-            f"{server.base_url}/api/v1/accounts/verify_credentials"), "verify_credentials")
+        account = _json(server, _call(
+            client, "GET", f"{server.base_url}/api/v1/accounts/verify_credentials"),
+            "verify_credentials")
         return Profile(id=_text(account.get("id")),
                        handle=f"{_text(account.get('username'))}@{server.host}",
                        display_name=_text(account.get("display_name")),
@@ -90,7 +99,7 @@ def whoami(server: Server, client: httpx.Client) -> Profile:
     if not server.userinfo_endpoint:
         raise ConnectError(f"{server.host} publishes no userinfo endpoint: Clarion cannot ask "
                            f"it who the user is")
-    info = _json(server, client.get(server.userinfo_endpoint), "userinfo")
+    info = _json(server, _call(client, "GET", server.userinfo_endpoint), "userinfo")
     sub = _text(info.get("sub"))
     if not sub:
         raise ConnectError(f"{server.host}: the userinfo answer has no sub")
@@ -120,14 +129,14 @@ def post_note(server: Server, client: httpx.Client, text: str) -> str:
             "object": {"objectType": "note", "content": text},
             "to": [{"objectType": "collection", "id": _AS_PUBLIC}],
         }
-        posted = _json(server, client.post(outbox, json=activity), "the new note")
+        posted = _json(server, _call(client, "POST", outbox, json=activity), "the new note")
         note = posted.get("object")
         if isinstance(note, dict):
             return _text(note.get("url")) or _text(note.get("id"))
         return _text(posted.get("id"))
     if server.kind == "mastodon":
-        status = _json(server, client.post(f"{server.base_url}/api/v1/statuses",
-                                           data={"status": text}), "the new status")
+        status = _json(server, _call(client, "POST", f"{server.base_url}/api/v1/statuses",
+                                     data={"status": text}), "the new status")
         return _text(status.get("url")) or _text(status.get("uri")) or _text(status.get("id"))
     raise ConnectError(f"{server.host} is a generic OAuth 2 server: there is no standard way "
                        f"to post a note there (pump.io and Mastodon servers only)")

@@ -274,7 +274,9 @@ class AsyncPinnedTransport(httpx.AsyncHTTPTransport):
         return response
 
 
-def _translate(exc: httpx.HTTPError, url: httpx.URL | str, timeout: float) -> FetchError:
+def translate_http_error(exc: httpx.HTTPError, url: httpx.URL | str,
+                         timeout: float) -> FetchError:
+    """httpx's error as a :class:`FetchError` naming the URL (without its query)."""
     where = show_url(url)
     if isinstance(exc, httpx.TimeoutException):
         return FetchError(f"{where}: no answer within {timeout:g} s")
@@ -460,7 +462,7 @@ class Fetcher:
                     if time.monotonic() > deadline:
                         raise FetchError(f"{show_url(url)}: no answer within {s.timeout:g} s")
         except httpx.HTTPError as exc:
-            raise _translate(exc, url, s.timeout) from None
+            raise translate_http_error(exc, url, s.timeout) from None
         return _read_response(response, body)
 
     def get_json(self, url: str) -> dict[str, Any]:
@@ -477,7 +479,7 @@ class Fetcher:
                 target, data=data, json=json,
                 headers=s.headers({"Accept": "application/json", **(headers or {})}))
         except httpx.HTTPError as exc:
-            raise _translate(exc, target, s.timeout) from None
+            raise translate_http_error(exc, target, s.timeout) from None
         return response
 
     def close(self) -> None:
@@ -550,7 +552,7 @@ class AsyncFetcher:
                     if len(body) > s.max_bytes:
                         raise _too_big(url, s.max_bytes)
         except httpx.HTTPError as exc:
-            raise _translate(exc, url, s.timeout) from None
+            raise translate_http_error(exc, url, s.timeout) from None
         return _read_response(response, body)
 
     async def get_json(self, url: str) -> dict[str, Any]:
@@ -565,7 +567,7 @@ class AsyncFetcher:
                 target, data=data, json=json,
                 headers=s.headers({"Accept": "application/json", **(headers or {})}))
         except httpx.HTTPError as exc:
-            raise _translate(exc, target, s.timeout) from None
+            raise translate_http_error(exc, target, s.timeout) from None
         return response
 
     async def close(self) -> None:

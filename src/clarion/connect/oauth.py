@@ -100,6 +100,10 @@ def _translated(server: Server, step: str, *, refreshing: bool = False) -> Itera
             if refreshing:
                 raise RevokedError(what) from None
             raise OAuthTokenError(what) from None
+        if refreshing and error in ("token_invalid", "token_expired", "missing_token"):
+            # authlib: the access token expired and there is no refresh token to renew it.
+            raise RevokedError(f"the account's token on {server.host} expired and cannot be "
+                               f"refreshed; connect the account again") from None
         if error in ("access_denied", "missing_verifier"):
             raise AuthorizationError(what) from None
         raise OAuthTokenError(what) from None
@@ -243,13 +247,23 @@ def _revoked_on_401(server: Server) -> Callable[[httpx.Response], None]:
 
 
 class _OAuth2Session(OAuth2Client):  # type: ignore[misc]  # authlib is untyped
-    """authlib's client, its automatic refresh's errors translated."""
+    """authlib's client, its automatic refresh's errors translated (and only those: a failed
+    request of the caller's stays httpx's error, for the caller to translate)."""
 
     clarion_server: Server
 
-    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
-        with _translated(self.clarion_server, "token refresh", refreshing=True):
-            return super().request(method, url, *args, **kwargs)
+    def request(self, method: str, url: Any, withhold_token: bool = False,
+                auth: Any = httpx.USE_CLIENT_DEFAULT, **kwargs: Any) -> Any:
+        # authlib's own condition: its token requests carry the client's auth and are left be.
+        if not withhold_token and auth is httpx.USE_CLIENT_DEFAULT and self.token:
+            with _translated(self.clarion_server, "token refresh", refreshing=True):
+                self.ensure_active_token(self.token)
+        try:
+            return super().request(method, url, withhold_token=withhold_token, auth=auth,
+                                   **kwargs)
+        except AuthlibBaseError:
+            with _translated(self.clarion_server, "token refresh", refreshing=True):
+                raise
 
 
 def session(server: Server, creds: ClientCredentials, tokens: Tokens, fetcher: Fetcher, *,
