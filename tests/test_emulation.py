@@ -516,3 +516,42 @@ def test_a_stream_reader_that_stops_reading_is_dropped_slow(hub_factory: HubFact
     finally:
         sock.close()
     assert httpx.get(f"{hub.url}/health", timeout=5).json()["status"] == "ok"
+
+
+def test_a_session_flooded_with_posts_is_told_3013(hub_factory: HubFactory) -> None:
+    """Posted batches wait in the session's inbox; past 64 waiting, the post is answered 429
+    and the session ends with 3013 (as a WebSocket client would stop being read), so a client
+    cannot pile commands up in the hub's memory."""
+    hub = hub_factory("client_command_rate_limit = 0\n" + CHAT_NAMESPACE)
+    channel = new_channel()
+    for i in range(100):
+        hub.api("publish", {"channel": channel, "data": {"i": i}})
+    # Each batch reads the whole history 50 times: slow enough that batches wait.
+    batch = "\n".join(json.dumps({"id": 10 + i, "history": {"channel": channel, "limit": -1}})
+                      for i in range(50))
+
+    async def run() -> tuple[list[int], Any]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(
+                max_connections=300)) as http, http.stream(
+                "POST", f"{hub.url}/connection/http_stream", content=_connect_line()) as resp:
+            lines = resp.aiter_lines()
+            connect = json.loads(await anext(lines))["connect"]
+
+            async def read_to_end() -> Any:
+                last = None
+                async for line in lines:
+                    last = json.loads(line)
+                return last
+
+            reader = asyncio.create_task(read_to_end())
+            posts = [http.post(f"{hub.url}/emulation", json={
+                "session": connect["session"], "node": connect["node"], "data": batch})
+                for _ in range(200)]
+            statuses = [r.status_code for r in await asyncio.gather(*posts)]
+            return statuses, await asyncio.wait_for(reader, 30)
+
+    statuses, last = asyncio.run(run())
+    assert 429 in statuses and set(statuses) <= {204, 429}, statuses
+    assert last == {"push": {"disconnect": {"code": 3013, "reason": "too many requests"}}}
+    assert metric(hub, "clarion_emulation_commands_total", outcome="refused") >= 1
+    assert httpx.get(f"{hub.url}/health", timeout=5).json()["status"] == "ok"
