@@ -586,6 +586,24 @@ def test_settings_checks(site: Site) -> None:
         assert [m.id for m in check_connect_settings()] == ["clarion.W301"]
 
 
+def test_admin_shows_no_secret(site: Site, oauth2: Provider) -> None:
+    site.connect(oauth2.acct("alice"))
+    account = ConnectedAccount.objects.get()
+    admin = User.objects.create_superuser("root", password="root-pw")
+    browser = Site.login(admin)
+    secrets = (account.access_token, account.refresh_token, account.server.client_secret)
+    for url in ("/admin/clarion_connect/connectedaccount/",
+                f"/admin/clarion_connect/connectedaccount/{account.pk}/change/",
+                f"/admin/clarion_connect/serverclient/{account.server_id}/change/",
+                "/admin/clarion_connect/flowstate/"):
+        page = browser.get(url)
+        assert page.status_code == 200, url
+        if "connectedaccount" in url:
+            assert account.handle.encode() in page.content
+        for secret in secrets:
+            assert secret.encode() not in page.content, url
+
+
 def test_hooks_registered() -> None:
     for name in ("clarion.account.connected", "clarion.account.disconnected",
                  "clarion.account.token_refreshed"):
