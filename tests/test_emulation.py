@@ -264,6 +264,18 @@ def test_server_side_subscription_from_the_token(
     assert got["data"] == {"text": "server side"} and got["channel"] == server_channel
 
 
+@pytest.mark.parametrize("transport", EMULATED)
+def test_a_bad_token_ends_the_session_with_3500(
+        hub: Hub, clients: Callable[..., EmuClient], transport: str) -> None:
+    """As on a WebSocket: the stream opens, the connect fails, and the disconnect push tells
+    the SDK not to reconnect."""
+    alice = clients(hub.url, transport, "alice", new_channel(), "--secret", "not-the-secret")
+    gone = alice.wait_event("disconnected")
+    assert gone["code"] == 3500 and gone["reason"] == "invalid token"
+    alice.drain(settle=0.5)
+    assert not [e for e in alice.events if e.get("event") == "connected"]
+
+
 def test_falls_back_to_http_stream_when_websocket_is_refused(
         hub: Hub, clients: Callable[..., EmuClient], cent: Client) -> None:
     channel = new_channel()
