@@ -253,7 +253,7 @@ def test_pongs_go_by_emulation(
 
 
 @pytest.mark.parametrize("transport", EMULATED)
-def test_server_side_subscription_from_the_token(
+def test_server_side_subscriptions_and_the_server_api(
         hub: Hub, clients: Callable[..., EmuClient], cent: Client, transport: str) -> None:
     server_channel = new_channel()
     alice = clients(hub.url, transport, "alice", new_channel(), "--claims",
@@ -262,6 +262,16 @@ def test_server_side_subscription_from_the_token(
     cent.publish(PublishRequest(channel=server_channel, data={"text": "server side"}))
     got = alice.wait_event("server_publication")
     assert got["data"] == {"text": "server side"} and got["channel"] == server_channel
+    # The server API's subscribe and disconnect reach an emulated session too.
+    later = new_channel()
+    assert hub.api("subscribe", {"user": "alice", "channel": later}).status_code == 200
+    alice.wait_for(lambda e: e.get("event") == "server_subscribed" and e["channel"] == later,
+                   what="the API's subscribe")
+    r = hub.api("disconnect", {"user": "alice", "disconnect": {"code": 4501,
+                                                               "reason": "go away"}})
+    assert r.status_code == 200 and "error" not in r.json(), r.text
+    gone = alice.wait_event("disconnected")
+    assert (gone["code"], gone["reason"]) == (4501, "go away")
 
 
 @pytest.mark.parametrize("transport", EMULATED)
