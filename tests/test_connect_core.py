@@ -454,6 +454,17 @@ def test_a_hostile_xrd_alone_leaves_a_clear_discovery_error(docs: DocServer,
     assert "forbidden XML feature" in info.value.reason
 
 
+def test_an_external_entity_in_host_meta_is_never_resolved(docs: DocServer,
+                                                                   fetcher: Fetcher) -> None:
+    xxe = ("<?xml version='1.0'?><!DOCTYPE XRD [<!ENTITY x SYSTEM 'file:///etc/passwd'>]>"
+           f"<XRD xmlns='{XRD_NS}'><Link rel='lrdd' template='&x;' /></XRD>")
+    docs.route("/.well-known/webfinger", as_json(profile_jrd(docs.url)))
+    docs.route("/.well-known/host-meta", answer(200, xxe, "application/xrd+xml"))
+    with pytest.raises(DiscoveryError) as info:
+        discover(f"alice@{docs.host}", fetcher)
+    assert "forbidden XML feature" in info.value.reason and "root:" not in info.value.reason
+
+
 def test_webfinger_404_is_an_unknown_account(docs: DocServer, fetcher: Fetcher) -> None:
     docs.route("/.well-known/host-meta", answer(200, xrd(pump_links(docs.url)),
                                                 "application/xrd+xml"))
