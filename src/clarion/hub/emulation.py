@@ -118,11 +118,11 @@ class EmulatedConnection(CommandConnection):
     def push(self, enc: EncodedPush) -> None:
         self.out.queue(_framed.get(enc, self.sse))
 
-    def _framed(self, body: bytes) -> bytes:
+    def _frame_of(self, body: bytes) -> bytes:
         return b"data: " + body + b"\n\n" if self.sse else body + b"\n"
 
     def send(self, body: bytes) -> None:
-        self.out.queue(self._framed(body))
+        self.out.queue(self._frame_of(body))
 
     def ping(self) -> None:
         self.send(proto.EMPTY_REPLY)
@@ -132,7 +132,7 @@ class EmulatedConnection(CommandConnection):
         # and the SDK reconnects or not by its code as it does after a WebSocket close.
         # Written past the queue (a slow client's backlog is dropped), then the last chunk.
         body = proto.encode({"push": {"disconnect": {"code": exc.code, "reason": exc.reason}}})
-        self.out.write_now(self.out.frame([self._framed(body)]) + b"0\r\n\r\n")
+        self.out.write_now(self.out.frame([self._frame_of(body)]) + b"0\r\n\r\n")
 
     def data_received(self, data: bytes) -> None:
         return None  # commands come by /emulation; nothing more is read here
