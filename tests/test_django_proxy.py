@@ -33,8 +33,13 @@ from conftest import TESTS_DIR, _stop, _wait_until, free_port
 django_env.configure()
 
 from django.core import checks  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.test import Client as DjangoClient  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
+# proxy_site.realtime: the site's registrations, for the tests that call the views in this
+# process (the served site imports it from its AppConfig.ready()).
+import proxy_site.realtime  # noqa: E402, F401
 from clarion.django.proxy import permissions  # noqa: E402
 from clarion.django.proxy._patterns import specificity  # noqa: E402
 from clarion.django.proxy.checks import check_proxy  # noqa: E402
@@ -715,3 +720,39 @@ def test_connection_lasts_while_the_session_does(
                        for e in events), events
         finally:
             context.close()
+
+
+def test_anonymous_connections_when_allowed(caplog: pytest.LogCaptureFixture) -> None:
+    """ALLOW_ANONYMOUS, in this process with Django's test client (no database: an anonymous
+    caller has no session to load)."""
+    client = DjangoClient()  # REMOTE_ADDR 127.0.0.1
+
+    def post(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = client.post(f"/clarion/{kind}/", body, content_type="application/json")
+        assert r.status_code == 200, r.content
+        return r.json()  # type: ignore[no-any-return]
+
+    conf = {"ALLOWED_NETWORKS": ["127.0.0.1"], "ALLOW_ANONYMOUS": True}
+    with override_settings(CLARION={"PROXY": conf}, ROOT_URLCONF=ROOT_WITH_PROXY):
+        assert post("connect", hub_request()) == {"result": {"user": ""}}
+        denied = {"error": {"code": 103, "message": "permission denied"}}
+        assert post("subscribe", hub_request(channel="public:x")) == {"result": {}}
+        assert post("subscribe", hub_request(channel="chat:x")) == denied  # needs a login
+        assert post("rpc", hub_request(method="public.ping")) == {"result": {"data": "pong"}}
+        assert post("rpc", hub_request(method="whoami")) == denied  # login_required
+        assert post("refresh", hub_request())["result"]["expire_at"] > time.time()
+        assert post("sub_refresh", hub_request(channel="public:x"))["result"][
+            "expire_at"] > time.time()
+
+    # A hook that does not import: the operator's mistake, seen (500, logged, and Django's
+    # got_request_exception sent, which the test client turns back into the exception).
+    broken = {**conf, "CONNECT_INFO": "proxy_site.realtime.no_such_hook"}
+    with override_settings(CLARION={"PROXY": broken}, ROOT_URLCONF=ROOT_WITH_PROXY), \
+            caplog.at_level("ERROR", logger="clarion.django.proxy"):
+        with pytest.raises(ImproperlyConfigured, match="no_such_hook"):
+            client.post("/clarion/connect/", hub_request(), content_type="application/json")
+        quiet = DjangoClient(raise_request_exception=False)
+        r = quiet.post("/clarion/connect/", hub_request(), content_type="application/json")
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == 100
+    assert "cannot import 'proxy_site.realtime.no_such_hook'" in caplog.text

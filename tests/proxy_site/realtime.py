@@ -23,6 +23,11 @@ def chat(call: Call) -> bool:
     return bool(call.user.is_authenticated)
 
 
+@permissions.register("public:*")
+def public(call: Call) -> bool:
+    return True  # anonymous connections too, where the settings allow them
+
+
 @permissions.register("vip:*")
 def vip(call: Call) -> Any:
     if not call.user.get_username().startswith("vip"):
