@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
-
 from clarion.errors import ClarionError
 from clarion.protocol import proxy as pp
 
 if TYPE_CHECKING:
+    # Imported when a proxy is configured (Backend.__init__), not by every hub: httpx and
+    # its dependencies add some 6 MB to a process that never calls a backend.
+    import httpx
+
     from clarion.hub.config import Config
     from clarion.hub.logs import Logger
     from clarion.hub.metrics import HubMetrics
@@ -70,6 +72,9 @@ class Backend:
 
     def __init__(self, config: Config, metrics: HubMetrics, log: Logger,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
+        import httpx
+
+        self.httpx = httpx
         self.metrics = metrics
         self.log = log
         self.retries = config.proxy_retries
@@ -156,9 +161,9 @@ class Backend:
                         chunks.append(chunk)
         except TimeoutError:
             raise _Retryable(f"no answer within {timeout:g} s") from None
-        except httpx.TimeoutException:
+        except self.httpx.TimeoutException:
             raise _Retryable(f"no answer within {timeout:g} s") from None
-        except httpx.TransportError as exc:
+        except self.httpx.TransportError as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}" if str(exc)
                              else type(exc).__name__) from None
         try:
