@@ -40,7 +40,7 @@ if not django_settings.configured:
 from cryptography.fernet import Fernet
 from django.apps import apps
 from django.core import checks, mail
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client, override_settings
 
@@ -523,6 +523,10 @@ def test_seed_example_view(site: Site, pump: Provider) -> None:
              if issubclass(w.category, DeprecationWarning)}
     assert any("get_registeration" in n for n in names) and any("get_registrat" in n
                                                                for n in names)
+    # A second visit finds the access token: no new authorization, straight to the profile.
+    with pytest.warns(DeprecationWarning, match="misspelling"):
+        again = site.browser.get(f"/pump/{pump.acct('alice')}/")
+    assert again.status_code == 302 and again["Location"] == f"/profile/{pump.acct('alice')}"
     # The stored access token acts for alice.
     pump2 = WebPump(row.webfinger, client_type="web", client_name="DjangoApp", key=row.key,
                     secret=row.secret, token=row.token, token_secret=row.token_secret)
@@ -573,6 +577,17 @@ def test_reencrypt_covers_connect_values(site: Site, oauth2: Provider) -> None:
     Fernet(new.encode()).decrypt(client[len("enc:v1:"):].encode())
     with override_settings(CLARION={**clarion(), "ENCRYPTION_KEYS": [new]}):
         assert ConnectedAccount.objects.get().access_token == access
+
+
+def test_reencrypt_check_reports_undecryptable(site: Site, oauth2: Provider) -> None:
+    site.connect(oauth2.acct("alice"))
+    account = ConnectedAccount.objects.get()
+    foreign = "enc:v1:" + Fernet(Fernet.generate_key()).encrypt(b"x").decode()
+    with connection.cursor() as cur:
+        cur.execute("UPDATE clarion_connect_connectedaccount SET refresh_token = %s", [foreign])
+    with pytest.raises(CommandError, match=f"clarion_connect_connectedaccount:{account.pk}"):
+        call_command("clarion_reencrypt", "--check", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    assert raw("clarion_connect_connectedaccount", "refresh_token", account.pk) == foreign
 
 
 def test_settings_checks(site: Site) -> None:

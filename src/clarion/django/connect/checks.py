@@ -2,7 +2,8 @@
 
 ``clarion.E301``: a setting is unknown or has a bad value.
 ``clarion.E302``: ``clarion.django.connect`` is installed without ``django.contrib.sessions``
-(the flow state is bound to the browser session) or ``django.contrib.auth``.
+(the flow state is bound to the browser session), ``django.contrib.auth`` or ``clarion.django``
+(the hooks' outbox and the encryption keys).
 ``clarion.W301``: ``ALLOW_HTTP`` is on while ``DEBUG`` is off (discovery and tokens over plain
 HTTP in production).
 """
@@ -28,12 +29,13 @@ def check_connect_settings(app_configs: Any = None,
         conf = connect_settings()
     except ImproperlyConfigured as exc:
         return [checks.Error(str(exc), hint=_DOCS, id="clarion.E301")]
-    for app in ("django.contrib.sessions", "django.contrib.auth"):
+    for app in ("django.contrib.sessions", "django.contrib.auth", "clarion.django"):
         if not apps.is_installed(app):
             problems.append(checks.Error(
                 f"clarion.django.connect needs {app} in INSTALLED_APPS",
-                hint="a connection is started by a signed-in user and bound to the browser "
-                     "session", id="clarion.E302"))
+                hint="a connection is started by a signed-in user, bound to the browser "
+                     "session, and told to webhooks through clarion.django's outbox",
+                id="clarion.E302"))
     if conf.ALLOW_HTTP and not settings.DEBUG:
         problems.append(checks.Warning(
             "CLARION['CONNECT']['ALLOW_HTTP'] is on with DEBUG off: discovery documents and "
