@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -490,6 +491,22 @@ def test_email_pause_and_resume_in_another_browser(site: Site, oauth2: Provider)
         tampered = Client().get(urlsplit(link).path[:-3] + "xyz/")
         assert tampered.status_code == 400
         assert ConnectedAccount.objects.count() == 1
+
+
+def test_email_not_sent_keeps_the_flow_paused(site: Site, oauth2: Provider) -> None:
+    oauth2.knobs.auto_approve = "carol"
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with override_settings(CLARION=clarion(REQUIRE_EMAIL=True)):
+        site.connect(oauth2.acct("carol"))
+        with override_settings(EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+                               EMAIL_HOST="127.0.0.1", EMAIL_PORT=port, EMAIL_TIMEOUT=5):
+            failed = site.browser.post("/accounts/connect/email/", {"email": "c@site.example"})
+        assert failed.status_code == 502 and "could not be sent" in error_of(failed)
+        assert FlowState.objects.get().stage == "email"
+        sent = site.browser.post("/accounts/connect/email/", {"email": "c@site.example"})
+        assert sent.status_code == 200 and len(mail.outbox) == 1
 
 
 def test_email_link_replaced_and_verified_email_skips(site: Site, oauth2: Provider) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import smtplib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,8 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 
+from clarion.errors import ConnectError
+
 from . import flow as flows
 from .conf import connect_settings
 from .models import ConnectedAccount, FlowState
@@ -29,6 +32,10 @@ from .state import StateError
 
 log = logging.getLogger("clarion.connect")
 SALT = "clarion.connect.email-link"
+
+
+class EmailNotSent(ConnectError):
+    """Django's email backend failed to send the confirmation link."""
 
 
 def send_link(request: Any, flow: FlowState, email: str) -> str:
@@ -50,7 +57,14 @@ def send_link(request: Any, flow: FlowState, email: str) -> str:
                "host": flow.client.host, "ttl_hours": round(conf.EMAIL_TTL / 3600, 1)}
     subject = render_to_string("clarion/connect/email_subject.txt", context).strip()
     body = render_to_string("clarion/connect/email_body.txt", context)
-    send_mail(" ".join(subject.split()), body, conf.EMAIL_FROM, [email])
+    try:
+        send_mail(" ".join(subject.split()), body, conf.EMAIL_FROM, [email])
+    except (OSError, smtplib.SMTPException) as exc:
+        # The flow stays paused: the user can ask again once the mail server is back.
+        log.error("connect: the email confirmation link for %s could not be sent (%s)",
+                  flow.acct, type(exc).__name__, exc_info=True)
+        raise EmailNotSent("The confirmation email could not be sent. Try again in a few "
+                           "minutes.") from exc
     log.info("connect: sent an email confirmation link for %s", flow.acct)
     return str(link)
 
