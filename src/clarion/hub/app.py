@@ -24,8 +24,10 @@ from clarion.broker import Broker, PublishResult, create_broker
 from clarion.broker.base import ClientInfo, StreamPosition
 from clarion.broker.urls import redact
 from clarion.errors import BrokerError, Disconnect
+from clarion.hub import emulation
 from clarion.hub.api import ServerApi, broker_unavailable
 from clarion.hub.channels import ChannelRules
+from clarion.hub.commands import CommandConnection
 from clarion.hub.config import ChannelOptions, Config
 from clarion.hub.control import Control
 from clarion.hub.fanout import Fanout
@@ -42,7 +44,12 @@ from clarion.hub.router import Router
 from clarion.hub.static import file_response, handle_static
 from clarion.hub.tls import server_context
 from clarion.hub.uni import UniConnection, handle_http_stream, handle_poll, handle_sse
-from clarion.hub.ws import WebSocketConnection, handle_websocket
+from clarion.hub.uni_centrifugo import (
+    handle_uni_http_stream,
+    handle_uni_sse,
+    handle_uni_websocket,
+)
+from clarion.hub.ws import handle_websocket
 from clarion.protocol import client as proto
 from clarion.protocol import codes
 from clarion.protocol.tokens import TokenKeys
@@ -86,7 +93,7 @@ class Hub:
             self.grip = GripProxy(self)
         self.api = ServerApi(self)
         self.router = Router(self)
-        self.websockets: set[WebSocketConnection] = set()
+        self.websockets: set[CommandConnection] = set()  # WebSocket and emulated
         self.streams: set[UniConnection] = set()
         self.http_connections: set[HttpProtocol] = set()
         self.started_at = time.monotonic()
@@ -112,6 +119,11 @@ class Hub:
         r.add("/connection/sse", handle_sse)
         r.add("/connection/stream", handle_http_stream)
         r.add("/connection/poll", handle_poll)
+        r.add("/connection/uni_websocket", handle_uni_websocket)
+        r.add("/connection/uni_sse", handle_uni_sse)
+        r.add("/connection/uni_http_stream", handle_uni_http_stream)
+        r.add("/connection/http_stream", emulation.handle_http_stream)
+        r.add("/emulation", emulation.handle_emulation)
         r.add_prefix("/api/", self.api.handle)
         r.add_run("/api/publish", self.api.handle_publishes)
         r.add_prefix("/static/", handle_static)
