@@ -515,3 +515,32 @@ def test_requests_always_carry_user_protocol_and_encoding() -> None:
         client="c", transport="sse", protocol="json", encoding="json", user="")))
     assert body == {"client": "c", "transport": "sse", "protocol": "json", "encoding": "json",
                     "user": ""}
+
+
+# -- clarion check ------------------------------------------------------------------------------
+
+
+def test_clarion_check_reaches_the_backend_and_masks_secrets(
+        tmp_path: Any, backend: ProxyBackend) -> None:
+    import subprocess
+    import sys
+
+    down = f"http://127.0.0.1:{free_port()}/rpc"
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f"""
+api_key = "k"
+proxy_connect_endpoint = "http://user:pa55word@127.0.0.1:{backend.port}/proxy/connect"
+proxy_rpc_endpoint = "{down}"
+[proxy_static_http_headers]
+"X-Clarion-Proxy-Secret" = "a-shared-secret-value"
+""")
+    run = subprocess.run([sys.executable, "-m", "clarion", "check", "--config", str(cfg),
+                          "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert f"proxy connect http://user:********@127.0.0.1:{backend.port}/proxy/connect: " \
+           "reachable" in run.stdout
+    assert f"proxy rpc {down}:" in run.stderr
+    assert '"X-Clarion-Proxy-Secret" = "********"' in run.stdout
+    assert "pa55word" not in run.stdout + run.stderr
+    assert "a-shared-secret-value" not in run.stdout + run.stderr
+    assert backend.requests("connect") == []  # reached, never called

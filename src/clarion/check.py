@@ -13,7 +13,9 @@ Like ``nginx -t``, it is meant to run before a restart (``ExecStartPre=``, a dep
    webhook database is connected to, its migrations checked, and Django's system checks of the
    ``clarion`` app run. Only when asked: the hub needs no Django, and a hub unit whose
    environment names the project's settings must not fail its check on them;
-4. the effective settings are printed as TOML with every secret masked.
+4. every proxy endpoint of the app's backend (``proxy_*_endpoint``) accepts a TCP connection
+   (no request is sent);
+5. the effective settings are printed as TOML with every secret masked.
 
 Exit status: 0 when all is well; 2 for a configuration the hub would refuse (as ``clarion
 serve`` exits); 1 when a service cannot be reached or is not ready. Every problem is one line on
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import math
 import os
@@ -34,6 +37,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -91,6 +95,8 @@ def _scrub(text: str, broker: str | list[str]) -> str:
 
 
 def _masked(name: str, value: Any) -> Any:
+    if name.startswith("proxy_") and name.endswith("_endpoint") and value:
+        return mask_url(value)
     if name in _SECRETS and isinstance(value, str) and value:
         # A key kept in a file is named by its path, which is no secret and worth seeing.
         return value if name in _FILE_KEYS and value.startswith("file:") else MASK
@@ -110,6 +116,11 @@ def effective_settings(config: Any) -> str:
     lines = [f"{k} = {_toml(_masked(k, v))}" for k, v in scalars.items() if k not in channel]
     lines += ["", "# channels without a namespace"]
     lines += [f"{k} = {_toml(v)}" for k, v in scalars.items() if k in channel]
+    if raw.get("proxy_static_http_headers"):
+        # Sent to the app's backend, typically a shared secret: names only.
+        lines += ["", "[proxy_static_http_headers]"]
+        lines += [f"{json.dumps(k)} = {_toml(MASK)}"
+                  for k in raw["proxy_static_http_headers"]]
     if raw.get("redis"):
         lines += ["", "[redis]"]
         lines += [f"{k} = {_toml(v)}" for k, v in raw["redis"].items() if v is not None]
@@ -173,6 +184,8 @@ def check(
     problems = 0
     invalid = False
     steps: list[Callable[[], list[str]]] = [partial(_check_broker, config, timeout)]
+    steps += [partial(_check_proxy, url, kinds, timeout)
+              for url, kinds in _proxy_endpoints(config).items()]
     if webhooks_db or settings:
         steps.append(partial(_check_database, webhooks_db, settings, timeout))
     for step in steps:
@@ -204,6 +217,15 @@ def _warnings(config: Any) -> list[str]:
     if config.grip_routes and config.grip_sig_key == "changeme":
         out.append("grip_sig_key is Pushpin's default \"changeme\": origins cannot tell "
                    "the proxy from anyone else")
+    for url, kinds in _proxy_endpoints(config).items():
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            out.append(f"proxy {'/'.join(kinds)} endpoint {mask_url(url)} is plain HTTP to "
+                       "another host: the user's cookies cross the network unencrypted "
+                       "(use https://)")
+    if _proxy_endpoints(config) and not config.proxy_static_http_headers:
+        out.append("proxies configured without proxy_static_http_headers: the backend cannot "
+                   "tell the hub's requests from anyone else's (send a shared secret header)")
     if config.host not in ("127.0.0.1", "::1", "localhost") and not config.trusted_proxies \
             and not config.certfile:
         out.append(f"host = {config.host!r} without certfile or trusted_proxies: clients "
@@ -242,6 +264,51 @@ def _check_startup(config: Any) -> None:
             except (GripError, OSError) as exc:
                 # The message names a file or the first characters of a base64 key only.
                 raise ConfigError(f"{name}: {exc}") from None
+
+
+def _proxy_endpoints(config: Any) -> dict[str, list[str]]:
+    """Each configured proxy endpoint and the proxies that use it."""
+    from clarion.hub.config import PROXY_KINDS
+
+    out: dict[str, list[str]] = {}
+    for kind in PROXY_KINDS:
+        url = getattr(config, f"proxy_{kind}_endpoint")
+        if url:
+            out.setdefault(url, []).append(kind)
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_proxy(url: str, kinds: list[str], timeout: float) -> list[str]:
+    """The backend's address accepts a TCP connection. No request is sent: a proxy request
+    would run the backend's handler (a connect, an rpc) for nothing."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    shown = f"proxy {'/'.join(kinds)} {mask_url(url)}"
+
+    async def reach() -> float:
+        started = time.monotonic()
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        return time.monotonic() - started
+
+    try:
+        elapsed = asyncio.run(reach())
+    except TimeoutError:
+        raise _Problem(f"{shown}: no TCP connection within {timeout:g} s") from None
+    except OSError as exc:
+        raise _Problem(f"{shown}: {exc.strerror or exc}") from None
+    return [f"{shown}: reachable ({elapsed * 1000:.1f} ms to connect; not called)"]
 
 
 def _check_broker(config: Any, timeout: float) -> list[str]:
