@@ -267,6 +267,12 @@ def test_next_is_kept_if_local(site: Site, oauth2: Provider) -> None:
 
 
 def test_form_post_starts_the_flow(site: Site, oauth2: Provider) -> None:
+    page = site.browser.get("/accounts/connect/")
+    # A browser applies form-action to the redirect after the POST: the user's server (any
+    # https: origin; http: with ALLOW_HTTP) must be allowed, framing still not.
+    csp = page["Content-Security-Policy"]
+    assert "form-action 'self' https: http:" in csp and "frame-ancestors 'none'" in csp
+    assert page["X-Frame-Options"] == "DENY" and page["Cache-Control"] == "no-store"
     response = site.browser.post("/accounts/connect/", {"address": oauth2.acct("alice")})
     assert response.status_code == 302 and response["Location"].startswith(oauth2.url)
     bad = site.browser.post("/accounts/connect/", {"address": "two words"})
