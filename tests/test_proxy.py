@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -544,3 +545,75 @@ proxy_rpc_endpoint = "{down}"
     assert "pa55word" not in run.stdout + run.stderr
     assert "a-shared-secret-value" not in run.stdout + run.stderr
     assert backend.requests("connect") == []  # reached, never called
+
+
+# -- the npm centrifuge client under Node ---------------------------------------------------------
+
+NODE_SCRIPT = r"""
+import { Centrifuge } from 'centrifuge';
+import WebSocket from 'ws';
+
+const { HUB_URL: url, HUB_COOKIE: cookie } = process.env;
+// What a browser does on its own: send the page's cookies with the WebSocket handshake.
+class CookieWebSocket extends WebSocket {
+  constructor(address, protocols) {
+    super(address, protocols, { headers: { Cookie: cookie } });
+  }
+}
+const out = {};
+const client = new Centrifuge(url, { websocket: CookieWebSocket, name: 'node-test',
+                                     data: { from: 'node' } });
+client.on('connected', (ctx) => { out.connected = ctx.data; });
+client.on('subscribed', (ctx) => { out.serverSub = ctx.channel; });
+client.connect();
+await client.ready(10000);
+out.rpc = (await client.rpc('getCurrentPrice', { object_id: 12 })).data;
+try {
+  await client.rpc('broken', {});
+} catch (err) {
+  out.rpcError = { code: err.code, message: err.message };
+}
+client.disconnect();
+process.stdout.write(JSON.stringify(out) + '\n');
+process.exit(0);
+"""
+
+
+def test_npm_centrifuge_client_connects_by_cookie_and_calls_rpc(
+        proxied: Hub, backend: ProxyBackend) -> None:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from conftest import in_ci
+
+    js_dir = Path(__file__).resolve().parent / "js"
+    node = shutil.which("node")
+    if node is None or not (js_dir / "node_modules" / "centrifuge").is_dir():
+        if in_ci():
+            pytest.fail("node or tests/js/node_modules missing; run scripts/install-test-deps")
+        pytest.skip("node or tests/js/node_modules missing (scripts/install-test-deps)")
+
+    async def connect_answer(body: dict[str, Any]) -> tuple[int, bytes]:
+        return 200, msgspec.json.encode({"result": {
+            "user": "ada", "data": {"hello": body.get("data")}, "channels": ["plain:feed"]}})
+
+    async def rpc_answer(body: dict[str, Any]) -> tuple[int, bytes]:
+        if body["method"] == "broken":
+            return 200, b'{"error": {"code": 1500, "message": "broken on purpose"}}'
+        return 200, msgspec.json.encode({"result": {"data": {"price": 7, "for": body["user"]}}})
+
+    backend.answer("connect", connect_answer)
+    backend.answer("rpc", rpc_answer)
+    run = subprocess.run([node, "--input-type=module", "-"], input=NODE_SCRIPT,
+                         capture_output=True, text=True, cwd=js_dir, timeout=60,
+                         env={**os.environ, "HUB_URL": proxied.ws_url, "HUB_COOKIE": COOKIE})
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["connected"] == {"hello": {"from": "node"}}
+    assert seen["serverSub"] == "plain:feed"
+    assert seen["rpc"] == {"price": 7, "for": "ada"}
+    assert seen["rpcError"] == {"code": 1500, "message": "broken on purpose"}
+    (sent,) = backend.requests("connect")
+    assert sent.headers["cookie"] == COOKIE
+    assert sent.body["name"] == "node-test"
