@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 import django_env
-from conftest import TESTS_DIR, _stop, _wait_until, free_port
+from conftest import TESTS_DIR, _stop, _wait_until, free_port, in_ci
 
 django_env.configure()
 
@@ -756,3 +756,103 @@ def test_anonymous_connections_when_allowed(caplog: pytest.LogCaptureFixture) ->
     assert r.status_code == 500
     assert r.json()["error"]["code"] == 100
     assert "cannot import 'proxy_site.realtime.no_such_hook'" in caplog.text
+
+
+# -- the fallback transports: the cookie goes with them only on the page's own origin --------
+
+# What deploy/nginx/clarion.conf lacks for bidirectional emulation: the SDK posts its commands
+# to /emulation, which the shipped site sends to the Django app (its `location /`).
+EMULATION_LOCATION = """
+    location = /emulation {
+        proxy_pass http://clarion_hub;
+    }
+
+    location / {"""
+
+
+def with_emulation(site_conf: str) -> str:
+    last = site_conf.rindex("    location / {")
+    return site_conf[:last] + EMULATION_LOCATION.lstrip("\n") + site_conf[last + len(
+        "    location / {"):]
+
+
+@pytest.mark.browser
+def test_fallback_transports_connect_by_cookie_on_the_same_origin(
+        browser: Any, site: Site, hub_factory: Any, tmp_path: Path) -> None:  # noqa: F811
+    """centrifuge-js's HTTP-streaming and SSE transports send cookies to their own origin only
+    (fetch with credentials "same-origin", EventSource without withCredentials), unlike a
+    WebSocket, which any same-site port gets them. On another port the connect proxy sees no
+    session: 4501. Behind the shipped nginx site, page and hub share an origin and both
+    transports connect as the signed-in user."""
+    from deploy_app.nginx import (
+        Nginx,
+        SitePorts,
+        make_certificate,
+        nginx_available,
+    )
+
+    hub = hub_factory(hub_config(site), env={
+        "CLARION_ALLOWED_ORIGINS": "http://127.0.0.1:*,https://127.0.0.1:*"})
+    transports = {
+        "http_stream": "/connection/http_stream",
+        "sse": "/connection/sse",
+    }
+
+    # Another port: no cookie reaches the hub.
+    context, page = open_site(browser, site)
+    try:
+        sign_in(page, site, f"p{uuid.uuid4().hex[:8]}")
+        page.evaluate("([url, emu]) => window.start([{transport: 'http_stream', "
+                      "endpoint: url}], {emulationEndpoint: emu})",
+                      [f"{hub.url}/connection/http_stream", f"{hub.url}/emulation"])
+        events = wait_for(page, "e.type === 'disconnected'")
+        assert first(events, type="disconnected")["code"] == 4501
+    finally:
+        context.close()
+
+    ok_, why = nginx_available()
+    if not ok_:
+        if in_ci():
+            pytest.fail(f"{why}; CI must run scripts/install-test-deps")
+        pytest.skip(why)
+    ports = SitePorts(https=free_port(), http=free_port(), hub=hub.port, grip=free_port(),
+                      app=site.port)
+    nginx = Nginx(tmp_path / "nginx", ports, make_certificate(tmp_path / "cert"),
+                  edit=with_emulation)
+    nginx.start()
+    try:
+        # Through nginx the proxy views are as reachable as any page: the address check
+        # passes (REMOTE_ADDR is nginx's 127.0.0.1), the secret does not.
+        r = httpx.post(f"{nginx.url}/clarion/rpc/", verify=False, timeout=T,
+                       json=hub_request(user="1", method="whoami"))
+        assert r.status_code == 403, r.text
+
+        for transport, path in transports.items():
+            name = f"{transport[:2]}{uuid.uuid4().hex[:8]}"
+            context = browser.new_context(ignore_https_errors=True)
+            page = context.new_page()
+            page.on("console", lambda m: print(f"[console.{m.type}] {m.text}"))
+            try:
+                page.goto(f"{nginx.url}/")
+                sign_in(page, site, name)
+                page.evaluate("([kind, path]) => window.start([{transport: kind, "
+                              "endpoint: path}])", [transport, path])
+                events = wait_for(page, "e.type === 'connected'")
+                connected = first(events, type="connected")
+                assert connected["transport"] == transport
+                assert connected["data"] == {"hello": name}
+                page.evaluate("window.join('chat:lobby')")
+                page.evaluate("window.join('vip:club')")
+                wait_for(page, "e.type === 'subscribed' && e.channel === 'chat:lobby'")
+                events = wait_for(page, "e.type === 'unsubscribed' && e.channel === 'vip:club'")
+                assert first(events, type="unsubscribed", channel="vip:club")["code"] == 103
+                page.evaluate("window.call('whoami', null)")
+                events = wait_for(page, "e.type === 'rpc'")
+                # The proxy request's transport: Centrifugo (and docs/reference/
+                # proxy-protocol.md) name bidirectional SSE "sse"; the hub sends "bidi_sse".
+                assert first(events, type="rpc")["data"]["transport"] in (
+                    {transport, "bidi_sse"} if transport == "sse" else {transport})
+            finally:
+                context.close()
+    finally:
+        nginx.stop()
