@@ -120,9 +120,10 @@ def site_env(db: Path, hub_ws: str = "", ttl: int = TTL, sub_ttl: int = SUB_TTL
 
 @contextlib.contextmanager
 def running_site(base: Path, *, hub_ws: str = "", workers: int = 1, threads: int = 8,
-                 ttl: int = TTL, sub_ttl: int = SUB_TTL, access_log: bool = False
-                 ) -> Iterator[Site]:
-    """tests/proxy_site migrated into a fresh SQLite file and served by gunicorn."""
+                 ttl: int = TTL, sub_ttl: int = SUB_TTL, access_log: bool = False,
+                 worker_class: str = "gthread") -> Iterator[Site]:
+    """tests/proxy_site migrated into a fresh SQLite file and served by gunicorn (threaded
+    workers, or "sync": one request at a time per worker)."""
     base.mkdir(parents=True, exist_ok=True)
     db = base / "site.sqlite3"
     env = site_env(db, hub_ws, ttl, sub_ttl)
@@ -135,7 +136,7 @@ def running_site(base: Path, *, hub_ws: str = "", workers: int = 1, threads: int
     log = base / f"gunicorn-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+            [sys.executable, "-m", "gunicorn", "--worker-class", worker_class,
              "--workers", str(workers), "--threads", str(threads), "--timeout", "120",
              "--graceful-timeout", "5", "--no-control-socket", "--bind", f"127.0.0.1:{port}",
              *(["--access-logfile", "-"] if access_log else []),
@@ -691,8 +692,9 @@ def test_connection_lasts_while_the_session_does(
         browser: Any, hub_factory: Any, tmp_path: Path) -> None:  # noqa: F811
     """Short expiries: the hub asks refresh and sub_refresh, the views extend while the user is
     signed in; after the user signs out in Django, the next refresh ends the connection and the
-    SDK's reconnect is refused for good."""
-    with running_site(tmp_path / "site", ttl=2, sub_ttl=2, access_log=True) as own:
+    SDK's reconnect is refused for good. Served by gunicorn's sync workers."""
+    with running_site(tmp_path / "site", ttl=2, sub_ttl=2, access_log=True,
+                      worker_class="sync", workers=2) as own:
         hub = hub_factory(hub_config(own))
         context, page = open_site(browser, own)
         try:
