@@ -365,12 +365,13 @@ def test_rpc_dispatches_to_registered_functions(site: Site) -> None:
 # -- failures in the project's code: logged, internal error, never the cookie ----------------
 
 
-@pytest.mark.parametrize(("kind", "fields"), [
-    ("subscribe", {"channel": "boom:1"}),
-    ("rpc", {"method": "boom"}),
+@pytest.mark.parametrize(("kind", "fields", "logged"), [
+    ("subscribe", {"channel": "boom:1"}, "is broken"),
+    ("rpc", {"method": "boom"}, "is broken"),
+    ("rpc", {"method": "unencodable"}, "is not JSON serializable"),
 ])
 def test_an_exception_is_an_internal_error_logged_with_traceback(
-        site: Site, kind: str, fields: dict[str, str]) -> None:
+        site: Site, kind: str, fields: dict[str, str], logged: str) -> None:
     jo = site.signup()
     before = len(site.output())
     r = site.proxy(kind, hub_request(user=jo.id, **fields), cookie=jo.session)
@@ -379,9 +380,9 @@ def test_an_exception_is_an_internal_error_logged_with_traceback(
                                   "temporary": True}}
     assert "broken" not in r.text
 
-    def logged() -> bool:
-        return "is broken" in site.output()[before:]
-    _wait_until(logged, site.process, "the traceback in gunicorn's log", site.output, T)
+    def in_log() -> bool:
+        return logged in site.output()[before:]
+    _wait_until(in_log, site.process, "the traceback in gunicorn's log", site.output, T)
     log = site.output()[before:]
     assert f"{kind} proxy failed" in log and "Traceback" in log
     assert jo.session not in site.output()

@@ -112,6 +112,11 @@ def boom_rpc(call: Call) -> None:
     raise RuntimeError("the rpc method is broken")
 
 
+@rpc.method("unencodable")
+def unencodable(call: Call) -> object:
+    return object()  # not JSON: the project's bug, logged like an exception
+
+
 @rpc.method("public.ping", login_required=False)
 def public_ping(call: Call) -> str:
     return "pong"

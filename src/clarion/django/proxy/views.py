@@ -136,13 +136,17 @@ def _endpoint(kind: str, shape: type[Any]) -> Callable[[Handler], Callable[..., 
             proxied: Any = None
             try:
                 proxied = decode(body, shape)
-                answer = handler(request, proxied, conf)
+                try:
+                    answer = handler(request, proxied, conf)
+                except ReplyError as exc:
+                    answer = error(exc.code, exc.message, exc.temporary)
+                except Disconnect as exc:
+                    answer = disconnect(exc.code, exc.reason)
+                # Encoded here, so a value JSON cannot carry (an RPC method returning a model
+                # instance) is the project's failure like any other, logged below.
+                response = JsonResponse(answer, encoder=DjangoJSONEncoder)
             except BadRequest as exc:
                 return _detail(400, str(exc))
-            except ReplyError as exc:
-                answer = error(exc.code, exc.message, exc.temporary)
-            except Disconnect as exc:
-                answer = disconnect(exc.code, exc.reason)
             except Exception:
                 # Only ids in the message: the request's headers carry the user's cookies.
                 log.exception("%s proxy failed (client %s, user %r)", kind,
@@ -150,9 +154,6 @@ def _endpoint(kind: str, shape: type[Any]) -> Callable[[Handler], Callable[..., 
                 signals.got_request_exception.send(sender=None, request=request)
                 response = JsonResponse(error(100, "internal server error", temporary=True),
                                         status=500)
-                response["Cache-Control"] = "no-store"
-                return response
-            response = JsonResponse(answer, encoder=DjangoJSONEncoder)
             response["Cache-Control"] = "no-store"
             return response
         # A server calls, not a browser: the hub is authenticated by _refusal instead.
