@@ -17,6 +17,7 @@ class ClarionConfig(AppConfig):  # type: ignore[misc]  # Django ships no type in
 
         from clarion.django.encryption import check_derived_key, check_keys
         from clarion.django.hooks import OPERATIONAL, hooks
+        from clarion.django.proxy.checks import check_proxy
         from clarion.django.realtime.checks import check_realtime
         from clarion.django.security import check_middleware, check_sqlite
         from clarion.django.store import register_sqlite_match
@@ -29,6 +30,7 @@ class ClarionConfig(AppConfig):  # type: ignore[misc]  # Django ships no type in
         checks.register(check_sqlite, checks.Tags.database)
         checks.register(check_ticket_settings)
         checks.register(check_realtime)
+        checks.register(check_proxy)
         for hook in OPERATIONAL:
             if hook.name not in hooks:
                 hooks.register(hook)
