@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -617,3 +618,55 @@ def test_npm_centrifuge_client_connects_by_cookie_and_calls_rpc(
     (sent,) = backend.requests("connect")
     assert sent.headers["cookie"] == COOKIE
     assert sent.body["name"] == "node-test"
+
+
+async def test_a_client_gone_during_its_connect_or_subscribe_leaves_nothing(
+        hub_factory: HubFactory, backend: ProxyBackend) -> None:
+    hub = hub_factory(proxy_config(backend, timeout="30s", retries=0))
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def held(then: dict[str, Any]) -> Any:
+        async def answer(body: dict[str, Any]) -> tuple[int, bytes]:
+            # The backend runs in another thread's loop: a thread-safe event.
+            await asyncio.to_thread(release.wait, 30)
+            return 200, msgspec.json.encode(then)
+        return answer
+
+    backend.answer("connect", held({"result": {"user": "42", "channels": ["plain:a"]}}))
+    async with raw_client(hub) as c:
+        await c.ws.send(json.dumps({"id": 1, "connect": {}}))
+        deadline = loop.time() + T
+        while not backend.requests("connect"):
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+    # The client is gone; now the backend answers. The session handles the answer in the
+    # same step as the call is counted, so once it is counted the outcome is there to see.
+    release.set()
+    deadline = loop.time() + T
+    while metrics(hub).get(("connect", "ok")) != 1:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    info = hub.api("info", {}).json()["result"]["nodes"][0]
+    assert info["num_clients"] == 0
+    assert info["num_channels"] == 0
+
+    # The same for a subscribe the backend holds.
+    release.clear()
+    backend.answer("connect", {"result": {"user": "42"}})
+    backend.answer("subscribe", held({"result": {}}))
+    async with raw_client(hub) as c:
+        await c.call("connect", {})
+        await c.ws.send(json.dumps({"id": 2, "subscribe": {"channel": "room:held"}}))
+        deadline = loop.time() + T
+        while not backend.requests("subscribe"):
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+    release.set()
+    deadline = loop.time() + T
+    while metrics(hub).get(("subscribe", "ok")) != 1:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    info = hub.api("info", {}).json()["result"]["nodes"][0]
+    assert (info["num_clients"], info["num_channels"]) == (0, 0)
+    assert hub.api("presence", {"channel": "room:held"}).json()["result"]["presence"] == {}

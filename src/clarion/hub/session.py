@@ -210,6 +210,12 @@ class Session:
         backend = self.hub.backend
         return backend is not None and backend.has(kind)
 
+    def gone(self) -> bool:
+        """The client's connection ended while this session awaited something (a proxy call
+        can take seconds): its cleanup has run, so nothing may be registered for it now."""
+        out = getattr(self.target, "out", None)  # every held connection has one
+        return out is not None and bool(out.closing)
+
     def _proxy_base(self) -> dict[str, Any]:
         return {"client": self.id, "transport": self.transport, "protocol": "json",
                 "encoding": "json"}
@@ -538,6 +544,8 @@ class Session:
         self.name = cmd.connect.name
         channels = await self.authenticate(cmd.connect.token, version=cmd.connect.version,
                                            data=bytes(cmd.connect.data))
+        if self.gone():
+            raise Disconnect(*codes.CONNECTION_CLOSED)
         if len(channels) > self.hub.config.client_channel_limit:
             raise codes.limit_exceeded()
         # Every server-side channel must exist before the session counts as connected.
@@ -624,6 +632,8 @@ class Session:
         options = self.hub.rules.options(channel)
         result: pp.SubscribeResult = await self._ask("subscribe", pp.SubscribeRequest(
             **self._user_base(), channel=channel, data=pp.payload(req.data)))
+        if self.gone():
+            raise Disconnect(*codes.CONNECTION_CLOSED)
         if channel in self.subs:  # a second subscribe overtook this one while it waited
             raise codes.already_subscribed()
         if result.override is not None:
