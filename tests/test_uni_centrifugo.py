@@ -12,7 +12,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -457,6 +457,96 @@ async def test_shutdown_tells_every_uni_client(hub_factory: HubFactory) -> None:
         hub.process.terminate()
         assert await next_event(reader) == {"disconnect": {"code": 3001, "reason": "shutdown"}}
         assert await ws_next(ws) == {"disconnect": {"code": 3001, "reason": "shutdown"}}
+
+
+# -- the server API's subscribe and unsubscribe ---------------------------------------------------
+
+UNI_KINDS = ["uni_http_stream", "uni_sse", "uni_websocket"]
+
+
+@contextlib.asynccontextmanager
+async def uni_client(hub: Hub, kind: str, connect: Any) -> AsyncIterator[
+        Callable[[], Awaitable[dict[str, Any]]]]:
+    """A connection on any of the three endpoints; yields "the next push that is not a ping"."""
+    if kind == "uni_http_stream":
+        async with http_stream(hub, connect) as reader:
+            yield lambda: next_push(reader)
+    elif kind == "uni_sse":
+        async with httpx.AsyncClient(timeout=T) as client, client.stream(
+                "GET", f"{hub.url}/connection/uni_sse",
+                params={"cf_connect": json.dumps(connect)}) as resp:
+            assert resp.status_code == 200
+            sse_reader = SSEReader(resp)
+
+            async def next_sse() -> dict[str, Any]:
+                while True:
+                    push = (await sse_reader.next(T)).json
+                    if push:
+                        return push  # type: ignore[no-any-return]
+
+            yield next_sse
+    else:
+        async with websockets.connect(ws_url(hub)) as ws:
+            await ws.send(json.dumps(connect))
+            yield lambda: ws_next(ws)
+
+
+async def skip_joins(next_: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    while True:
+        push = await next_()
+        if not ({"join", "leave"} & set(push)):
+            return push
+
+
+@pytest.mark.parametrize("kind", UNI_KINDS)
+async def test_server_api_subscribe_then_unsubscribe(uni_hub: Hub, kind: str) -> None:
+    """Centrifugo tells a uni client of a server-side subscribe and unsubscribe with pushes
+    (centrifuge client.go: encodeReply sends the Push alone on a unidirectional transport)."""
+    fixed, later = room(), room()
+    user = f"api-{kind}"
+    async with uni_client(uni_hub, kind, {"token": token(user, channels=[fixed])}) as next_:
+        assert list((await next_())["connect"]["subs"]) == [fixed]
+        publish(uni_hub, later, {"n": 0})  # before the subscribe: in history only
+        answer = uni_hub.api("subscribe", {"user": user, "channel": later,
+                                           "data": {"why": "invited"}}).json()
+        assert "error" not in answer, answer
+        push = await skip_joins(next_)
+        assert set(push) == {"channel", "subscribe"} and push["channel"] == later, push
+        sub = push["subscribe"]
+        assert sub["data"] == {"why": "invited"}
+        assert sub["recoverable"] is True and sub["epoch"] and sub["offset"] == 1
+        publish(uni_hub, later, {"n": 1})
+        assert await skip_joins(next_) == {"channel": later, "pub": {"data": {"n": 1},
+                                                                    "offset": 2}}
+        answer = uni_hub.api("unsubscribe", {"user": user, "channel": later}).json()
+        assert "error" not in answer, answer
+        assert await skip_joins(next_) == {"channel": later, "unsubscribe": {
+            "code": 2000, "reason": "server unsubscribe"}}
+        publish(uni_hub, later, {"n": 2})  # not for this client any more
+        publish(uni_hub, fixed, {"n": 3})
+        assert await skip_joins(next_) == {"channel": fixed, "pub": {"data": {"n": 3},
+                                                                    "offset": 1}}
+        # A second subscribe of a channel it has is no push at all (Centrifugo: already
+        # subscribed); the stream goes on with the next publication.
+        assert uni_hub.api("subscribe", {"user": user, "channel": fixed}).status_code == 200
+        publish(uni_hub, fixed, {"n": 4})
+        assert (await skip_joins(next_))["pub"]["data"] == {"n": 4}
+
+
+async def test_server_api_subscribe_recovers_since_a_position(uni_hub: Hub) -> None:
+    channel = room()
+    first = publish(uni_hub, channel, {"n": 1})
+    publish(uni_hub, channel, {"n": 2})
+    async with http_stream(uni_hub, {"token": token("rey")}) as reader:
+        assert (await next_push(reader))["connect"]["subs"] == {}
+        answer = uni_hub.api("subscribe", {"user": "rey", "channel": channel, "recover_since": {
+            "offset": first["offset"], "epoch": first["epoch"]}}).json()
+        assert "error" not in answer, answer
+        sub = (await next_event(reader))["subscribe"]
+        assert sub["recovered"] is True
+        assert [p["data"] for p in sub["publications"]] == [{"n": 2}]
+        publish(uni_hub, channel, {"n": 3})
+        assert (await next_pub(reader))["pub"] == {"data": {"n": 3}, "offset": 3}
 
 
 # -- two nodes on Redis ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -46,6 +46,33 @@ if TYPE_CHECKING:
 VERSION = 1
 NODE_INFO_INTERVAL = 3.0
 NODE_INFO_MAX_AGE = 7.0
+
+SERVER_UNSUBSCRIBE = proto.encode({"code": codes.UNSUBSCRIBE_SERVER[0],
+                                   "reason": codes.UNSUBSCRIBE_SERVER[1]})
+
+
+@runtime_checkable
+class PushReceiver(Protocol):
+    """A unidirectional connection that takes pushes of the client protocol (Centrifugo's
+    ``uni_*`` transports): the server API's subscribe and unsubscribe are told to it as
+    ``{"channel":…,"subscribe":{…}}`` and ``{"channel":…,"unsubscribe":{…}}``, as Centrifugo
+    tells them. Clarion's own sse/stream/poll take no such push: their channels are the URL's."""
+
+    def send_push(self, body: bytes) -> None: ...
+
+
+Tell = Callable[[bytes, bytes, bytes], None]  # (channel JSON, push kind, push body)
+
+
+def _teller(session: Session) -> Tell | None:
+    """How a subscribe or unsubscribe push reaches this session, or None when its transport
+    has no such push."""
+    if session.bidirectional:
+        return lambda channel, kind, body: session.send(proto.push_frame(channel, kind, body))
+    target = session.target
+    if isinstance(target, PushReceiver):
+        return lambda channel, kind, body: target.send_push(proto.push_body(channel, kind, body))
+    return None
 
 
 class _Cmd(msgspec.Struct, array_like=True):
@@ -457,17 +484,21 @@ class Control:
     async def _subscribe(self, cmd: SubscribeCmd) -> None:
         options = self.hub.rules.options(cmd.channel)
         for session in self._sessions(cmd.user, cmd.client):
-            if cmd.channel in session.subs or not session.bidirectional:
+            tell = _teller(session)
+            if cmd.channel in session.subs or tell is None:
                 continue
-            sub = Subscription(options, options.force_recovery, options.join_leave, 0, cmd.info,
+            # A unidirectional client gets join/leave pushes where its connect's server-side
+            # channels would (force_push_join_leave), as on Centrifugo.
+            push_join_leave = options.join_leave and (
+                session.bidirectional or options.force_push_join_leave)
+            sub = Subscription(options, options.force_recovery, push_join_leave, 0, cmd.info,
                                server_side=True)
             recover = StreamPosition(*cmd.since) if cmd.since is not None else None
             attached = await session.attach(cmd.channel, sub, recover, options.history_enabled)
             result = dict(attached.result)
             if cmd.data:
                 result["data"] = msgspec.Raw(cmd.data)
-            session.send(proto.push_frame(
-                proto.encode_str(cmd.channel), b"subscribe", proto.encode(result)))
+            tell(proto.encode_str(cmd.channel), b"subscribe", proto.encode(result))
             attached.activate()
             await session.announce_join(cmd.channel, sub)
 
@@ -476,10 +507,10 @@ class Control:
             if cmd.channel not in session.subs:
                 continue
             await session.detach(cmd.channel)
-            if session.bidirectional:
-                session.send(proto.push_frame(
-                    proto.encode_str(cmd.channel), b"unsubscribe",
-                    b'{"code":2000,"reason":"server unsubscribe"}'))
+            tell = _teller(session)
+            # Clarion's own sse/stream/poll just stop getting the channel's publications.
+            if tell is not None:
+                tell(proto.encode_str(cmd.channel), b"unsubscribe", SERVER_UNSUBSCRIBE)
 
     def _disconnect(self, cmd: DisconnectCmd) -> None:
         for session in self._sessions(cmd.user, cmd.client):
