@@ -41,19 +41,13 @@ def open_session(account: ConnectedAccount) -> httpx.Client:
     def on_refresh(tokens: Tokens) -> None:
         save_refreshed(account, tokens)
 
-    http = oauth.session(client.server(), client.credentials(), account.tokens(), fetcher,
-                         on_refresh=on_refresh)
-    # The fetcher's resources go with the session.
-    closing = http.close
-
-    def close() -> None:
-        try:
-            closing()
-        finally:
-            fetcher.close()
-
-    http.close = close  # type: ignore[method-assign]
-    return http
+    # The session has a pinned transport of its own (the fetcher's settings, a new
+    # connection pool), so the fetcher's own client is not needed past this point.
+    try:
+        return oauth.session(client.server(), client.credentials(), account.tokens(), fetcher,
+                             on_refresh=on_refresh)
+    finally:
+        fetcher.close()
 
 
 def save_refreshed(account: ConnectedAccount, tokens: Tokens) -> None:
