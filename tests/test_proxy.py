@@ -670,3 +670,20 @@ async def test_a_client_gone_during_its_connect_or_subscribe_leaves_nothing(
     info = hub.api("info", {}).json()["result"]["nodes"][0]
     assert (info["num_clients"], info["num_channels"]) == (0, 0)
     assert hub.api("presence", {"channel": "room:held"}).json()["result"]["presence"] == {}
+
+
+async def test_unidirectional_connect_through_the_proxy(
+        proxied: Hub, backend: ProxyBackend) -> None:
+    backend.answer("connect", {"result": {"user": "42", "channels": ["plain:uni"],
+                                          "data": {"hello": "uni"}}})
+    async with httpx.AsyncClient(timeout=T) as http, http.stream(
+            "POST", f"{proxied.url}/connection/uni_http_stream", content=b"{}",
+            headers={"Cookie": COOKIE}) as resp:
+        assert resp.status_code == 200
+        lines = resp.aiter_lines()
+        first = json.loads(await asyncio.wait_for(anext(lines), T))
+        assert first["connect"]["data"] == {"hello": "uni"}
+        assert "plain:uni" in first["connect"]["subs"]
+    (sent,) = backend.requests("connect")
+    assert sent.body["transport"] == "uni_http_stream"
+    assert sent.headers["cookie"] == COOKIE
