@@ -601,7 +601,7 @@ def test_registration_refused(kind: str, browser: Any, site: Site,
 
 
 @pytest.mark.parametrize("mode", ["down", "garbage", "reset"])
-@pytest.mark.parametrize("kind", ["pump", "oauth2"])
+@pytest.mark.parametrize("kind", ["pump", "mastodon", "oauth2"])
 def test_token_endpoint_fails(kind: str, mode: str, browser: Any, site: Site,
                               providers: dict[str, Provider], clean: None) -> None:
     provider = providers[kind]
@@ -651,3 +651,119 @@ def test_revoked_token_on_use_then_reconnect(kind: str, browser: Any, site: Site
     [row] = site.accounts()
     assert row["revoked_at"] is None
     page.context.close()
+
+
+@pytest.mark.parametrize("kind", ["pump", "mastodon", "oauth2"])
+def test_revoked_client_is_registered_again(kind: str, browser: Any, site: Site,
+                                            providers: dict[str, Provider],
+                                            clean: None) -> None:
+    """The server forgets the site's client (an admin revoked the app): the site notices on
+    use and registers again, and people connect as before."""
+    provider = providers[kind]
+    page = signed_in(browser, site)
+    open_connect_link(page, site, provider.acct("alice"))
+    approve(page, provider)
+    page.wait_for_url(f"{site.url}/accounts/connect/accounts/")
+    [(old_client,)] = sql(site.env, "SELECT client_id FROM clarion_connect_serverclient")
+
+    provider.state.revoke_client(old_client)
+    out = django(site.env, "shell", "-c", (
+        "from clarion.django.connect.models import ConnectedAccount as A\n"
+        "from clarion.errors import RevokedError\n"
+        "try:\n"
+        "    A.objects.get().whoami()\n"
+        "except RevokedError as exc:\n"
+        "    print('REVOKED', exc.reason)\n"))
+    assert "REVOKED" in out, out
+
+    page.goto(f"{site.url}/accounts/connect/accounts/")
+    page.locator(".needs-reconnect a").click()
+    approve(page, provider)
+    page.wait_for_url(f"{site.url}/accounts/connect/accounts/")
+    assert page.locator(".needs-reconnect").count() == 0
+    [(new_client, registrations)] = sql(
+        site.env, "SELECT client_id, registrations FROM clarion_connect_serverclient")
+    assert new_client != old_client and registrations == 2
+    assert not provider.state.clients[new_client].revoked
+    page.context.close()
+
+
+def whoami_in_shell(site: Site) -> str:
+    return django(site.env, "shell", "-c", (
+        "from clarion.django.connect.models import ConnectedAccount as A\n"
+        "print('WHOAMI', A.objects.get().whoami().handle)\n"))
+
+
+def test_oauth2_token_refreshed_on_use(browser: Any, site: Site,
+                                       providers: dict[str, Provider], clean: None) -> None:
+    """An access token about to expire is refreshed by the account's session on use, and the
+    new tokens are saved (the server rotated the refresh token: the old one is dead)."""
+    oauth2 = providers["oauth2"]
+    page = signed_in(browser, site)
+    open_connect_link(page, site, oauth2.acct("alice"))
+    approve(page, oauth2)
+    page.wait_for_url(f"{site.url}/accounts/connect/accounts/")
+    # time passes: the stored token now expires within authlib's 60 s leeway
+    [(before,)] = sql(site.env, "UPDATE clarion_connect_connectedaccount SET expires_at = "
+                                "now() + interval '10 seconds' RETURNING access_token")
+    issued = len(oauth2.state.tokens)
+
+    assert "WHOAMI" in whoami_in_shell(site)
+    assert len(oauth2.state.tokens) == issued + 1  # one refresh
+    [(after, expires_at)] = sql(site.env, "SELECT access_token, expires_at > now() + "
+                                          "interval '1 hour' - interval '5 minutes' "
+                                          "FROM clarion_connect_connectedaccount")
+    assert after != before and expires_at
+    assert "WHOAMI" in whoami_in_shell(site)  # the saved tokens work: no refresh needed
+    assert len(oauth2.state.tokens) == issued + 1
+    page.context.close()
+
+
+def test_oauth2_short_lived_tokens_survive_connecting(browser: Any, site: Site,
+                                                     providers: dict[str, Provider],
+                                                     clean: None) -> None:
+    """A server whose access tokens live less than authlib's refresh leeway (60 s): the
+    whoami made while connecting refreshes at once, and what is saved must be the refreshed
+    tokens (the first refresh token was rotated away)."""
+    oauth2 = providers["oauth2"]
+    oauth2.knobs.access_token_ttl = 45
+    page = signed_in(browser, site)
+    open_connect_link(page, site, oauth2.acct("alice"))
+    approve(page, oauth2)
+    page.wait_for_url(f"{site.url}/accounts/connect/accounts/")
+    oauth2.knobs.access_token_ttl = 3600
+    assert "WHOAMI" in whoami_in_shell(site)
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def impatient_site(database: dict[str, str],
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The site with a one-second fetch timeout (CLARION["CONNECT"]["TIMEOUT"])."""
+    with serve_site(database, tmp_path_factory.mktemp("impatient-site"), TIMEOUT=1) as s:
+        yield s
+
+
+def test_slow_provider_times_out_without_holding_up_others(
+        browser: Any, impatient_site: Site, providers: dict[str, Provider],
+        clean: None) -> None:
+    site = impatient_site
+    pump, mastodon = providers["pump"], providers["mastodon"]
+    pump.knobs.delay = 3.0  # three times the site's timeout
+    slow = signed_in(browser, site)
+    # start the slow connection without waiting for it, then connect elsewhere meanwhile
+    slow.evaluate("(url) => { window.location.href = url; }",
+                  f"{site.url}/accounts/connect/{pump.acct('alice')}/")
+    other = signed_in(browser, site)
+    open_connect_link(other, site, f"@{mastodon.acct('bob')}")
+    approve(other, mastodon, "bob")
+    other.wait_for_url(f"{site.url}/accounts/connect/accounts/")
+    assert [a["handle"] for a in site.accounts()] == [mastodon.acct("bob")]
+
+    shown = error_shown(slow)
+    assert shown["kind"] in ("FetchError", "DiscoveryError"), shown
+    assert shown["status"] in ("400", "502"), shown
+    assert re.search(r"no answer within 1 s|timed? ?out", shown["reason"], re.I), shown
+    assert [a["handle"] for a in site.accounts()] == [mastodon.acct("bob")]
+    slow.context.close()
+    other.context.close()
