@@ -167,7 +167,7 @@ async def test_connect_by_cookie_with_channels_subs_data_and_rpc(
     events = Events()
     client = Client(proxied.ws_url, events=events, name="py-test", data={"page": "/inbox"},
                     headers={"Cookie": COOKIE, "Authorization": "Bearer not-forwarded",
-                             "User-Agent": "proxy-test"})
+                             "User-Agent": "proxy-test", "X-Forwarded-For": "6.6.6.6"})
     await client.connect()
     try:
         await wait_changed(events.changed,
@@ -181,7 +181,8 @@ async def test_connect_by_cookie_with_channels_subs_data_and_rpc(
         assert sent.body["name"] == "py-test"
         assert sent.body["data"] == {"page": "/inbox"}
         assert "user" not in sent.body
-        # Only the listed headers, the hub's own view of the client address, the static one.
+        # Only the listed headers, the hub's own view of the client address (not the one the
+        # client claims), the static one.
         assert sent.headers["cookie"] == COOKIE
         assert sent.headers["user-agent"] == "proxy-test"
         assert sent.headers["x-forwarded-for"] == "127.0.0.1"
@@ -687,3 +688,17 @@ async def test_unidirectional_connect_through_the_proxy(
     (sent,) = backend.requests("connect")
     assert sent.body["transport"] == "uni_http_stream"
     assert sent.headers["cookie"] == COOKIE
+
+
+async def test_shutdown_closes_the_backend_client(proxied: Hub, backend: ProxyBackend) -> None:
+    import signal
+
+    backend.answer("connect", {"result": {"user": "42"}})
+    async with raw_client(proxied) as c:
+        assert "connect" in await c.call("connect", {})
+        proxied.process.send_signal(signal.SIGTERM)
+        assert await closed_with(c.ws) == 3001
+    assert await asyncio.to_thread(proxied.process.wait, 15) == 0
+    log = proxied.output()
+    assert "hub stopped" in log
+    assert "Traceback" not in log and "Unclosed" not in log
