@@ -447,6 +447,26 @@ async def test_websocket_origin_refused(uni_hub: Hub) -> None:
     assert refused.value.response.status_code == 403
 
 
+@pytest.mark.parametrize("path", ["/connection/uni_websocket", "/connection/websocket"])
+def test_websocket_handshake_refusals_are_the_same_on_both_endpoints(
+        uni_hub: Hub, path: str) -> None:
+    url = uni_hub.url + path
+    good = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+            "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    with httpx.Client(timeout=T) as client:
+        assert client.post(url, headers=good).status_code == 405
+        assert client.get(url).status_code == 426
+        assert client.get(url, headers={**good, "upgrade": "h2c"}).status_code == 400
+        assert client.get(url, headers={**good, "connection": "close"}).status_code == 400
+        old = client.get(url, headers={**good, "sec-websocket-version": "8"})
+        assert old.status_code == 426 and old.headers["sec-websocket-version"] == "13"
+        bad_key = client.get(url, headers={**good, "sec-websocket-key": "short"})
+        assert bad_key.status_code == 400
+        assert "Sec-WebSocket-Key" in bad_key.json()["error"]["message"]
+        foreign = client.get(url, headers={**good, "origin": "https://evil.example"})
+        assert foreign.status_code == 403
+
+
 async def test_shutdown_tells_every_uni_client(hub_factory: HubFactory) -> None:
     hub = hub_factory(ROOM)
     async with websockets.connect(ws_url(hub)) as ws, \

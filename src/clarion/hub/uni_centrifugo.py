@@ -31,6 +31,7 @@ from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush
 from clarion.hub.session import Attached, Session, Subscription
 from clarion.hub.uni import ChunkedOutbound, UniConnection
+from clarion.hub.ws import handshake_refusal, switching_protocols
 from clarion.protocol import client as proto
 from clarion.protocol import codes, sse
 from clarion.protocol import websocket as wsp
@@ -413,23 +414,9 @@ async def handle_uni_http_stream(request: Request, http: HttpProtocol) -> Respon
 async def handle_uni_websocket(request: Request, http: HttpProtocol) -> Response | Takeover:
     """RFC 6455 handshake; the connect request is the first message, or ``?cf_connect=``."""
     hub = http.hub
-    headers = request.headers
-    if request.method != "GET":
-        return Response.error(405, "WebSocket handshake must be a GET")
-    if headers.get("upgrade", "").lower() != "websocket":
-        return Response.error(426, "this endpoint speaks WebSocket: send Upgrade: websocket")
-    if "upgrade" not in headers.get("connection", "").lower():
-        return Response.error(400, "Connection header must include Upgrade")
-    if headers.get("sec-websocket-version") != "13":
-        resp = Response.error(426, "unsupported WebSocket version (13 is required)")
-        resp.headers.append(("sec-websocket-version", "13"))
-        return resp
-    key = headers.get("sec-websocket-key", "")
-    if not wsp.valid_client_key(key):
-        return Response.error(400, "missing or malformed Sec-WebSocket-Key")
-    if not hub.origin_allowed(request):
-        hub.log.info("uni_websocket origin refused", origin=headers.get("origin", ""))
-        return Response.error(403, "origin not allowed")
+    refused = handshake_refusal(request, hub, UNI_WEBSOCKET)
+    if refused is not None:
+        return refused
     in_url: ConnectRequest | None = None
     if CONNECT_PARAM in request.query:
         try:
@@ -438,8 +425,7 @@ async def handle_uni_websocket(request: Request, http: HttpProtocol) -> Response
             return Response.error(400, str(exc))
     transport = http.transport
     assert transport is not None
-    transport.write(encode_head(101, [("upgrade", "websocket"), ("connection", "Upgrade"),
-                                      ("sec-websocket-accept", wsp.accept_key(key))]))
+    transport.write(switching_protocols(request))
     conn = CentrifugoUniConnection(hub, transport, UNI_WEBSOCKET, request)
     over_limit = hub.connection_count >= hub.config.max_connections
     hub.streams.add(conn)

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 PING_FRAME = wsp.text_frame(proto.EMPTY_REPLY)
 
 
-async def handle_websocket(request: Request, http: HttpProtocol) -> Response | Takeover:
-    hub = http.hub
+def handshake_refusal(request: Request, hub: Hub, kind: str) -> Response | None:
+    """The answer refusing an RFC 6455 opening handshake (or its origin), or None when it may
+    be accepted with ``switching_protocols``. ``kind`` names the endpoint in the log."""
     headers = request.headers
     if request.method != "GET":
         return Response.error(405, "WebSocket handshake must be a GET")
@@ -36,19 +37,31 @@ async def handle_websocket(request: Request, http: HttpProtocol) -> Response | T
         resp = Response.error(426, "unsupported WebSocket version (13 is required)")
         resp.headers.append(("sec-websocket-version", "13"))
         return resp
-    key = headers.get("sec-websocket-key", "")
-    if not wsp.valid_client_key(key):
+    if not wsp.valid_client_key(headers.get("sec-websocket-key", "")):
         return Response.error(400, "missing or malformed Sec-WebSocket-Key")
     if not hub.origin_allowed(request):
-        hub.log.info("websocket origin refused", origin=headers.get("origin", ""))
+        hub.log.info(f"{kind} origin refused", origin=headers.get("origin", ""))
         return Response.error(403, "origin not allowed")
+    return None
+
+
+def switching_protocols(request: Request) -> bytes:
+    """The ``101`` answer to a handshake that ``handshake_refusal`` let through. No subprotocol
+    is selected: Centrifugo's JSON transport is the default, and the official SDKs send an
+    empty Sec-WebSocket-Protocol for it."""
+    key = request.headers["sec-websocket-key"]
+    return encode_head(101, [("upgrade", "websocket"), ("connection", "Upgrade"),
+                             ("sec-websocket-accept", wsp.accept_key(key))])
+
+
+async def handle_websocket(request: Request, http: HttpProtocol) -> Response | Takeover:
+    hub = http.hub
+    refused = handshake_refusal(request, hub, "websocket")
+    if refused is not None:
+        return refused
     transport = http.transport
     assert transport is not None
-    # No subprotocol is selected: Centrifugo's JSON transport is the default, and the
-    # official SDKs send an empty Sec-WebSocket-Protocol for it.
-    head = encode_head(101, [("upgrade", "websocket"), ("connection", "Upgrade"),
-                             ("sec-websocket-accept", wsp.accept_key(key))])
-    transport.write(head)
+    transport.write(switching_protocols(request))
     conn = WebSocketConnection(hub, http, transport, request)
     if hub.connection_count > hub.config.max_connections:
         conn.disconnect(Disconnect(*codes.CONNECTION_LIMIT))
