@@ -410,7 +410,9 @@ async def test_backend_down(hub_factory: HubFactory, backend: ProxyBackend) -> N
     async with raw_client(hub) as c:
         reply = await c.call("connect", {})
     assert reply["error"]["code"] == 100
-    assert "ConnectError" in hub.output()
+    failed = [ln for ln in hub.output().splitlines() if "proxy request failed" in ln]
+    assert len(failed) == 1, failed
+    assert "ConnectError" in failed[0] and "attempts=2" in failed[0]  # retried once
 
 
 async def test_publish_is_not_retried(proxied: Hub, backend: ProxyBackend) -> None:
