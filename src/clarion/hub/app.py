@@ -26,6 +26,7 @@ from clarion.broker.urls import redact
 from clarion.errors import BrokerError, Disconnect
 from clarion.hub import emulation
 from clarion.hub.api import ServerApi, broker_unavailable
+from clarion.hub.backend import Backend
 from clarion.hub.channels import ChannelRules
 from clarion.hub.commands import CommandConnection
 from clarion.hub.config import ChannelOptions, Config
@@ -77,6 +78,8 @@ class Hub:
         self.resume = ResumeSigner(config.token_hmac_secret or config.api_key,
                                    config.seconds("session_ttl"))
         self.metrics = HubMetrics()
+        # The app's backend proxies (connect, rpc, ...): one pooled HTTP client, None if unused.
+        self.backend = Backend.from_config(config, self.metrics, self.log)
         self.proxies = TrustedProxies(parse_networks(config.trusted_proxies),
                                       config.proxy_header)
         self.limits = ConnectionLimits(config.seconds("http_header_timeout"),
@@ -361,6 +364,8 @@ class Hub:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=max(0.1, deadline - time.monotonic()))
         await self.control.leave()
+        if self.backend is not None:
+            await self.backend.close()
         await self.broker.close()
         if self._server is not None:
             await self._server.wait_closed()
