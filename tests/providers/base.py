@@ -183,6 +183,15 @@ def new_app(kind: str, knobs: Knobs, seen: list[tuple[str, str]], lock: threadin
     return app
 
 
+def new_provider(kind: str, users: dict[str, User], knobs: Knobs, state: Any,
+                 token_paths: tuple[str, ...]) -> Provider:
+    """A provider (not started) whose app is :func:`new_app`'s, sharing its lock and log."""
+    seen: list[tuple[str, str]] = []
+    lock = threading.RLock()
+    app = new_app(kind, knobs, seen, lock, token_paths)
+    return Provider(kind, app, users, knobs, lock=lock, state=state, requests_seen=seen)
+
+
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title></head>
 <body><h1>{title}</h1>{body}</body></html>"""

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from flask import Flask, Response, request
+from flask import Response, request
 
 from . import base
 from .base import Knobs, Provider, User
@@ -83,10 +83,8 @@ def build(users: dict[str, User] | None = None, knobs: Knobs | None = None) -> P
     users = users if users is not None else base.default_users()
     knobs = knobs or Knobs()
     store = Store(users)
-    provider = Provider("mastodon", Flask(__name__), users, knobs, state=store)
-    app = base.new_app("mastodon", knobs, provider.requests_seen, provider.lock,
-                       ("/oauth/token",))
-    provider.app = app
+    provider = base.new_provider("mastodon", users, knobs, store, ("/oauth/token",))
+    app = provider.app
     account_ids = {name: str(109_000_000_000 + i) for i, name in enumerate(sorted(users))}
     status_ids = count(110_000_000_000_000)
 

@@ -23,7 +23,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProte
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
-from flask import Flask, Response, request
+from flask import Response, request
 
 from . import base
 from .base import Knobs, Provider, User
@@ -102,9 +102,8 @@ def build(users: dict[str, User] | None = None, knobs: Knobs | None = None) -> P
     users = users if users is not None else base.default_users()
     knobs = knobs or Knobs()
     store = Store(users)
-    provider = Provider("oauth2", Flask(__name__), users, knobs, state=store)
-    app = base.new_app("oauth2", knobs, provider.requests_seen, provider.lock, ("/oauth/token",))
-    provider.app = app
+    provider = base.new_provider("oauth2", users, knobs, store, ("/oauth/token",))
+    app = provider.app
 
     server = AuthorizationServer(app, query_client=store.query_client,
                                  save_token=make_save_token(store, lambda: knobs.access_token_ttl))

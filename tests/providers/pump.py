@@ -38,7 +38,7 @@ from authlib.integrations.flask_oauth1 import (
 )
 from authlib.oauth1 import ClientMixin, OAuth1Request, TemporaryCredential, TokenCredentialMixin
 from authlib.oauth1.errors import InvalidClientError, MissingRequiredParameterError, OAuth1Error
-from flask import Flask, Response, redirect, request
+from flask import Response, redirect, request
 
 from . import base
 from .base import Knobs, Provider, User
@@ -242,10 +242,9 @@ def build(users: dict[str, User] | None = None, knobs: Knobs | None = None) -> P
     users = users if users is not None else base.default_users()
     knobs = knobs or Knobs()
     store = PumpStore(users)
-    provider = Provider("pump", Flask(__name__), users, knobs, state=store)
-    app = base.new_app("pump", knobs, provider.requests_seen, provider.lock,
-                       ("/oauth/request_token", "/oauth/access_token"))
-    provider.app = app
+    provider = base.new_provider("pump", users, knobs, store,
+                                 ("/oauth/request_token", "/oauth/access_token"))
+    app = provider.app
 
     server = AuthorizationServer(app, query_client=store.query_client)
     server.register_hook("exists_nonce", store.exists_nonce)
