@@ -763,22 +763,6 @@ def test_anonymous_connections_when_allowed(caplog: pytest.LogCaptureFixture) ->
 
 # -- the fallback transports: the cookie goes with them only on the page's own origin --------
 
-# What deploy/nginx/clarion.conf lacks for bidirectional emulation: the SDK posts its commands
-# to /emulation, which the shipped site sends to the Django app (its `location /`).
-EMULATION_LOCATION = """
-    location = /emulation {
-        proxy_pass http://clarion_hub;
-    }
-
-    location / {"""
-
-
-def with_emulation(site_conf: str) -> str:
-    last = site_conf.rindex("    location / {")
-    return site_conf[:last] + EMULATION_LOCATION.lstrip("\n") + site_conf[last + len(
-        "    location / {"):]
-
-
 @pytest.mark.browser
 def test_fallback_transports_connect_by_cookie_on_the_same_origin(
         browser: Any, site: Site, hub_factory: Any, tmp_path: Path) -> None:  # noqa: F811
@@ -820,8 +804,7 @@ def test_fallback_transports_connect_by_cookie_on_the_same_origin(
         pytest.skip(why)
     ports = SitePorts(https=free_port(), http=free_port(), hub=hub.port, grip=free_port(),
                       app=site.port)
-    nginx = Nginx(tmp_path / "nginx", ports, make_certificate(tmp_path / "cert"),
-                  edit=with_emulation)
+    nginx = Nginx(tmp_path / "nginx", ports, make_certificate(tmp_path / "cert"))
     nginx.start()
     try:
         # Through nginx the proxy views are as reachable as any page: the address check
@@ -851,10 +834,9 @@ def test_fallback_transports_connect_by_cookie_on_the_same_origin(
                 assert first(events, type="unsubscribed", channel="vip:club")["code"] == 103
                 page.evaluate("window.call('whoami', null)")
                 events = wait_for(page, "e.type === 'rpc'")
-                # The proxy request's transport: Centrifugo (and docs/reference/
-                # proxy-protocol.md) name bidirectional SSE "sse"; the hub sends "bidi_sse".
-                assert first(events, type="rpc")["data"]["transport"] in (
-                    {transport, "bidi_sse"} if transport == "sse" else {transport})
+                # The proxy request names the transport as Centrifugo does (and
+                # docs/reference/proxy-protocol.md): bidirectional SSE is "sse".
+                assert first(events, type="rpc")["data"]["transport"] == transport
             finally:
                 context.close()
     finally:

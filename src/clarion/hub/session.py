@@ -217,7 +217,9 @@ class Session:
         return out is not None and bool(out.closing)
 
     def _proxy_base(self) -> dict[str, Any]:
-        return {"client": self.id, "transport": self.transport, "protocol": "json",
+        return {"client": self.id, "transport": _PROXY_TRANSPORT.get(self.transport,
+                                                                     self.transport),
+                "protocol": "json",
                 "encoding": "json"}
 
     def _user_base(self) -> dict[str, Any]:
@@ -786,6 +788,10 @@ def _info_obj(info: ClientInfo) -> msgspec.Raw:
     return msgspec.Raw(proto.client_info_json(info.client, info.user, info.conn_info,
                                               info.chan_info))
 
+
+# The transport as Centrifugo names it to the backend: the emulated SSE is "sse" there (our
+# session name tells it from Clarion's own unidirectional SSE).
+_PROXY_TRANSPORT = {"bidi_sse": "sse"}
 
 _HANDLERS = {
     "connect": Session._connect,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import NoReverseMatch, reverse
@@ -69,6 +70,8 @@ def check_proxy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
 
 
 def _mounted() -> bool:
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return False  # a project that serves no URLs (a worker's settings) mounts nothing
     try:
         reverse("clarion_proxy:connect")
     except NoReverseMatch:
