@@ -101,9 +101,11 @@ class Target:
     ready_marker: bytes = b'"id":2'  # seen after the handshake => subscribed
     centrifugo_pings: bool = True  # answer {"}"} app-level pings with {}
     extra_headers: tuple[tuple[str, str], ...] = ()
+    method: str = "GET"
+    body: bytes = b""  # sent with a Content-Length (e.g. the first commands of http_stream)
 
     def request(self) -> bytes:
-        lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         if self.mode == "ws":
             key = base64.b64encode(os.urandom(16)).decode()
             lines += [
@@ -115,7 +117,9 @@ class Target:
         else:
             lines += ["Accept: */*", "Connection: keep-alive"]
         lines += [f"{k}: {v}" for k, v in self.extra_headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+        if self.body:
+            lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
 
 
 class Group:
