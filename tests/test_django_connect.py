@@ -405,6 +405,20 @@ def test_refresh_saves_tokens_and_tells(site: Site, oauth2: Provider) -> None:
     assert account.access_token not in event.payload and account.refresh_token not in event.payload
 
 
+def test_short_lived_token_refreshed_while_connecting(site: Site, oauth2: Provider) -> None:
+    """Tokens living less than authlib's refresh leeway (60 s) are refreshed by the whoami made
+    while connecting; the refresh token saved must be the rotated one."""
+    oauth2.knobs.access_token_ttl = 45
+    assert site.connect(oauth2.acct("alice")).status_code == 302
+    oauth2.knobs.access_token_ttl = 3600
+    account = ConnectedAccount.objects.get()
+    ConnectedAccount.objects.update(expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    account.refresh_from_db()
+    assert account.whoami()  # refreshes with the saved refresh token: it must still work
+    account.refresh_from_db()
+    assert account.expires_at > datetime.now(UTC) + timedelta(minutes=30)
+
+
 def test_revoked_token_needs_reconnect(site: Site, oauth2: Provider) -> None:
     site.connect(oauth2.acct("alice"))
     account = ConnectedAccount.objects.get()

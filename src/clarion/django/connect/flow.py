@@ -246,8 +246,14 @@ def finish(request: Any, params: Any) -> Finished:
             server_client(server, fetcher, flow.redirect_uri, replace=client)
             raise ClientRevoked(f"{server.host} no longer knew this site, which has now "
                                 "registered again. Please connect once more.") from None
-        with session(server, client.credentials(), tokens, fetcher) as http:
+        # A token that lives less than authlib's refresh leeway is refreshed by this very
+        # whoami, and a rotating server has then spent the first refresh token: keep the
+        # newest tokens, not the ones the exchange gave.
+        latest = [tokens]
+        with session(server, client.credentials(), tokens, fetcher,
+                     on_refresh=latest.append) as http:
             profile = whoami(server, http)
+        tokens = latest[-1]
     finally:
         fetcher.close()
     user = flow.user if flow.user_id is not None else None
