@@ -6,8 +6,8 @@ methods/accounts, methods/statuses, spec/webfinger; app/presenters/oauth_metadat
 Application with client_id/client_secret); ``/oauth/authorize`` (PKCE optional, S256 only);
 ``/oauth/token`` (client_secret_basic or _post; answers access_token, token_type "Bearer", scope,
 created_at — no expires_in and no refresh token: Mastodon's tokens do not expire);
-``/oauth/revoke``; ``GET /api/v1/accounts/verify_credentials`` (scope read, read:accounts or
-profile); ``POST /api/v1/statuses`` (scope write or write:statuses); WebFinger for
+``/oauth/revoke``; ``GET /api/v1/accounts/verify_credentials`` (scope read or read:accounts);
+``POST /api/v1/statuses`` (scope write or write:statuses); WebFinger for
 ``acct:alice@host`` (profile-page, self as application/activity+json, the subscribe template);
 host-meta; nodeinfo 2.0 naming the software "mastodon"; /api/v1/instance; and
 /.well-known/oauth-authorization-server as Mastodon serves it (``app_registration_endpoint`` for
@@ -46,8 +46,9 @@ from .oauth2_models import (
 
 NAME = "Example Mastodon"
 VERSION = "4.3.0"
-SCOPES = ["read", "write", "write:statuses", "read:accounts", "read:statuses", "follow", "push",
-          "profile"]
+# 4.3's scopes (4.4 added "profile" and /oauth/userinfo, not served here)
+SCOPES = ["read", "write", "follow", "push", "read:accounts", "read:statuses",
+          "write:statuses"]
 VAPID_KEY = ("BCk-QqERU0q-CfYZjcuB6lnyyOYfJ2AifKqfeGIm7Z-HiTU5T9eTG5GxVA0_OH5mMlI4UkkDTpa"
              "Zwozy0TzdZ2M=")  # a sample from Mastodon's docs; nothing here uses Web Push
 NEVER = 10**9  # Mastodon's tokens do not expire
@@ -268,7 +269,7 @@ def build(users: dict[str, User] | None = None, knobs: Knobs | None = None) -> P
 
     @app.get("/api/v1/accounts/verify_credentials")
     def verify_credentials() -> Response:
-        token, error = bearer("read", "read:accounts", "profile")
+        token, error = bearer("read", "read:accounts")
         if error is not None:
             return error
         assert token is not None
