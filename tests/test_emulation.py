@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from cent import Client, PresenceRequest, PublishRequest
 
 from conftest import API_KEY, CHAT_NAMESPACE, HMAC_SECRET, Hub, HubFactory, in_ci, token
@@ -348,6 +349,52 @@ def test_commands_posted_to_another_node_reach_the_session(
     assert metric(b, "clarion_emulation_commands_total", outcome="forwarded") >= 3
     assert metric(a, "clarion_emulation_commands_total", outcome="local") >= 3
     assert metric(b, "clarion_emulation_commands_total", outcome="local") == 0
+
+
+@pytest.mark.parametrize("transport", EMULATED)
+def test_a_lost_position_is_an_unsubscribe_2500_and_the_sdk_resubscribes(
+        hub_factory: HubFactory, clients: Callable[..., EmuClient], transport: str) -> None:
+    """The node cannot deliver every publication after the subscriber's position (here: the
+    channel's stream in Redis is deleted, so the next publication opens a new epoch and the
+    catch-up from history cannot cover the hole). A client-side subscription over emulation is
+    told with Centrifugo's unsubscribe push 2500; the SDK resubscribes on its own, on the same
+    connection, asking to recover, and is told what could not be recovered."""
+    if not _redis_available():
+        if in_ci():
+            pytest.fail("no Redis at 127.0.0.1:6379")
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    hub = hub_factory(f'broker = "{REDIS_URL}"\n[redis]\nprefix = "{prefix}"\n'
+                      + CHAT_NAMESPACE)
+    channel = new_channel()
+    alice = clients(hub.url, transport, "alice", channel)
+    assert alice.wait_event("connected")["transport"] == transport
+    first = alice.wait_event("subscribed")
+    hub.api("publish", {"channel": channel, "data": {"text": "before"}})
+    assert publication(alice, "before")["offset"] == 1
+
+    store = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert store.delete(f"{prefix}:stream:{{{channel}}}", f"{prefix}:meta:{{{channel}}}") == 2
+    finally:
+        store.close()
+    hub.api("publish", {"channel": channel, "data": {"text": "in a new epoch"}})
+
+    lost = alice.wait_for(lambda e: e.get("event") == "subscribing" and e.get("code") == 2500,
+                          what="the 2500 unsubscribe push")
+    assert lost["reason"] == "insufficient state"
+    again = alice.wait_for(lambda e: e.get("event") == "subscribed" and e is not first,
+                           what="the SDK's own resubscribe")
+    assert again["wasRecovering"] is True and again["recovered"] is False, again
+    assert again["epoch"] != first["epoch"] and again["offset"] == 1
+    hub.api("publish", {"channel": channel, "data": {"text": "after"}})
+    publication(alice, "after")
+    alice.drain(settle=0.3)
+    assert texts(alice) == ["before", "after"]
+    # One connection throughout: only the subscription was told.
+    assert [e["event"] for e in alice.events if e.get("event") in (
+        "connected", "disconnected", "connecting")] == ["connecting", "connected"]
+    assert metric(hub, "clarion_stream_positions_lost_total") >= 1
 
 
 # -- the wire, and bad input ----------------------------------------------------------------------
