@@ -739,8 +739,9 @@ def test_oauth2_short_lived_tokens_survive_connecting(browser: Any, site: Site,
 @pytest.fixture(scope="module")
 def impatient_site(database: dict[str, str],
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """The site with a one-second fetch timeout (CLARION["CONNECT"]["TIMEOUT"])."""
-    with serve_site(database, tmp_path_factory.mktemp("impatient-site"), TIMEOUT=1) as s:
+    """The site with a two-second fetch timeout (CLARION["CONNECT"]["TIMEOUT"]): short for
+    the test, yet ample for a provider on this machine that is not told to be slow."""
+    with serve_site(database, tmp_path_factory.mktemp("impatient-site"), TIMEOUT=2) as s:
         yield s
 
 
@@ -749,7 +750,7 @@ def test_slow_provider_times_out_without_holding_up_others(
         clean: None) -> None:
     site = impatient_site
     pump, mastodon = providers["pump"], providers["mastodon"]
-    pump.knobs.delay = 3.0  # three times the site's timeout
+    pump.knobs.delay = 8.0  # four times the site's timeout
     slow = signed_in(browser, site)
     # start the slow connection without waiting for it, then connect elsewhere meanwhile
     slow.evaluate("(url) => { window.location.href = url; }",
@@ -763,7 +764,7 @@ def test_slow_provider_times_out_without_holding_up_others(
     shown = error_shown(slow)
     assert shown["kind"] in ("FetchError", "DiscoveryError"), shown
     assert shown["status"] in ("400", "502"), shown
-    assert re.search(r"no answer within 1 s|timed? ?out", shown["reason"], re.I), shown
+    assert re.search(r"no answer within [\d.]+ s|timed? ?out", shown["reason"], re.I), shown
     assert [a["handle"] for a in site.accounts()] == [mastodon.acct("bob")]
     slow.context.close()
     other.context.close()
