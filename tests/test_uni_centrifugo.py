@@ -597,6 +597,29 @@ async def test_two_nodes_on_redis_subscribe_on_a_publish_on_b(hub_factory: HubFa
         assert (await ws_pub(ws))["pub"]["data"] == {"n": 3}
 
 
+async def test_two_nodes_server_api_subscribe_on_b_reaches_a_client_on_a(
+        hub_factory: HubFactory) -> None:
+    if not redis_up():
+        if in_ci():
+            pytest.fail("no Redis at 127.0.0.1:6379")
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    config = f'broker = "redis://127.0.0.1:6379/0"\n[redis]\nprefix = "{prefix}"\n' + ROOM
+    node_a, node_b = hub_factory(config), hub_factory(config)
+    channel = room()
+    async with http_stream(node_a, {"token": token("lia")}) as reader:
+        assert (await next_push(reader))["connect"]["subs"] == {}
+        answer = node_b.api("subscribe", {"user": "lia", "channel": channel}).json()
+        assert "error" not in answer, answer
+        assert (await next_event(reader))["channel"] == channel
+        publish(node_b, channel, {"n": 1})
+        assert (await next_pub(reader))["pub"] == {"data": {"n": 1}, "offset": 1}
+        answer = node_b.api("unsubscribe", {"user": "lia", "channel": channel}).json()
+        assert "error" not in answer, answer
+        assert await next_event(reader) == {"channel": channel, "unsubscribe": {
+            "code": 2000, "reason": "server unsubscribe"}}
+
+
 # -- Chromium's own EventSource on uni_sse ---------------------------------------------------------
 
 UNI_SSE_JS = """

@@ -298,7 +298,6 @@ async def establish(conn: CentrifugoUniConnection, req: ConnectRequest) -> None:
     if conn.out.closing:
         return
     session.connected = True
-    hub.fanout.register(session)
     hub.metrics.connections_total[conn.kind] += 1
     result = session.connect_result(bidirectional=False)
     if session.proxy is not None and session.proxy.connect_data is not None:
@@ -320,6 +319,9 @@ async def establish(conn: CentrifugoUniConnection, req: ConnectRequest) -> None:
     result["subs"] = {channel: a.result for channel, _, a in attached}
     # The connect push first; live publications were buffered meanwhile and follow it.
     conn.send_push(proto.encode({"connect": result}))
+    # Only now do the server API's per-user commands find the session: a subscribe push must
+    # not come before the connect push, nor attach a channel the loop above is attaching.
+    hub.fanout.register(session)
     for _, _, a in attached:
         a.activate()
     for channel, sub, _ in attached:
