@@ -20,6 +20,10 @@ INSTALLED_APPS = [
     "django.contrib.admin",
     "clarion.django",
     "webhook_apps.people",
+    # tests/connect_site's settings build on these; whichever test module configures Django
+    # first in a session, the connect tests find their app and models installed.
+    "clarion.django.connect",
+    "connect_site.pumpapp",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

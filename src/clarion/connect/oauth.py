@@ -75,12 +75,22 @@ def _oauth2_tokens(token: dict[str, Any], previous_refresh: str = "") -> Tokens:
     )
 
 
+def _without_body(text: str) -> str:
+    """authlib quotes the server's whole answer in some messages ("…, response was '<html>…'",
+    "… The response was '…'"): a user's error page must not show a server's page, and the
+    answer to a token request could hold a token. Keep what comes before the quote."""
+    cut = text.lower().find("response was")
+    if cut >= 0:
+        text = text[:cut].rstrip(" ,.")
+        if text.endswith(" The"):
+            text = text[:-4].rstrip(" ,.")
+    return text[:200]
+
+
 def _describe(exc: AuthlibBaseError) -> tuple[str, str]:
     error = str(getattr(exc, "error", "") or "")
     description = str(getattr(exc, "description", "") or "")
-    # authlib puts the server's whole answer in some descriptions: keep it short, and the
-    # answer to a token request could hold a token, so only the start of it.
-    return error, description[:200]
+    return error, _without_body(description)
 
 
 @contextmanager
@@ -115,7 +125,8 @@ def _translated(server: Server, step: str, *, refreshing: bool = False) -> Itera
         raise OAuthTokenError(f"{server.host}: the {step} failed ({type(exc).__name__}: "
                               f"{exc})") from None
     except ValueError as exc:  # authlib: "Token endpoint response is not a JSON object"
-        raise OAuthTokenError(f"{server.host}: the {step} answered garbage ({exc})") from None
+        raise OAuthTokenError(f"{server.host}: the {step} answered garbage "
+                              f"({_without_body(str(exc))})") from None
 
 
 class OAuth1Flow:
