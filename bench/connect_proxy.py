@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -194,6 +195,32 @@ def sign_up(site_port: int, count: int) -> list[dict[str, str]]:
     return users
 
 
+def start_profile(pid: int, seconds: float, path: str) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the hub during one proxy round (non-blocking: it never pauses it).
+    A path ending in .svg gets a flame graph, anything else py-spy's raw collapsed stacks
+    (one line per stack with its count: grep-able, and the input of flamegraph.pl)."""
+    spy_bin = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(spy_bin):
+        print("--profile: py-spy not found", file=sys.stderr)
+        return None
+    fmt = "flamegraph" if path.endswith(".svg") else "raw"
+    return subprocess.Popen(
+        [spy_bin, "record", "--nonblocking", "--pid", str(pid), "--rate", "250",
+         "--duration", str(max(1, int(seconds))), "--format", fmt, "-o", path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def finish_profile(spy: subprocess.Popen[bytes], path: str) -> None:
+    for _ in range(100):
+        if spy.poll() is not None:
+            break
+        await asyncio.sleep(0.1)
+    if spy.poll() is None:
+        spy.kill()
+        spy.wait()
+    print(f"py-spy profile of the hub (last proxy round): {path}", flush=True)
+
+
 async def main(args: argparse.Namespace) -> int:
     ok, why = common.clarion_available()
     if not ok:
@@ -225,11 +252,16 @@ async def main(args: argparse.Namespace) -> int:
         runs: dict[str, list[dict[str, Any]]] = {w: [] for w in WAYS}
         for rnd in range(args.repeat):
             for way in (WAYS if rnd % 2 == 0 else WAYS[::-1]):
+                spy = None
+                if args.profile and way == "proxy" and rnd == args.repeat - 1:
+                    spy = start_profile(hub.pid, args.duration, args.profile)
                 cpu0 = (lc.proc_tree_cpu(hub.pid), lc.proc_tree_cpu(site.pid))
                 t0 = time.perf_counter()
                 tally = await run_way(hub.port, way, users, args.duration, args.concurrency)
                 elapsed = time.perf_counter() - t0
                 cpu1 = (lc.proc_tree_cpu(hub.pid), lc.proc_tree_cpu(site.pid))
+                if spy is not None:
+                    await finish_profile(spy, args.profile)
                 n = max(tally.ok, 1)
                 runs[way].append({
                     "rate": tally.ok / elapsed, "ok": tally.ok, "failed": tally.failed,
@@ -275,6 +307,9 @@ if __name__ == "__main__":
     ap.add_argument("--gunicorn-workers", type=int, default=2)
     ap.add_argument("--gunicorn-threads", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="2 s per way, 1 round")
+    ap.add_argument("--profile", metavar="PATH",
+                    help="py-spy the hub during the last proxy round: PATH.svg a flame graph, "
+                         "else raw collapsed stacks")
     parsed = ap.parse_args()
     if parsed.quick:
         parsed.duration, parsed.repeat = 2.0, 1

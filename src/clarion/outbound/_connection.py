@@ -1,0 +1,175 @@
+"""One HTTP/1.1 connection: an asyncio protocol that writes a request and parses the answer
+with httptools (llhttp), one exchange at a time.
+
+Everything happens in the protocol's callbacks; the caller awaits one future per exchange. This
+is what makes it cheap: no stream objects, no task per connection, no per-request locks (the
+pool hands a connection to one caller at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httptools
+
+from clarion.outbound._errors import (
+    ClientClosed,
+    ClosedBeforeAnswer,
+    ExchangeError,
+    OutboundError,
+    ResponseTooLarge,
+)
+
+# Bytes of status line and headers accepted per answer: llhttp has no bound of its own.
+MAX_HEAD = 64 * 1024
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = ("_body", "_body_size", "_chunked", "_headers", "_length", "_max_body", "_read",
+                 "_status", "_waiter", "closed", "complete", "got_bytes", "idle_since",
+                 "keep_alive", "lost", "parser", "transport")
+
+    def __init__(self, max_body: int, lost: asyncio.Future[None]) -> None:
+        self._max_body = max_body
+        self.lost = lost  # resolved when the socket is gone (a clean close waits for it)
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[None] | None = None
+        self._status = 0
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._read = 0
+        self._body_size = 0
+        self._length = False  # the answer has a Content-Length
+        self._chunked = False
+        self.complete = False
+        self.keep_alive = False
+        self.got_bytes = False
+        self.closed = False
+        self.idle_since = 0.0
+
+    # -- asyncio ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            self.close()  # bytes nobody asked for: the connection is not safe to reuse
+            return
+        self.got_bytes = True
+        self._read += len(data)
+        if self._read > self._max_body + MAX_HEAD:
+            self._fail(ResponseTooLarge(f"answer larger than {self._max_body} bytes"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ExchangeError(f"malformed HTTP answer: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        self.closed = True  # an idle connection the server closed: never picked again
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._status and not self.complete and not (self._length or self._chunked):
+            # An answer without Content-Length or chunked framing ends when the server closes.
+            self.complete = True
+            waiter.set_result(None)
+        elif not self.got_bytes:
+            waiter.set_exception(ClosedBeforeAnswer(
+                "the server closed the connection before answering"))
+        else:
+            waiter.set_exception(ExchangeError(
+                "the server closed the connection in the middle of its answer"
+                + (f" ({exc})" if exc else "")))
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        if key == "content-length":
+            self._length = True
+        elif key == "transfer-encoding" and b"chunked" in value.lower():
+            self._chunked = True
+        self._headers.append((key, value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._fail(ResponseTooLarge(f"answer larger than {self._max_body} bytes"))
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._status < 200:
+            # An interim answer (103 Early Hints): the real one follows on the same connection.
+            self._status = 0
+            self._headers = []
+            self._length = self._chunked = False
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the caller's side -----------------------------------------------------------------
+
+    def _fail(self, exc: OutboundError) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self, why: str) -> None:
+        """Close now, failing an exchange in progress (the client is shutting down)."""
+        self._fail(ClientClosed(why))
+
+    async def exchange(self, head: bytes, body: bytes) -> tuple[int, list[tuple[str, str]],
+                                                                 bytes]:
+        """Write one request and wait for its whole answer: status, headers, body. The
+        connection stays usable only when ``reusable`` is true afterwards."""
+        transport = self.transport
+        if transport is None or self.closed:
+            raise ClosedBeforeAnswer("the connection was closed before the request was sent")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self._status = 0
+        self._headers = []
+        self._body = []
+        self._read = self._body_size = 0
+        self._length = self._chunked = False
+        self.complete = self.keep_alive = self.got_bytes = False
+        if body and len(body) > 16384:
+            transport.writelines((head, body))  # no copy of a large body
+        else:
+            transport.write(head + body)
+        try:
+            await waiter
+        except BaseException:
+            self.close()  # timed out, cancelled or broken mid-exchange: never reused
+            raise
+        finally:
+            self._waiter = None
+        body_bytes = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        return self._status, self._headers, body_bytes
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed
