@@ -17,6 +17,7 @@ from clarion.outbound._client import (
     InvalidHeader,
     RequestTimeout,
     Response,
+    default_ssl_context,
     dial,
 )
 from clarion.outbound._endpoint import Endpoint
@@ -47,5 +48,6 @@ __all__ = [
     "RequestTimeout",
     "Response",
     "ResponseTooLarge",
+    "default_ssl_context",
     "dial",
 ]

@@ -93,6 +93,20 @@ async def dial(endpoint: Endpoint, protocol_factory: Callable[[], asyncio.Protoc
         server_hostname=endpoint.host if ssl_context is not None else None)
 
 
+def default_ssl_context() -> ssl.SSLContext:
+    """Certificates and host names checked against the system's trust store (OpenSSL's default
+    paths, so ``SSL_CERT_FILE``/``SSL_CERT_DIR`` add a private CA) and certifi's Mozilla bundle
+    when it is installed (it comes with httpx, a Clarion dependency): what httpx trusted before
+    this client replaced it, and what the operating system trusts."""
+    context = ssl.create_default_context()
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - installed with httpx
+        return context
+    context.load_verify_locations(certifi.where())
+    return context
+
+
 class Client:
     """Pooled keep-alive HTTP/1.1 requests; see the module's docstring."""
 
@@ -122,7 +136,7 @@ class Client:
         # Made at the first https request: loading the trust store costs milliseconds that an
         # http-only hub need not pay.
         if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()
+            self._ssl_context = default_ssl_context()
         return self._ssl_context
 
     @property
