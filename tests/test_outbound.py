@@ -525,6 +525,13 @@ async def test_a_header_that_would_split_the_request_is_refused(
         await client.aclose()
 
 
+async def test_head_is_refused() -> None:
+    client = outbound.Client()
+    with pytest.raises(ValueError, match="HEAD requests are not supported"):
+        await client.request("HEAD", outbound.Endpoint.parse("http://127.0.0.1:9/"), timeout=T)
+    await client.aclose()
+
+
 @pytest.mark.parametrize(("url", "origin", "target", "host_header"), [
     ("http://h/p", ("http", "h", 80), "/p", "h"),
     ("http://h", ("http", "h", 80), "/", "h"),
@@ -594,6 +601,12 @@ async def test_hub_connect_proxy_over_tls(hub_factory: HubFactory, tls: Tls) -> 
             reply = json.loads(await asyncio.wait_for(ws.recv(), T))
         assert reply["connect"]["data"] == {"transport": "websocket"}
         assert "proxy request failed" not in hub.output()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://127.0.0.1/a b"])
+def test_hub_refuses_an_endpoint_it_cannot_call(hub_factory: HubFactory, url: str) -> None:
+    with pytest.raises(RuntimeError, match=r"proxy_connect_endpoint: .*(the port is not|space)"):
+        hub_factory(f'proxy_connect_endpoint = "{url}"\n')
 
 
 def test_the_client_module_is_light() -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from clarion import outbound
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, ConfigError
 from clarion.protocol import proxy as pp
 
 if TYPE_CHECKING:
@@ -78,7 +78,11 @@ class Backend:
         for kind in KINDS:
             url = getattr(config, f"proxy_{kind}_endpoint")
             if url:
-                self.endpoints[kind] = (outbound.Endpoint.parse(url),
+                try:
+                    endpoint = outbound.Endpoint.parse(url)
+                except ValueError as exc:  # what the config's scheme-and-host check let by
+                    raise ConfigError(f"proxy_{kind}_endpoint: {exc}") from None
+                self.endpoints[kind] = (endpoint,
                                         config.seconds(f"proxy_{kind}_timeout"),
                                         safe_endpoint(url))
         self.static_headers = list(config.proxy_static_http_headers.items())

@@ -161,6 +161,9 @@ class Client:
         """
         if self._closed:
             raise ClientClosed("the HTTP client is closed")
+        if method == "HEAD":
+            # Its answer announces a body it does not send: the parser would wait for it.
+            raise ValueError("HEAD requests are not supported")
         head = self._head(method, endpoint, headers, body)
         slots = self._slots
         if slots is None:
