@@ -383,6 +383,73 @@ async def test_answer_size_limit(chunked: bool) -> None:
             await client.aclose()
 
 
+async def test_capture_keeps_the_start_and_cuts_what_is_too_large() -> None:
+    sizes = [50, 300, 5000]
+
+    async def sized(conn: int, n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(b"b" * sizes[len(srv.requests) - 1]))
+        return True
+
+    async with Scripted(sized) as srv:
+        client = outbound.Client(max_body=1000, capture=100)
+        try:
+            small = await client.request("GET", srv.endpoint(), timeout=T)
+            assert (len(small.body), small.truncated, small.address) == (50, False, "127.0.0.1")
+            kept = await client.request("GET", srv.endpoint(), timeout=T)
+            assert (kept.body, kept.truncated) == (b"b" * 100, True)
+            assert srv.connections == 1  # read to the end (under max_body): reusable
+            cut = await client.request("GET", srv.endpoint(), timeout=T)
+            assert (cut.status, cut.body, cut.truncated) == (200, b"b" * 100, True)
+            await closed(client)  # over max_body: not read to the end, so not reused
+        finally:
+            await client.aclose()
+
+
+async def test_webhook_transport_on_the_outbound_layer() -> None:
+    # clarion.webhooks.transport keeps its names and behaviour on top of clarion.outbound:
+    # vetted addresses, the first CAPTURE bytes, a body over MAX_READ cut, its own errors.
+    from clarion.errors import AddressRejected
+    from clarion.webhooks import transport as wt
+    from clarion.webhooks.addresses import AddressPolicy
+
+    bodies = [b"x" * 10, b"y" * (wt.CAPTURE + 5), b"z" * (wt.MAX_READ + 10)]
+
+    async def receiver(conn: int, n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(bodies[len(srv.requests) - 1], "Retry-After: 40"))
+        return True
+
+    async with Scripted(receiver) as srv:
+        policy = AddressPolicy(["127.0.0.0/8"])
+        pinned = wt.PinnedTransport(policy)
+        target = policy.parse_url(f"http://localhost:{srv.port}/hook?a=1")
+        try:
+            first = await pinned.send(wt.Request(target, [("X-Id", "1")], b"{}", T))
+            assert (first.status, first.body, first.truncated) == (200, b"x" * 10, False)
+            assert first.address == "127.0.0.1" and first.header("retry-after") == "40"
+            method, headers, body = srv.requests[0]
+            assert (method, body, headers["x-id"]) == (b"POST", b"{}", "1")
+            assert headers["user-agent"] == wt.USER_AGENT
+            assert headers["host"] == f"localhost:{srv.port}"
+            second = await pinned.send(wt.Request(target, [], b"{}", T))
+            assert (len(second.body), second.truncated) == (wt.CAPTURE, True)
+            third = await pinned.send(wt.Request(target, [], b"{}", T))
+            assert (len(third.body), third.truncated) == (wt.CAPTURE, True)
+            assert srv.connections == 1
+        finally:
+            await pinned.aclose()
+        # Without loopback allowed the policy refuses before any connection is made.
+        strict = wt.PinnedTransport(AddressPolicy())
+        with pytest.raises(AddressRejected):
+            await strict.send(wt.Request(target, [], b"{}", T))
+        await strict.aclose()
+        assert srv.connections == 1
+    refused = wt.PinnedTransport(AddressPolicy(["127.0.0.0/8"]))
+    down = AddressPolicy(["127.0.0.0/8"]).parse_url(f"http://127.0.0.1:{free_port()}/")
+    with pytest.raises(wt.ConnectError, match=r"cannot connect to 127\.0\.0\.1"):
+        await refused.send(wt.Request(down, [], b"{}", T))
+    await refused.aclose()
+
+
 async def test_an_endless_head_is_cut() -> None:
     async def endless(conn: int, n: int, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\n")
@@ -393,7 +460,7 @@ async def test_an_endless_head_is_cut() -> None:
     async with Scripted(endless) as srv:
         client = outbound.Client(max_body=1000)
         try:
-            with pytest.raises(outbound.ResponseTooLarge):
+            with pytest.raises(outbound.ResponseTooLarge, match="answer head larger than 65536"):
                 await client.request("GET", srv.endpoint(), timeout=T)
         finally:
             await client.aclose()
@@ -413,7 +480,7 @@ async def test_malformed_and_cut_answers() -> None:
         try:
             with pytest.raises(outbound.ExchangeError, match="malformed HTTP answer"):
                 await client.request("GET", srv.endpoint(), timeout=T)
-            with pytest.raises(outbound.ExchangeError, match="in the middle of its answer"):
+            with pytest.raises(outbound.ExchangeError, match="in the middle of the answer"):
                 await client.request("GET", srv.endpoint(), timeout=T)
         finally:
             await client.aclose()

@@ -61,8 +61,10 @@ class RequestTimeout(OutboundError, TimeoutError):
 @dataclass(slots=True)
 class Response:
     status: int
-    headers: list[tuple[str, str]]  # names lower-cased, in the order received
+    headers: list[tuple[str, str]]  # as received: names in the server's case, in order
     body: bytes
+    truncated: bool = False  # with ``capture``: the body had more than was kept
+    address: str = ""  # the IP address the answer came from
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -110,17 +112,25 @@ def default_ssl_context() -> ssl.SSLContext:
 class Client:
     """Pooled keep-alive HTTP/1.1 requests; see the module's docstring."""
 
-    def __init__(self, *, max_connections: int = MAX_CONNECTIONS,
-                 max_keepalive: int = MAX_KEEPALIVE,
+    def __init__(self, *, max_connections: int | None = MAX_CONNECTIONS,
+                 max_keepalive: int | None = MAX_KEEPALIVE,
                  keepalive_expiry: float = KEEPALIVE_EXPIRY, max_body: int = MAX_BODY,
+                 capture: int | None = None,
                  ssl_context: ssl.SSLContext | None = None, dialer: Dialer = dial,
                  user_agent: str = USER_AGENT) -> None:
-        if max_connections < 1 or max_keepalive < 0 or keepalive_expiry < 0 or max_body < 0:
+        """``max_connections``/``max_keepalive`` None: no bound (the caller bounds its
+        concurrency itself). ``capture`` None: an answer over ``max_body`` fails with
+        ResponseTooLarge; ``capture`` N: the first N bytes of a body are kept, and an answer
+        over ``max_body`` is cut there (``truncated``) instead of failing."""
+        if ((max_connections is not None and max_connections < 1)
+                or (max_keepalive is not None and max_keepalive < 0)
+                or keepalive_expiry < 0 or max_body < 0 or (capture is not None and capture < 0)):
             raise ValueError("max_connections must be at least 1; max_keepalive, "
-                             "keepalive_expiry and max_body at least 0")
+                             "keepalive_expiry, max_body and capture at least 0")
         self.max_keepalive = max_keepalive
         self.keepalive_expiry = keepalive_expiry
         self.max_body = max_body
+        self.capture = capture
         self.user_agent = user_agent
         self._ssl_context = ssl_context
         self._dialer = dialer
@@ -165,26 +175,32 @@ class Client:
             # Its answer announces a body it does not send: the parser would wait for it.
             raise ValueError("HEAD requests are not supported")
         head = self._head(method, endpoint, headers, body)
-        slots = self._slots
-        if slots is None:
-            slots = self._slots = asyncio.Semaphore(self._max_connections)
         try:
             async with asyncio.timeout(timeout):
+                if self._max_connections is None:
+                    return await self._send(endpoint, head, body, retry_stale)
+                slots = self._slots
+                if slots is None:
+                    slots = self._slots = asyncio.Semaphore(self._max_connections)
                 async with slots:
-                    conn = self._take_idle(endpoint.origin)
-                    if conn is not None:
-                        try:
-                            status, got, data = await conn.exchange(head, body)
-                        except ClosedBeforeAnswer:
-                            if not retry_stale:
-                                raise
-                        else:
-                            return self._finish(endpoint, conn, status, got, data)
-                    conn = await self._connect(endpoint)
-                    status, got, data = await conn.exchange(head, body)
-                    return self._finish(endpoint, conn, status, got, data)
+                    return await self._send(endpoint, head, body, retry_stale)
         except TimeoutError:
             raise RequestTimeout(f"no answer within {timeout:g} s") from None
+
+    async def _send(self, endpoint: Endpoint, head: bytes, body: bytes,
+                    retry_stale: bool) -> Response:
+        conn = self._take_idle(endpoint.origin)
+        if conn is not None:
+            try:
+                status, got, data = await conn.exchange(head, body)
+            except ClosedBeforeAnswer:
+                if not retry_stale:
+                    raise
+            else:
+                return self._finish(endpoint, conn, status, got, data)
+        conn = await self._connect(endpoint)
+        status, got, data = await conn.exchange(head, body)
+        return self._finish(endpoint, conn, status, got, data)
 
     def _head(self, method: str, endpoint: Endpoint, headers: Sequence[tuple[str, str]],
               body: bytes) -> bytes:
@@ -230,26 +246,29 @@ class Client:
 
     def _finish(self, endpoint: Endpoint, conn: Connection, status: int,
                 headers: list[tuple[str, str]], body: bytes) -> Response:
-        if conn.reusable and not self._closed and self._idle_count < self.max_keepalive:
+        if conn.reusable and not self._closed and (
+                self.max_keepalive is None or self._idle_count < self.max_keepalive):
             conn.idle_since = time.monotonic()
             self._idle.setdefault(endpoint.origin, []).append(conn)
             self._idle_count += 1
         else:
             conn.close()
-        return Response(status, headers, body)
+        return Response(status, headers, body, conn.truncated, conn.address)
 
     async def _connect(self, endpoint: Endpoint) -> Connection:
         loop = asyncio.get_running_loop()
-        max_body = self.max_body
+        max_body, capture = self.max_body, self.capture
         lost: asyncio.Future[None] = loop.create_future()
         context = self.ssl_context if endpoint.scheme == "https" else None
         try:
-            _, protocol = await self._dialer(endpoint, lambda: Connection(max_body, lost),
-                                             context)
+            transport, protocol = await self._dialer(
+                endpoint, lambda: Connection(max_body, lost, capture), context)
         except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
             raise ConnectError(f"cannot connect to {endpoint.host}:{endpoint.port}: "
                                f"{exc or type(exc).__name__}") from None
         assert isinstance(protocol, Connection)
+        peer = transport.get_extra_info("peername")
+        protocol.address = str(peer[0]) if peer else ""
         self._open.add(protocol)
         lost.add_done_callback(lambda _: self._open.discard(protocol))
         if self._closed:  # closed while this one was connecting

@@ -25,12 +25,21 @@ MAX_HEAD = 64 * 1024
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_body", "_body_size", "_chunked", "_headers", "_length", "_max_body", "_read",
-                 "_status", "_waiter", "closed", "complete", "got_bytes", "idle_since",
-                 "keep_alive", "lost", "parser", "transport")
+    __slots__ = ("_body", "_body_size", "_capture", "_chunked", "_headers", "_kept", "_length",
+                 "_max_body", "_read", "_status", "_waiter", "address", "closed", "complete",
+                 "got_bytes", "idle_since", "keep_alive", "lost", "parser", "transport",
+                 "truncated")
 
-    def __init__(self, max_body: int, lost: asyncio.Future[None]) -> None:
+    def __init__(self, max_body: int, lost: asyncio.Future[None],
+                 capture: int | None = None) -> None:
+        # capture None: an answer over max_body fails (ResponseTooLarge). capture N: the first
+        # N bytes of the body are kept (truncated says whether there was more), and an answer
+        # over max_body ends there: the connection is dropped, the answer is what was kept.
         self._max_body = max_body
+        self._capture = capture
+        self._kept = 0
+        self.truncated = False
+        self.address = ""  # the peer's IP address, set once connected
         self.lost = lost  # resolved when the socket is gone (a clean close waits for it)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -59,13 +68,14 @@ class Connection(asyncio.Protocol):
             return
         self.got_bytes = True
         self._read += len(data)
-        if self._read > self._max_body + MAX_HEAD:
-            self._fail(ResponseTooLarge(f"answer larger than {self._max_body} bytes"))
-            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(ExchangeError(f"malformed HTTP answer: {exc}"))
+            return
+        if not self._status and self._read > MAX_HEAD and not self.closed:
+            # llhttp bounds no head: a server that never ends its headers is cut here.
+            self._fail(ResponseTooLarge(f"answer head larger than {MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         self.closed = True  # an idle connection the server closed: never picked again
@@ -83,32 +93,47 @@ class Connection(asyncio.Protocol):
             self.complete = True
             waiter.set_result(None)
         elif not self.got_bytes:
-            waiter.set_exception(ClosedBeforeAnswer(
-                "the server closed the connection before answering"))
+            waiter.set_exception(ClosedBeforeAnswer("connection closed before an answer"))
         else:
             waiter.set_exception(ExchangeError(
-                "the server closed the connection in the middle of its answer"
-                + (f" ({exc})" if exc else "")))
+                "connection closed in the middle of the answer" + (f" ({exc})" if exc else "")))
 
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        if key == "content-length":
+        key = name.lower()
+        if key == b"content-length":
             self._length = True
-        elif key == "transfer-encoding" and b"chunked" in value.lower():
+        elif key == b"transfer-encoding" and b"chunked" in value.lower():
             self._chunked = True
-        self._headers.append((key, value.decode("latin-1")))
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self._max_body:
-            self._fail(ResponseTooLarge(f"answer larger than {self._max_body} bytes"))
+        capture = self._capture
+        if capture is None:
+            if self._body_size > self._max_body:
+                self._fail(ResponseTooLarge(f"answer larger than {self._max_body} bytes"))
+                return
+            self._body.append(body)
             return
-        self._body.append(body)
+        room = capture - self._kept
+        if room > 0:
+            part = body[:room]
+            self._body.append(part)
+            self._kept += len(part)
+        if len(body) > room:
+            self.truncated = True
+        if self._body_size > self._max_body:
+            # Keep the status and what was captured; the rest is not worth reading.
+            self.complete = True
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self.close()
 
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:
@@ -152,9 +177,9 @@ class Connection(asyncio.Protocol):
         self._status = 0
         self._headers = []
         self._body = []
-        self._read = self._body_size = 0
+        self._read = self._body_size = self._kept = 0
         self._length = self._chunked = False
-        self.complete = self.keep_alive = self.got_bytes = False
+        self.complete = self.keep_alive = self.got_bytes = self.truncated = False
         if body and len(body) > 16384:
             transport.writelines((head, body))  # no copy of a large body
         else:
