@@ -18,6 +18,12 @@ set-up latency (p50/p99) and the CPU per set-up of the hub and of gunicorn (all 
 
     python bench/connect_proxy.py            # 5 s per way, 3 rounds
     python bench/connect_proxy.py --quick    # 2 s per way, 1 round
+    python bench/connect_proxy.py --clients  # only the HTTP clients, per request
+
+``--clients`` compares the hub's backend client (``clarion.outbound``) with httpx, which it
+replaced: sequential proxy-sized POSTs (a connect request's body, Cookie, Origin and a secret
+header) to bench/webhooks/receiver.py (httptools, answers 204 at once, its own process), CPU
+time of this process per request.
 """
 
 from __future__ import annotations
@@ -221,7 +227,84 @@ async def finish_profile(spy: subprocess.Popen[bytes], path: str) -> None:
     print(f"py-spy profile of the hub (last proxy round): {path}", flush=True)
 
 
+PROXY_BODY = (b'{"client":"0a5b8c1e-51c4-4e4f-9d3e-8f0c2b6d7e11","transport":"websocket",'
+              b'"protocol":"json","encoding":"json"}')
+PROXY_HEADERS = [("Cookie", "sessionid=" + "k" * 32), ("Origin", "http://example.com"),
+                 ("X-Clarion-Proxy-Secret", SECRET), ("Content-Type", "application/json")]
+
+
+async def cpu_per_request(one: Any, requests: int) -> float:
+    """Microseconds of this process's CPU per call of ``one`` (after a warm-up)."""
+    for _ in range(200):
+        await one()
+    cpu0 = time.process_time()
+    for _ in range(requests):
+        status = await one()
+        if status != 204:
+            raise RuntimeError(f"unexpected status {status}")
+    return (time.process_time() - cpu0) / requests * 1e6
+
+
+async def with_httpx(url: str, requests: int) -> float:
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
+        async def one() -> int:
+            async with client.stream("POST", url, content=PROXY_BODY, headers=PROXY_HEADERS,
+                                     timeout=5) as resp:
+                async for _chunk in resp.aiter_bytes():
+                    pass
+                return int(resp.status_code)
+        return await cpu_per_request(one, requests)
+
+
+async def with_outbound(url: str, requests: int) -> float:
+    sys.path.insert(0, os.path.join(common.REPO, "src"))
+    from clarion import outbound
+
+    client = outbound.Client()
+    endpoint = outbound.Endpoint.parse(url)
+
+    async def one() -> int:
+        resp = await client.request("POST", endpoint, headers=PROXY_HEADERS, body=PROXY_BODY,
+                                    timeout=5)
+        return resp.status
+    try:
+        return await cpu_per_request(one, requests)
+    finally:
+        await client.aclose()
+
+
+async def compare_clients(requests: int) -> int:
+    port = lc.free_port()
+    receiver = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, os.path.join(common.BENCH_DIR, "webhooks", "receiver.py"),
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{common.HOST}:{port}/clarion/connect/"
+    results: dict[str, list[float]] = {"clarion.outbound": [], "httpx": []}
+    try:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection(common.HOST, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            break
+        for _ in range(2):
+            results["clarion.outbound"].append(await with_outbound(url, requests))
+            results["httpx"].append(await with_httpx(url, requests))
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    rows = [[name, lc.fmt_num(min(v), 1), lc.fmt_num(statistics.median(v), 1)]
+            for name, v in results.items()]
+    lc.print_table(f"HTTP client CPU per proxy-sized request, {requests} sequential requests "
+                   f"x 2 rounds", ["client", "best us", "median us"], rows)
+    return 0
+
+
 async def main(args: argparse.Namespace) -> int:
+    if args.clients:
+        return await compare_clients(args.client_requests)
     ok, why = common.clarion_available()
     if not ok:
         print(f"clarion is not runnable: {why}", file=sys.stderr)
@@ -307,6 +390,9 @@ if __name__ == "__main__":
     ap.add_argument("--gunicorn-workers", type=int, default=2)
     ap.add_argument("--gunicorn-threads", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="2 s per way, 1 round")
+    ap.add_argument("--clients", action="store_true",
+                    help="only compare the HTTP clients (clarion.outbound, httpx) per request")
+    ap.add_argument("--client-requests", type=int, default=4000)
     ap.add_argument("--profile", metavar="PATH",
                     help="py-spy the hub during the last proxy round: PATH.svg a flame graph, "
                          "else raw collapsed stacks")
