@@ -466,6 +466,23 @@ async def test_an_endless_head_is_cut() -> None:
             await client.aclose()
 
 
+async def test_a_second_answer_to_one_request() -> None:
+    async def twice(conn: int, n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(b"first", "X-N: 1") + answer(b"second", "X-N: 2", status="500 No"))
+        return True
+
+    async with Scripted(twice) as srv:
+        client = outbound.Client()
+        try:
+            for _ in range(2):
+                resp = await client.request("GET", srv.endpoint(), timeout=T)
+                assert (resp.status, resp.body) == (200, b"first")
+                assert resp.headers == [("Content-Length", "5"), ("X-N", "1")]
+            assert srv.connections == 2  # the first connection's framing was not trusted
+        finally:
+            await client.aclose()
+
+
 async def test_malformed_and_cut_answers() -> None:
     async def garbage(conn: int, n: int, writer: asyncio.StreamWriter) -> bool:
         if conn == 1:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clarion import __version__
-from clarion.outbound._connection import Connection
+from clarion.outbound._connection import Answer, Connection
 from clarion.outbound._endpoint import Endpoint
 from clarion.outbound._errors import (
     ClientClosed,
@@ -69,7 +69,7 @@ class Response:
     def header(self, name: str) -> str | None:
         name = name.lower()
         for key, value in self.headers:
-            if key == name:
+            if key.lower() == name:
                 return value
         return None
 
@@ -192,15 +192,14 @@ class Client:
         conn = self._take_idle(endpoint.origin)
         if conn is not None:
             try:
-                status, got, data = await conn.exchange(head, body)
+                answer = await conn.exchange(head, body)
             except ClosedBeforeAnswer:
                 if not retry_stale:
                     raise
             else:
-                return self._finish(endpoint, conn, status, got, data)
+                return self._finish(endpoint, conn, answer)
         conn = await self._connect(endpoint)
-        status, got, data = await conn.exchange(head, body)
-        return self._finish(endpoint, conn, status, got, data)
+        return self._finish(endpoint, conn, await conn.exchange(head, body))
 
     def _head(self, method: str, endpoint: Endpoint, headers: Sequence[tuple[str, str]],
               body: bytes) -> bytes:
@@ -244,8 +243,7 @@ class Client:
             return conn
         return None
 
-    def _finish(self, endpoint: Endpoint, conn: Connection, status: int,
-                headers: list[tuple[str, str]], body: bytes) -> Response:
+    def _finish(self, endpoint: Endpoint, conn: Connection, answer: Answer) -> Response:
         if conn.reusable and not self._closed and (
                 self.max_keepalive is None or self._idle_count < self.max_keepalive):
             conn.idle_since = time.monotonic()
@@ -253,7 +251,8 @@ class Client:
             self._idle_count += 1
         else:
             conn.close()
-        return Response(status, headers, body, conn.truncated, conn.address)
+        status, headers, body, truncated = answer
+        return Response(status, headers, body, truncated, conn.address)
 
     async def _connect(self, endpoint: Endpoint) -> Connection:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,9 @@ from clarion.outbound._errors import (
 # Bytes of status line and headers accepted per answer: llhttp has no bound of its own.
 MAX_HEAD = 64 * 1024
 
+# status, headers (as received), body, truncated (with capture: there was more than was kept)
+Answer = tuple[int, list[tuple[str, str]], bytes, bool]
+
 
 class Connection(asyncio.Protocol):
     __slots__ = ("_body", "_body_size", "_capture", "_chunked", "_headers", "_kept", "_length",
@@ -43,7 +46,7 @@ class Connection(asyncio.Protocol):
         self.lost = lost  # resolved when the socket is gone (a clean close waits for it)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[Answer] | None = None
         self._status = 0
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
@@ -90,8 +93,7 @@ class Connection(asyncio.Protocol):
             return
         if self._status and not self.complete and not (self._length or self._chunked):
             # An answer without Content-Length or chunked framing ends when the server closes.
-            self.complete = True
-            waiter.set_result(None)
+            self._resolve()
         elif not self.got_bytes:
             waiter.set_exception(ClosedBeforeAnswer("connection closed before an answer"))
         else:
@@ -129,24 +131,37 @@ class Connection(asyncio.Protocol):
             self.truncated = True
         if self._body_size > self._max_body:
             # Keep the status and what was captured; the rest is not worth reading.
-            self.complete = True
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._resolve()
             self.close()
 
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:
-            # An interim answer (103 Early Hints): the real one follows on the same connection.
-            self._status = 0
-            self._headers = []
-            self._length = self._chunked = False
+            # An interim answer (103 Early Hints): the real one follows on the same connection
+            # (on_message_begin starts it afresh).
             return
-        self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
+        self._resolve()
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer to one request (in the same read as the first): the
+            # connection's framing cannot be trusted, and the first answer is what counts.
+            self.keep_alive = False
+            self.close()
+        # New lists: the caller's snapshot of an earlier answer keeps its own.
+        self._status = 0
+        self._headers = []
+        self._body = []
+        self._length = self._chunked = False
+
+    def _resolve(self) -> None:
+        """The answer is complete: hand a snapshot to the caller now (bytes that follow in the
+        same read must not change what it gets)."""
+        self.complete = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            waiter.set_result((self._status, self._headers, body, self.truncated))
 
     # -- the caller's side -----------------------------------------------------------------
 
@@ -165,14 +180,13 @@ class Connection(asyncio.Protocol):
         """Close now, failing an exchange in progress (the client is shutting down)."""
         self._fail(ClientClosed(why))
 
-    async def exchange(self, head: bytes, body: bytes) -> tuple[int, list[tuple[str, str]],
-                                                                 bytes]:
-        """Write one request and wait for its whole answer: status, headers, body. The
-        connection stays usable only when ``reusable`` is true afterwards."""
+    async def exchange(self, head: bytes, body: bytes) -> Answer:
+        """Write one request and wait for its whole answer: status, headers, body, truncated.
+        The connection stays usable only when ``reusable`` is true afterwards."""
         transport = self.transport
         if transport is None or self.closed:
             raise ClosedBeforeAnswer("the connection was closed before the request was sent")
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._status = 0
         self._headers = []
@@ -185,15 +199,13 @@ class Connection(asyncio.Protocol):
         else:
             transport.write(head + body)
         try:
-            await waiter
+            return await waiter
         except BaseException:
             self.close()  # timed out, cancelled or broken mid-exchange: never reused
             raise
         finally:
             self._waiter = None
-        body_bytes = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._body = []
-        return self._status, self._headers, body_bytes
+            self._body = []
 
     @property
     def reusable(self) -> bool:
