@@ -31,7 +31,7 @@ from clarion.hub.outbound import Outbound
 from clarion.hub.push import EncodedPush
 from clarion.hub.session import Attached, Session, Subscription
 from clarion.hub.uni import ChunkedOutbound, UniConnection
-from clarion.hub.ws import handshake_refusal, switching_protocols
+from clarion.hub.ws import answer_close, handshake_refusal, switching_protocols
 from clarion.protocol import client as proto
 from clarion.protocol import codes, sse
 from clarion.protocol import websocket as wsp
@@ -203,14 +203,7 @@ class CentrifugoUniConnection(UniConnection):
             elif opcode == wsp.PING:
                 self.out.write_now(wsp.encode_frame(wsp.PONG, payload))
             elif opcode == wsp.CLOSE:
-                try:
-                    wsp.parse_close(payload)
-                except FrameError as exc:
-                    self.out.write_now(wsp.close_frame(exc.close_code, str(exc)))
-                else:
-                    self.out.write_now(wsp.close_frame(wsp.CLOSE_NORMAL))
-                self.out.closing = True
-                self.transport.close()
+                answer_close(self.out, self.transport, payload)
                 return
 
     def _first_message(self, payload: bytes) -> None:

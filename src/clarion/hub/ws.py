@@ -45,6 +45,19 @@ def handshake_refusal(request: Request, hub: Hub, kind: str) -> Response | None:
     return None
 
 
+def answer_close(out: Outbound, transport: asyncio.Transport, payload: bytes) -> None:
+    """The client sent a close frame: answer it (normal closure, or the error a malformed
+    close payload is) and close; nothing more is read or written."""
+    try:
+        wsp.parse_close(payload)
+    except FrameError as exc:
+        out.write_now(wsp.close_frame(exc.close_code, str(exc)))
+    else:
+        out.write_now(wsp.close_frame(wsp.CLOSE_NORMAL))
+    out.closing = True
+    transport.close()
+
+
 def switching_protocols(request: Request) -> bytes:
     """The ``101`` answer to a handshake that ``handshake_refusal`` let through. No subprotocol
     is selected: Centrifugo's JSON transport is the default, and the official SDKs send an
@@ -123,14 +136,7 @@ class WebSocketConnection(CommandConnection):
             elif opcode == wsp.PING:
                 self.out.write_now(wsp.encode_frame(wsp.PONG, payload))
             elif opcode == wsp.CLOSE:
-                try:
-                    wsp.parse_close(payload)
-                except FrameError as exc:
-                    self.out.write_now(wsp.close_frame(exc.close_code, str(exc)))
-                else:
-                    self.out.write_now(wsp.close_frame(wsp.CLOSE_NORMAL))
-                self.out.closing = True
-                self.transport.close()
+                answer_close(self.out, self.transport, payload)
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
