@@ -466,6 +466,38 @@ async def test_an_endless_head_is_cut() -> None:
             await client.aclose()
 
 
+@pytest.mark.parametrize("endless", [False, True])
+async def test_trailers_are_dropped_and_bounded(endless: bool) -> None:
+    # The trailers of a chunked answer come after the head's bound was checked: a receiver
+    # that sends them without end must not grow the client's memory.
+    async def trailers(conn: int, n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        if n == 1:
+            writer.write(b"X-Sum: 1\r\n\r\n")  # a reasonable trailer: dropped, answer kept
+            return True
+        if endless:  # one trailer value that never ends
+            writer.write(b"X-Sum: ")
+            for _ in range(400):
+                writer.write(b"x" * 1000)
+                await writer.drain()
+        else:  # many trailers
+            for i in range(4000):
+                writer.write(b"X-Filler-%d: %s\r\n" % (i, b"x" * 100))
+                await writer.drain()
+        return True
+
+    async with Scripted(trailers) as srv:
+        client = outbound.Client(max_body=1000)
+        try:
+            resp = await client.request("GET", srv.endpoint(), timeout=T)
+            assert (resp.status, resp.body) == (200, b"ok")
+            assert resp.headers == [("Transfer-Encoding", "chunked")]
+            with pytest.raises(outbound.ResponseTooLarge, match="larger than"):
+                await client.request("GET", srv.endpoint(), timeout=T)
+        finally:
+            await client.aclose()
+
+
 async def test_a_second_answer_to_one_request() -> None:
     async def twice(conn: int, n: int, writer: asyncio.StreamWriter) -> bool:
         writer.write(answer(b"first", "X-N: 1") + answer(b"second", "X-N: 2", status="500 No"))

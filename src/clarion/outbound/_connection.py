@@ -20,7 +20,8 @@ from clarion.outbound._errors import (
     ResponseTooLarge,
 )
 
-# Bytes of status line and headers accepted per answer: llhttp has no bound of its own.
+# Bytes of status line and headers accepted per answer: llhttp has no bound of its own. The
+# trailers of a chunked answer (dropped: nothing here reads them) have the same bound.
 MAX_HEAD = 64 * 1024
 
 # status, headers (as received), body, truncated (with capture: there was more than was kept)
@@ -29,8 +30,8 @@ Answer = tuple[int, list[tuple[str, str]], bytes, bool]
 
 class Connection(asyncio.Protocol):
     __slots__ = ("_body", "_body_size", "_capture", "_chunked", "_headers", "_kept", "_length",
-                 "_max_body", "_read", "_status", "_waiter", "address", "closed", "complete",
-                 "got_bytes", "idle_since", "keep_alive", "lost", "parser", "transport",
+                 "_max_body", "_read", "_status", "_trailers", "_waiter", "address", "closed",
+                 "complete", "got_bytes", "idle_since", "keep_alive", "lost", "parser", "transport",
                  "truncated")
 
     def __init__(self, max_body: int, lost: asyncio.Future[None],
@@ -52,6 +53,7 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._read = 0
         self._body_size = 0
+        self._trailers = 0  # bytes of trailer names and values seen
         self._length = False  # the answer has a Content-Length
         self._chunked = False
         self.complete = False
@@ -76,9 +78,17 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(ExchangeError(f"malformed HTTP answer: {exc}"))
             return
-        if not self._status and self._read > MAX_HEAD and not self.closed:
-            # llhttp bounds no head: a server that never ends its headers is cut here.
-            self._fail(ResponseTooLarge(f"answer head larger than {MAX_HEAD} bytes"))
+        if self.closed:
+            return
+        if not self._status:
+            if self._read > MAX_HEAD:
+                # llhttp bounds no head: a server that never ends its headers is cut here.
+                self._fail(ResponseTooLarge(f"answer head larger than {MAX_HEAD} bytes"))
+        elif self._read - self._body_size > (limit := 2 * MAX_HEAD + self._max_body):
+            # Everything that is not body (head, chunk framing, trailers) is bounded too: a
+            # trailer that never ends is buffered by httptools before on_header sees it.
+            self._fail(ResponseTooLarge(
+                f"answer head, chunk framing and trailers larger than {limit} bytes"))
 
     def eof_received(self) -> bool | None:
         self.closed = True  # an idle connection the server closed: never picked again
@@ -103,6 +113,13 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._status:
+            # A trailer (after a chunked body): dropped, its bytes counted so that a hostile
+            # server cannot grow the worker's memory with them.
+            self._trailers += len(name) + len(value)
+            if self._trailers > MAX_HEAD:
+                self._fail(ResponseTooLarge(f"answer trailers larger than {MAX_HEAD} bytes"))
+            return
         key = name.lower()
         if key == b"content-length":
             self._length = True
@@ -152,6 +169,7 @@ class Connection(asyncio.Protocol):
         self._status = 0
         self._headers = []
         self._body = []
+        self._trailers = 0
         self._length = self._chunked = False
 
     def _resolve(self) -> None:
@@ -191,7 +209,7 @@ class Connection(asyncio.Protocol):
         self._status = 0
         self._headers = []
         self._body = []
-        self._read = self._body_size = self._kept = 0
+        self._read = self._body_size = self._kept = self._trailers = 0
         self._length = self._chunked = False
         self.complete = self.keep_alive = self.got_bytes = self.truncated = False
         if body and len(body) > 16384:
