@@ -140,6 +140,11 @@ def gzip_bomb(decoded: int) -> Handler:
     return answer(200, data, "application/json", {"Content-Encoding": "gzip"})
 
 
+def gzip_answer(body: bytes) -> Handler:
+    """``body`` gzip-compressed although the client asked for identity."""
+    return answer(200, gzip.compress(body), "application/json", {"Content-Encoding": "gzip"})
+
+
 def slow(delay: float, then: Handler) -> Handler:
     def handle(h: _Handler) -> None:
         time.sleep(delay)

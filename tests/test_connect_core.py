@@ -52,6 +52,7 @@ from connect_servers import (
     as_json,
     chunked,
     drip,
+    gzip_answer,
     gzip_bomb,
     make_tls,
     redirect,
@@ -268,6 +269,33 @@ def test_a_session_client_caps_answers_too(docs: DocServer) -> None:
         client.get(f"{docs.url}/huge")
 
 
+def test_a_compressed_answer_to_a_post_is_capped_on_its_decoded_size(docs: DocServer) -> None:
+    # Registration posts; the transport decodes under the cap, not httpx after it.
+    docs.route("/register", gzip_bomb(20_000_000))
+    docs.route("/small", gzip_answer(b'{"client_id": "c1"}'))
+    with loopback_fetcher(max_bytes=1_000_000) as f:
+        assert f.post(f"{docs.url}/small", json={}).json() == {"client_id": "c1"}
+        with pytest.raises(FetchError, match="larger than the limit of 1,000,000 bytes"):
+            f.post(f"{docs.url}/register", json={"client_name": "x"})
+
+
+def test_a_compressed_answer_in_an_oauth_session_is_capped(docs: DocServer) -> None:
+    docs.route("/api/v1/accounts/verify_credentials", gzip_bomb(20_000_000))
+    server = Server(host=docs.host, base_url=docs.url, protocol="oauth2", kind="mastodon",
+                    token_endpoint=f"{docs.url}/oauth/token")
+    with loopback_fetcher(max_bytes=1_000_000) as f, \
+            session(server, ClientCredentials("id", "secret"), Tokens("token"), f) as http, \
+            pytest.raises(FetchError, match="larger"):
+        whoami(server, http)
+
+
+def test_an_encoding_the_transport_cannot_cap_is_refused(docs: DocServer) -> None:
+    docs.route("/br", answer(200, b"\x0b\x02\x80{}\x03", headers={"Content-Encoding": "br"}))
+    with loopback_fetcher() as f, f.client() as client, \
+            pytest.raises(FetchError, match="compressed with 'br'"):
+        client.get(f"{docs.url}/br")
+
+
 # -- the fetcher: time -------------------------------------------------------------------------
 
 def test_a_server_that_does_not_answer_in_time_is_a_fetch_error(docs: DocServer) -> None:
@@ -283,6 +311,24 @@ def test_a_body_that_drips_is_cut_by_the_total_timeout(docs: DocServer) -> None:
     docs.route("/drip", drip(0.1, 200))
     with loopback_fetcher(timeout=1.0) as f, pytest.raises(FetchError, match="within 1 s"):
         f.get(f"{docs.url}/drip", accept="*/*")
+
+
+def test_a_post_whose_answer_drips_is_cut_by_the_request_deadline(docs: DocServer) -> None:
+    # Every byte within the read timeout; the whole answer would take 20 s.
+    docs.route("/token", drip(0.1, 200))
+    with loopback_fetcher(timeout=1.0) as f, pytest.raises(FetchError, match="within 1 s"):
+        f.post(f"{docs.url}/token", data={"grant_type": "authorization_code"})
+
+
+def test_a_session_call_whose_answer_drips_is_cut_by_the_request_deadline(
+        docs: DocServer) -> None:
+    docs.route("/api/v1/accounts/verify_credentials", drip(0.1, 200))
+    server = Server(host=docs.host, base_url=docs.url, protocol="oauth2", kind="mastodon",
+                    token_endpoint=f"{docs.url}/oauth/token")
+    with loopback_fetcher(timeout=1.0) as f, \
+            session(server, ClientCredentials("id", "secret"), Tokens("token"), f) as http, \
+            pytest.raises(FetchError, match="within 1 s"):
+        whoami(server, http)
 
 
 def test_a_closed_port_is_a_fetch_error(docs: DocServer) -> None:

@@ -11,8 +11,9 @@ the name (SNI and ``Host`` stay the name; only the socket goes to the vetted add
 
 Redirects are followed by hand (at most ``max_redirects``), and every hop is checked like the
 first URL. Plain http is refused unless ``allow_http``. ``timeout`` bounds each connect and each
-read, and :meth:`Fetcher.get` also as a whole (all hops, the body included); ``max_bytes`` is
-enforced while the body streams in, so a server cannot make us read or hold more than that.
+read, and every request as a whole (sending, headers, body: checked as each chunk arrives), and
+:meth:`Fetcher.get` as a whole too (all hops); ``max_bytes`` is enforced on the decoded body
+while it streams in, so a server cannot make us read or hold more than that, compressed or not.
 
 :meth:`Fetcher.client` gives authlib (and anything else) an httpx client on the same pinned,
 capped transport; it follows no redirects.
@@ -24,6 +25,7 @@ import asyncio
 import concurrent.futures
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from ipaddress import ip_address
 from typing import Any
@@ -187,44 +189,114 @@ def _early_size_check(response: httpx.Response, limit: int) -> None:
         raise _too_big(response.request.url, limit)
 
 
+class _Limits:
+    """One answer's limits while its body streams in: ``limit`` decoded bytes, and (when the
+    transport has a timeout) a deadline for the whole request, so a server that sends a byte
+    just within every read timeout cannot hold a request open for long.
+
+    A compressed body (the server ignored ``Accept-Encoding: identity``) is decoded here,
+    ``gzip`` and ``deflate`` only, with zlib's ``max_length`` so no single chunk expands past
+    the cap in memory; the caller then gets the decoded bytes and no ``Content-Encoding``."""
+
+    def __init__(self, url: httpx.URL, limit: int, deadline: float | None, timeout: float | None,
+                 encoding: str) -> None:
+        self.url, self.limit, self.deadline, self.timeout = url, limit, deadline, timeout
+        self.seen = 0
+        self._zlib = zlib.decompressobj(47 if encoding in ("gzip", "x-gzip") else 15) \
+            if encoding else None
+        self._raw_deflate = encoding == "deflate"
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise FetchError(f"{show_url(self.url)}: no answer within {self.timeout:g} s")
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        self.check_time()
+        if self._zlib is None:
+            yield self._count(chunk)
+            return
+        data = chunk
+        while data:
+            out = self._inflate(data)
+            data = self._zlib.unconsumed_tail if self._zlib else b""
+            if out:
+                yield self._count(out)
+            if self._zlib is not None and self._zlib.eof:
+                return
+
+    def _inflate(self, data: bytes) -> bytes:
+        assert self._zlib is not None
+        room = self.limit - self.seen + 1
+        try:
+            return self._zlib.decompress(data, room)
+        except zlib.error:
+            if self._raw_deflate and self.seen == 0:
+                # "deflate" is sometimes sent without the zlib wrapper (RFC 9110 §8.4.1.2).
+                self._raw_deflate = False
+                self._zlib = zlib.decompressobj(-15)
+                return self._zlib.decompress(data, room)
+            raise FetchError(f"{show_url(self.url)}: the compressed answer is corrupt") from None
+
+    def _count(self, data: bytes) -> bytes:
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise _too_big(self.url, self.limit)
+        return data
+
+
+_DECODED = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+def _wrap(response: httpx.Response, request: httpx.Request, limit: int,
+          timeout: float | None, deadline: float | None) -> _Limits:
+    """The limits of ``response``'s body; FetchError for an encoding we do not decode."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding == "identity":
+        encoding = ""
+    if encoding and encoding not in _DECODED:
+        # br, zstd, stacked encodings: httpx would decode them past any cap we could count.
+        raise FetchError(f"{show_url(request.url)}: the answer is compressed with "
+                         f"{encoding[:40]!r}, which Clarion does not accept (it asks for "
+                         f"identity)")
+    if encoding:
+        del response.headers["content-encoding"]
+        response.headers.pop("content-length", None)
+    return _Limits(request.url, limit, deadline, timeout, encoding)
+
+
 class _CappedStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, url: httpx.URL, limit: int) -> None:
-        self._inner, self._url, self._limit = inner, url, limit
+    def __init__(self, inner: httpx.SyncByteStream, limits: _Limits) -> None:
+        self._inner, self._limits = inner, limits
 
     def __iter__(self) -> Iterator[bytes]:
-        seen = 0
         for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._limit:
-                raise _too_big(self._url, self._limit)
-            yield chunk
+            yield from self._limits.feed(chunk)
 
     def close(self) -> None:
         self._inner.close()
 
 
 class _AsyncCappedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, url: httpx.URL, limit: int) -> None:
-        self._inner, self._url, self._limit = inner, url, limit
+    def __init__(self, inner: httpx.AsyncByteStream, limits: _Limits) -> None:
+        self._inner, self._limits = inner, limits
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
         async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._limit:
-                raise _too_big(self._url, self._limit)
-            yield chunk
+            for piece in self._limits.feed(chunk):
+                yield piece
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
 class PinnedTransport(httpx.HTTPTransport):
-    """httpx's transport on the pinned network backend, refusing plain http unless allowed and
-    capping every answer's (raw) body at ``max_bytes``."""
+    """httpx's transport on the pinned network backend, refusing plain http unless allowed,
+    capping every answer's decoded body at ``max_bytes`` and, with ``timeout``, each request
+    as a whole (sending, the headers and the body) at ``timeout`` seconds."""
 
     def __init__(self, policy: AddressPolicy, *, verify: bool | str | ssl.SSLContext = True,
-                 allow_http: bool = False, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 allow_http: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
+                 timeout: float | None = None) -> None:
         context = _ssl_context(verify)
         super().__init__(verify=context, trust_env=False)
         # httpx has no network_backend option: the pool it built is replaced by the same pool on
@@ -233,18 +305,22 @@ class PinnedTransport(httpx.HTTPTransport):
             ssl_context=context, network_backend=_PinnedBackend(policy))
         self.allow_http = allow_http
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         _check_scheme(request.url, self.allow_http)
+        deadline = time.monotonic() + self.timeout if self.timeout else None
         response = super().handle_request(request)
         response.request = request
         try:
             _early_size_check(response, self.max_bytes)
+            limits = _wrap(response, request, self.max_bytes, self.timeout, deadline)
+            limits.check_time()
         except FetchError:
             response.close()
             raise
         assert isinstance(response.stream, httpx.SyncByteStream)
-        response.stream = _CappedStream(response.stream, request.url, self.max_bytes)
+        response.stream = _CappedStream(response.stream, limits)
         return response
 
 
@@ -252,25 +328,30 @@ class AsyncPinnedTransport(httpx.AsyncHTTPTransport):
     """The async twin of :class:`PinnedTransport`."""
 
     def __init__(self, policy: AddressPolicy, *, verify: bool | str | ssl.SSLContext = True,
-                 allow_http: bool = False, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 allow_http: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
+                 timeout: float | None = None) -> None:
         context = _ssl_context(verify)
         super().__init__(verify=context, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context, network_backend=_AsyncPinnedBackend(policy))
         self.allow_http = allow_http
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         _check_scheme(request.url, self.allow_http)
+        deadline = time.monotonic() + self.timeout if self.timeout else None
         response = await super().handle_async_request(request)
         response.request = request
         try:
             _early_size_check(response, self.max_bytes)
+            limits = _wrap(response, request, self.max_bytes, self.timeout, deadline)
+            limits.check_time()
         except FetchError:
             await response.aclose()
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _AsyncCappedStream(response.stream, request.url, self.max_bytes)
+        response.stream = _AsyncCappedStream(response.stream, limits)
         return response
 
 
@@ -325,8 +406,8 @@ class _Settings:
         return parsed
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        # identity: the size cap of a session's answers counts raw bytes, and a compressed
-        # answer could expand far past it (Fetcher.get caps the decoded bytes as well).
+        # identity: nothing to decode. A server that compresses anyway is decoded under the
+        # cap by the transport (gzip, deflate) or refused (anything else).
         headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity"}
         headers.update(extra or {})
         return headers
@@ -392,10 +473,11 @@ def _decode_json(response: httpx.Response) -> dict[str, Any]:
 class Fetcher:
     """Fetches documents (WebFinger, host-meta, metadata) and posts registrations, safely.
 
-    ``timeout`` (seconds) bounds each connect and read, and :meth:`get` as a whole (redirects
-    and body included); ``max_bytes`` caps a body; ``max_redirects`` counts hops :meth:`get`
-    follows (:meth:`post` and :meth:`client` follow none). ``verify``: True (certifi), False,
-    a CA bundle's path, or an ``ssl.SSLContext``."""
+    ``timeout`` (seconds) bounds each connect and read, each request as a whole (body
+    included), and :meth:`get` as a whole (redirects included); ``max_bytes`` caps a decoded
+    body; ``max_redirects`` counts hops :meth:`get` follows (:meth:`post` and :meth:`client`
+    follow none). ``verify``: True (certifi), False, a CA bundle's path, or an
+    ``ssl.SSLContext``."""
 
     def __init__(
         self,
@@ -421,7 +503,7 @@ class Fetcher:
         """A new pinned, capped transport (each client owns and closes its own)."""
         s = self.settings
         return PinnedTransport(s.policy, verify=s.ssl_context, allow_http=s.allow_http,
-                               max_bytes=s.max_bytes)
+                               max_bytes=s.max_bytes, timeout=s.timeout)
 
     def client_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         """The keyword arguments of an httpx client on a new pinned transport: for authlib's
@@ -518,7 +600,7 @@ class AsyncFetcher:
     def transport(self) -> AsyncPinnedTransport:
         s = self.settings
         return AsyncPinnedTransport(s.policy, verify=s.ssl_context, allow_http=s.allow_http,
-                                    max_bytes=s.max_bytes)
+                                    max_bytes=s.max_bytes, timeout=s.timeout)
 
     def client_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         return self.settings.client_kwargs(self.transport(), kwargs)
