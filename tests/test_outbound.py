@@ -668,11 +668,23 @@ def test_endpoint_parse(url: str, origin: tuple[str, str, int], target: str,
     ("localhost:3000", "must be an http:// or https:// URL"),
     ("http:///x", "has no host"),
     ("http://h:99999/", "the port is not a number"),
+    ("http://h:0/", "the port is not a number from 1"),  # not the default port
     ("http://h/a b", "space or a control character"),
+    ("http://user:s3cret@h:99999/?token=s3cret", "'http://h:99999/': the port"),
+    ("ftp://user:s3cret@h/", "'ftp://h/': must be"),
+    ("user:s3cret@h", "must be"),
 ])
 def test_endpoint_errors(url: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as info:
         outbound.Endpoint.parse(url)
+    assert "s3cret" not in str(info.value)  # the operator's password is not in the message
+
+
+def test_endpoint_repr_hides_the_password() -> None:
+    e = outbound.Endpoint.parse("http://user:s3cret@h/p")
+    assert e.authorization.startswith("Basic ")
+    assert "authorization" not in repr(e)
+    assert "s3cret" not in repr(e) and "czNjcmV0" not in repr(e)
 
 
 # -- TLS -------------------------------------------------------------------------------------
@@ -719,10 +731,13 @@ async def test_hub_connect_proxy_over_tls(hub_factory: HubFactory, tls: Tls) -> 
         assert "proxy request failed" not in hub.output()
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://127.0.0.1/a b"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://127.0.0.1/a b",
+                                 "http://u:s3cret@127.0.0.1:0/x", "ftp://u:s3cret@127.0.0.1/x"])
 def test_hub_refuses_an_endpoint_it_cannot_call(hub_factory: HubFactory, url: str) -> None:
-    with pytest.raises(RuntimeError, match=r"proxy_connect_endpoint: .*(the port is not|space)"):
+    with pytest.raises(RuntimeError,
+                       match=r"proxy_connect_endpoint: .*(the port is not|space|must be)") as info:
         hub_factory(f'proxy_connect_endpoint = "{url}"\n')
+    assert "s3cret" not in str(info.value)  # nor in the log it quotes
 
 
 def test_the_client_module_is_light() -> None:

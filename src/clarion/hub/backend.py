@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from clarion import outbound
 from clarion.errors import ClarionError, ConfigError
@@ -58,11 +57,7 @@ class _Retryable(Exception):
 
 def safe_endpoint(url: str) -> str:
     """The endpoint as logs show it: no credentials, no query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+    return outbound.safe_url(url)
 
 
 class Backend:

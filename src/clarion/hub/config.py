@@ -20,6 +20,7 @@ import msgspec
 from clarion.errors import ConfigError
 from clarion.hub.proxies import HEADERS as PROXY_HEADERS
 from clarion.hub.proxies import parse_networks
+from clarion.outbound import safe_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -344,7 +345,9 @@ def _check_proxies(config: Config) -> None:
         if url:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{name}: must be an http:// or https:// URL, not {url!r}")
+                # Never the URL as given: its user and password are the operator's secret.
+                raise ValueError(f"{name}: must be an http:// or https:// URL, "
+                                 f"not {safe_url(url)!r}")
         timeout_name = f"proxy_{kind}_timeout"
         seconds = parse_duration(getattr(config, timeout_name), timeout_name)
         if not 0 < seconds <= 60:

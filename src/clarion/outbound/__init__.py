@@ -20,7 +20,7 @@ from clarion.outbound._client import (
     default_ssl_context,
     dial,
 )
-from clarion.outbound._endpoint import Endpoint
+from clarion.outbound._endpoint import Endpoint, safe_url
 from clarion.outbound._errors import (
     ClientClosed,
     ClosedBeforeAnswer,
@@ -50,4 +50,5 @@ __all__ = [
     "ResponseTooLarge",
     "default_ssl_context",
     "dial",
+    "safe_url",
 ]
