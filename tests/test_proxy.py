@@ -310,10 +310,19 @@ async def test_publish_proxy_rewrites_and_rejects(proxied: Hub, backend: ProxyBa
     assert len(backend.requests("publish")) == 2
 
 
+def prolonging(extra: dict[str, Any] | None = None) -> Any:
+    """A refresh answer one second past the time of the request (a fixed expire_at would be
+    in the past by the next refresh, and that expires the connection)."""
+    async def answer(request: dict[str, Any]) -> tuple[int, bytes]:
+        return 200, msgspec.json.encode(
+            {"result": {"expire_at": int(time.time()) + 1, **(extra or {})}})
+    return answer
+
+
 async def test_sub_refresh_prolongs_then_expires(proxied: Hub, backend: ProxyBackend) -> None:
     backend.answer("connect", {"result": {"user": "42"}})
     backend.answer("subscribe", {"result": {"expire_at": int(time.time()) + 1}})
-    backend.answer("sub_refresh", {"result": {"expire_at": int(time.time()) + 1}})
+    backend.answer("sub_refresh", prolonging())
     async with raw_client(proxied) as c:
         await c.call("connect", {})
         reply = await c.call("subscribe", {"channel": "room:timed"})
@@ -333,8 +342,7 @@ async def test_sub_refresh_prolongs_then_expires(proxied: Hub, backend: ProxyBac
 
 async def test_refresh_proxy_prolongs_then_expires(proxied: Hub, backend: ProxyBackend) -> None:
     backend.answer("connect", {"result": {"user": "42", "expire_at": int(time.time()) + 1}})
-    backend.answer("refresh", {"result": {"expire_at": int(time.time()) + 1,
-                                          "info": {"v": 2}}})
+    backend.answer("refresh", prolonging({"info": {"v": 2}}))
     async with raw_client(proxied) as c:
         reply = await c.call("connect", {})
         assert "expires" not in reply["connect"]
@@ -348,6 +356,24 @@ async def test_refresh_proxy_prolongs_then_expires(proxied: Hub, backend: ProxyB
         assert first.headers["cookie"] == COOKIE
         backend.answer("refresh", {"result": {"expired": True}})
         assert await closed_with(c.ws) == 3005
+
+
+@pytest.mark.parametrize("kind", ["refresh", "sub_refresh"])
+async def test_a_refresh_answering_an_expiry_already_past_expires(
+        proxied: Hub, backend: ProxyBackend, kind: str) -> None:
+    # Asking again every second would get the same answer forever: the connection (or the
+    # subscription) is expired at once.
+    soon = int(time.time()) + 1
+    backend.answer("connect", {"result": {"user": "42", "expire_at": soon if kind ==
+                                          "refresh" else 0}})
+    backend.answer("subscribe", {"result": {"expire_at": soon}})
+    backend.answer(kind, {"result": {"expire_at": int(time.time()) - 60}})
+    async with raw_client(proxied) as c:
+        await c.call("connect", {})
+        if kind == "sub_refresh":
+            await c.call("subscribe", {"channel": "room:timed"})
+        assert await closed_with(c.ws) == (3005 if kind == "refresh" else 3006)
+    assert len(backend.requests(kind)) == 1
 
 
 # -- rpc ---------------------------------------------------------------------------------------

@@ -284,41 +284,53 @@ class Session:
         state = self.proxy
         assert state is not None
         try:
-            answer = await self._answer("refresh", pp.RefreshRequest(**self._user_base()))
-        except BackendUnavailable:
-            state.refresh_at = time.time() + PROXY_REFRESH_RETRY  # the connection stays
-            return
-        state.refresh_at = 0.0
-        result: pp.RefreshResult | None = answer.result
-        # An error or disconnect answer has no meaning here (Centrifugo's rule): expired.
-        if result is None or result.expired:
-            self.target.disconnect(Disconnect(*codes.EXPIRED))
-            return
-        self.expire_at = result.expire_at
-        info = pp.json_payload(result, "info")
-        if info is not None:
-            self.conn_info = info
+            try:
+                answer = await self._answer("refresh", pp.RefreshRequest(**self._user_base()))
+            except BackendUnavailable:
+                state.refresh_at = time.time() + PROXY_REFRESH_RETRY  # the connection stays
+                return
+            state.refresh_at = 0.0
+            result: pp.RefreshResult | None = answer.result
+            # An error or disconnect answer has no meaning here (Centrifugo's rule): expired.
+            # So is an expiry already past: asking again every second would change nothing.
+            if result is None or result.expired or 0 < result.expire_at <= time.time():
+                self.target.disconnect(Disconnect(*codes.EXPIRED))
+                return
+            self.expire_at = result.expire_at
+            info = pp.json_payload(result, "info")
+            if info is not None:
+                self.conn_info = info
+        finally:
+            if state.refresh_at == float("inf"):
+                # Failed in an unexpected way (logged by the task): asked again later, not
+                # left "in flight" forever, neither refreshed nor expired.
+                state.refresh_at = time.time() + PROXY_REFRESH_RETRY
 
     async def _proxy_sub_refresh(self, channel: str, sub: Subscription) -> None:
         state = self.proxy
         assert state is not None
         try:
-            answer = await self._answer("sub_refresh", pp.SubRefreshRequest(
-                **self._user_base(), channel=channel))
-        except BackendUnavailable:
-            state.sub_refresh_at[channel] = time.time() + PROXY_REFRESH_RETRY
-            return
-        state.sub_refresh_at.pop(channel, None)
-        if self.subs.get(channel) is not sub:
-            return  # unsubscribed meanwhile
-        result: pp.RefreshResult | None = answer.result
-        if result is None or result.expired:
-            self.target.disconnect(Disconnect(*codes.SUB_EXPIRED))
-            return
-        sub.expire_at = result.expire_at
-        info = pp.json_payload(result, "info")
-        if info is not None:
-            sub.chan_info = info
+            try:
+                answer = await self._answer("sub_refresh", pp.SubRefreshRequest(
+                    **self._user_base(), channel=channel))
+            except BackendUnavailable:
+                state.sub_refresh_at[channel] = time.time() + PROXY_REFRESH_RETRY
+                return
+            state.sub_refresh_at.pop(channel, None)
+            if self.subs.get(channel) is not sub:
+                return  # unsubscribed meanwhile
+            result: pp.RefreshResult | None = answer.result
+            if result is None or result.expired or 0 < result.expire_at <= time.time():
+                self.target.disconnect(Disconnect(*codes.SUB_EXPIRED))
+                return
+            sub.expire_at = result.expire_at
+            info = pp.json_payload(result, "info")
+            if info is not None:
+                sub.chan_info = info
+        finally:
+            if state.sub_refresh_at.get(channel) == float("inf"):
+                # As in _proxy_refresh: an unexpected failure is not an endless call in flight.
+                state.sub_refresh_at[channel] = time.time() + PROXY_REFRESH_RETRY
 
     def send(self, body: bytes) -> None:
         """A reply or push frame to a bidirectional client."""
