@@ -333,9 +333,12 @@ class Config(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
 
 PROXY_KINDS = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
-# Set by the hub on every request it sends (or by the HTTP client): not the operator's to add.
+# Set by the hub on every request it sends, or framing and hop-by-hop headers the HTTP client
+# keeps to itself: neither the operator's to add nor the client's to forward (a forwarded
+# Content-Type would be a second one next to the hub's).
 _OWN_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding",
-                          "connection"})
+                          "connection", "keep-alive", "upgrade", "te", "trailer",
+                          "proxy-connection"})
 
 
 def _check_proxies(config: Config) -> None:
@@ -356,6 +359,9 @@ def _check_proxies(config: Config) -> None:
     for header in config.proxy_http_headers:
         if not _HEADER_NAME.match(header):
             raise ValueError(f"proxy_http_headers: {header!r} is not a header name")
+        if header.lower() in _OWN_HEADERS:
+            raise ValueError(f"proxy_http_headers: {header} is set by the hub, it cannot be "
+                             "forwarded")
     for header, value in config.proxy_static_http_headers.items():
         if not _HEADER_NAME.match(header):
             raise ValueError(f"proxy_static_http_headers: {header!r} is not a header name")
