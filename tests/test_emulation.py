@@ -624,3 +624,36 @@ def test_a_session_flooded_with_posts_is_told_3013(hub_factory: HubFactory) -> N
     assert last == {"push": {"disconnect": {"code": 3013, "reason": "too many requests"}}}
     assert metric(hub, "clarion_emulation_commands_total", outcome="refused") >= 1
     assert httpx.get(f"{hub.url}/health", timeout=5).json()["status"] == "ok"
+
+
+async def test_a_cancelled_command_loop_answers_the_frames_it_leaves() -> None:
+    # A unit test of the loop alone (cancelling it in a running hub is the hub's shutdown):
+    # frames still queued when it is cancelled must not leave their /emulation requests
+    # waiting until the socket goes.
+    import types
+
+    from clarion.hub.commands import CommandConnection
+
+    started = asyncio.Event()
+
+    async def command(cmd: object) -> None:
+        started.set()
+        await asyncio.Event().wait()  # a command that never ends
+
+    tasks: list[asyncio.Task[None]] = []
+    conn = CommandConnection.__new__(CommandConnection)
+    conn.hub = types.SimpleNamespace(  # type: ignore[assignment]
+        spawn=lambda coro: tasks.append(asyncio.ensure_future(coro)),
+        metrics=types.SimpleNamespace(messages_in=0))
+    conn.out = types.SimpleNamespace(closing=False)  # type: ignore[assignment]
+    conn.session = types.SimpleNamespace(command=command, post_reply=False)  # type: ignore[assignment]
+    conn._start_inbox()
+    loop = asyncio.get_running_loop()
+    dones = [loop.create_future() for _ in range(3)]
+    for i, done in enumerate(dones):
+        conn.feed(b'{"id": %d, "ping": {}}' % (i + 1), done)
+    await asyncio.wait_for(started.wait(), 10)
+    tasks[0].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(done.done() for done in dones)
+    assert conn.pending == 0

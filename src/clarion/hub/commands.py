@@ -75,6 +75,7 @@ class CommandConnection(HeldConnection):
     async def _process(self) -> None:
         session = self.session
         inbox = self._inbox
+        cancelled = False
         try:
             while inbox and not self.out.closing:
                 frame, done = inbox.pop(0)
@@ -85,6 +86,9 @@ class CommandConnection(HeldConnection):
                         done.set_result(None)
                 if len(inbox) < RESUME_BELOW and not self.out.closing:
                     self.resume_input()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         except Disconnect as exc:
             self.disconnect(exc)
         except Exception:
@@ -92,7 +96,10 @@ class CommandConnection(HeldConnection):
             self.disconnect(Disconnect(*codes.SERVER_ERROR))
         finally:
             self._busy = False
-            if self.out.closing:
+            if cancelled or self.out.closing:
+                # Cancelled (the hub shutting down): the frames left will not run either, and
+                # an /emulation request waiting on one must get its answer now, not when its
+                # socket is torn down.
                 self._drop_inbox()
 
     async def _run_frame(self, session: Session, frame: bytes) -> None:
