@@ -550,6 +550,26 @@ def test_origin_check_and_cors(hub: Hub) -> None:
                       headers={"origin": good_origin})
         assert r.status_code == 204
         assert r.headers["access-control-allow-origin"] == good_origin
+        assert r.headers["access-control-allow-credentials"] == "true"  # a listed origin
+
+
+def test_any_origin_is_allowed_without_credentials(hub_factory: HubFactory) -> None:
+    # allowed_origins ["*"]: any page may use the hub, but its browser never sends the user's
+    # cookies to it; a listed pattern next to "*" still gets them.
+    hub = hub_factory(env={"CLARION_ALLOWED_ORIGINS": "*,https://app.example"})
+    with httpx.Client(timeout=10) as http:
+        for origin, credentials in [("https://evil.example", False),
+                                    ("https://app.example", True)]:
+            r = http.options(f"{hub.url}/emulation", headers={
+                "origin": origin, "access-control-request-method": "POST"})
+            assert r.status_code == 204
+            assert r.headers["access-control-allow-origin"] == origin
+            assert ("access-control-allow-credentials" in r.headers) is credentials
+            r = http.post(f"{hub.url}/emulation", json={"session": "a.b", "data": "{}"},
+                          headers={"origin": origin})
+            assert r.status_code == 204
+            assert r.headers.get("access-control-allow-credentials") == (
+                "true" if credentials else None)
 
 
 def test_a_stream_reader_that_stops_reading_is_dropped_slow(hub_factory: HubFactory) -> None:

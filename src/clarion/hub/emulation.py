@@ -18,9 +18,11 @@ them), and whoever holds the session can send commands as its user.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hmac
 import secrets
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -150,12 +152,25 @@ class EmulatedConnection(CommandConnection):
 # -- the streams -------------------------------------------------------------------------------
 
 
-def _cors(request: Request) -> list[tuple[str, str]]:
+def _cors(hub: Hub, request: Request) -> list[tuple[str, str]]:
     origin = request.headers.get("origin")
     if origin is None:
         return []
-    return [("access-control-allow-origin", origin),
-            ("access-control-allow-credentials", "true"), ("vary", "Origin")]
+    headers = [("access-control-allow-origin", origin), ("vary", "Origin")]
+    # Credentials (the user's cookies) only for origins the operator named: allowed_origins
+    # ["*"] lets any page in, but not as the user (any site could then act with their cookies).
+    if _named_origin(hub, request, origin):
+        headers.append(("access-control-allow-credentials", "true"))
+    return headers
+
+
+def _named_origin(hub: Hub, request: Request, origin: str) -> bool:
+    patterns = hub.config.allowed_origins
+    if "*" not in patterns:
+        return True  # the origin passed the check: this host or a listed pattern
+    if urlsplit(origin).netloc == request.host and request.host:
+        return True
+    return any(fnmatch.fnmatchcase(origin, p) for p in patterns if p != "*")
 
 
 def preflight(request: Request, http: HttpProtocol, methods: str) -> Response:
@@ -163,7 +178,7 @@ def preflight(request: Request, http: HttpProtocol, methods: str) -> Response:
     if not http.hub.origin_allowed(request):
         return Response.error(403, "origin not allowed")
     resp = Response(204, b"", "")
-    resp.headers.extend(_cors(request))
+    resp.headers.extend(_cors(http.hub, request))
     resp.headers.append(("access-control-allow-methods", methods))
     asked = request.headers.get("access-control-request-headers", "")
     if asked and asked != "null":
@@ -213,7 +228,7 @@ async def _open(request: Request, http: HttpProtocol, raw: bytes,
         ("pragma", "no-cache"),
         ("x-accel-buffering", "no"),  # nginx: do not buffer the stream
         ("transfer-encoding", "chunked"),
-        *_cors(request),
+        *_cors(hub, request),
     ]
     conn = EmulatedConnection(hub, http, transport, request, sse)
     http.takeover = conn  # from here on the connection is a stream
@@ -304,9 +319,9 @@ def _flooded(hub: Hub, conn: EmulatedConnection) -> bool:
     return True
 
 
-def _answer(request: Request, status: int, message: str = "") -> Response:
+def _answer(hub: Hub, request: Request, status: int, message: str = "") -> Response:
     resp = Response.error(status, message) if message else Response(status, b"", "")
-    resp.headers.extend(_cors(request))
+    resp.headers.extend(_cors(hub, request))
     return resp
 
 
@@ -329,44 +344,44 @@ async def handle_emulation(request: Request, http: HttpProtocol) -> Response:
     limit = hub.config.client_max_message_size
     if request.headers.get("content-type", "").startswith("application/octet-stream"):
         metrics.emulation_commands["refused"] += 1
-        return _answer(request, 415, "only the JSON protocol is served (no protobuf)")
+        return _answer(hub, request, 415, "only the JSON protocol is served (no protobuf)")
     if len(request.body) > 2 * limit + _ENVELOPE_SLACK:
         metrics.emulation_commands["refused"] += 1
-        return _answer(request, 413, f"request over twice client_max_message_size ({limit} "
+        return _answer(hub, request, 413, f"request over twice client_max_message_size ({limit} "
                                      "bytes) plus 1 KiB")
     try:
         req = _request_decoder.decode(request.body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         metrics.emulation_commands["refused"] += 1
-        return _answer(request, 400, "body must be JSON {\"session\": str, \"node\": str, "
+        return _answer(hub, request, 400, "body must be JSON {\"session\": str, \"node\": str, "
                                      f"\"data\": str}}: {exc}")
     data = req.data.encode()
     if len(data) > limit:
         metrics.emulation_commands["refused"] += 1
-        return _answer(request, 413, f"commands over client_max_message_size ({limit} bytes)")
+        return _answer(hub, request, 413, f"commands over client_max_message_size ({limit} bytes)")
     if not req.session or not data.strip():
         metrics.emulation_commands["refused"] += 1
-        return _answer(request, 400, "session and data must not be empty")
+        return _answer(hub, request, 400, "session and data must not be empty")
     if req.node and req.node != hub.node_id:
         if req.node not in hub.control.nodes:
             metrics.emulation_commands["gone"] += 1
-            return _answer(request, 404, "no such node: the session's node is gone")
+            return _answer(hub, request, 404, "no such node: the session's node is gone")
         try:
             await hub.control.send(EmulationCmd(req.session, data), to=req.node)
         except BrokerError as exc:
             hub.log.warning("emulation command not forwarded: broker unavailable",
                             node=req.node, error=str(exc))
-            return _answer(request, 503, "broker unavailable")
+            return _answer(hub, request, 503, "broker unavailable")
         metrics.emulation_commands["forwarded"] += 1
-        return _answer(request, 204)
+        return _answer(hub, request, 204)
     conn = _find(hub, req.session)
     if conn is None:
         metrics.emulation_commands["gone"] += 1
-        return _answer(request, 204)
+        return _answer(hub, request, 204)
     if _flooded(hub, conn):
-        return _answer(request, 429, "too many command batches waiting for this session")
+        return _answer(hub, request, 429, "too many command batches waiting for this session")
     metrics.emulation_commands["local"] += 1
     done: asyncio.Future[None] = hub.loop.create_future()
     conn.feed(data, done)
     await done
-    return _answer(request, 204)
+    return _answer(hub, request, 204)
