@@ -311,6 +311,42 @@ async def test_an_expired_idle_connection_is_not_reused() -> None:
             await client.aclose()
 
 
+async def test_expired_idle_connections_of_other_hosts_are_closed() -> None:
+    # Receivers that never close an idle connection: a host not called again must not keep
+    # its socket for ever; a request to any host sweeps the expired idle connections of all.
+    async with Scripted(ok) as a, Scripted(ok) as b:
+        client = outbound.Client(keepalive_expiry=0)
+        try:
+            await client.request("GET", a.endpoint(), timeout=T)
+            assert client.idle_connections == 1
+            await client.request("GET", b.endpoint(), timeout=T)
+            assert client.idle_connections == 1  # b's; a's was closed and its host forgotten
+            deadline = time.monotonic() + T
+            while client.open_connections > 1:
+                assert time.monotonic() < deadline, "a's idle connection stayed open"
+                await asyncio.sleep(0.01)
+        finally:
+            await client.aclose()
+
+
+async def test_the_webhook_transport_forgets_hosts_it_is_done_with() -> None:
+    from clarion.webhooks import transport as wt
+    from clarion.webhooks.addresses import AddressPolicy
+
+    async with Scripted(ok) as srv:
+        policy = AddressPolicy(["127.0.0.0/8"])
+        pinned = wt.PinnedTransport(policy, idle_timeout=0)
+        try:
+            for host in ("127.0.0.1", "localhost"):
+                target = policy.parse_url(f"http://{host}:{srv.port}/hook")
+                await asyncio.gather(*(pinned.send(wt.Request(target, [], b"{}", T))
+                                       for _ in range(3)))
+                assert not pinned._slots  # no semaphore kept for a host nobody waits for
+            assert pinned._client.idle_connections == 3  # the first host's were swept
+        finally:
+            await pinned.aclose()
+
+
 # -- answers: framing, size ------------------------------------------------------------------
 
 

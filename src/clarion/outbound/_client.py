@@ -39,6 +39,10 @@ MAX_CONNECTIONS = 100
 MAX_KEEPALIVE = 20
 KEEPALIVE_EXPIRY = 30.0
 CLOSE_WAIT = 1.0  # seconds aclose waits for sockets to finish closing (TLS close_notify)
+# At most this often (and never more often than keepalive_expiry) a request first closes the
+# expired idle connections of every host: a host not called again would otherwise keep its
+# sockets (and the receiver's) open for ever.
+SWEEP_INTERVAL = 1.0
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
@@ -140,6 +144,8 @@ class Client:
         self._idle_count = 0
         self._open: set[Connection] = set()
         self._closed = False
+        self._sweep_every = min(SWEEP_INTERVAL, keepalive_expiry)
+        self._swept = time.monotonic()
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -175,6 +181,8 @@ class Client:
             # Its answer announces a body it does not send: the parser would wait for it.
             raise ValueError("HEAD requests are not supported")
         head = self._head(method, endpoint, headers, body)
+        if self._idle and time.monotonic() - self._swept >= self._sweep_every:
+            self._sweep()
         try:
             async with asyncio.timeout(timeout):
                 if self._max_connections is None:
@@ -228,6 +236,26 @@ class Client:
         # UTF-8, not Latin-1: a forwarded header is text the hub decoded as UTF-8, and this
         # sends its original bytes back.
         return "".join(lines).encode()
+
+    def _sweep(self) -> None:
+        """Close the idle connections of every host that expired or that the server closed,
+        and forget the hosts left without any."""
+        now = self._swept = time.monotonic()
+        expiry = self.keepalive_expiry
+        for origin, idle in list(self._idle.items()):
+            kept = []
+            for conn in idle:
+                if conn.closed or now - conn.idle_since > expiry:
+                    conn.close()
+                else:
+                    kept.append(conn)
+            if len(kept) == len(idle):
+                continue
+            self._idle_count -= len(idle) - len(kept)
+            if kept:
+                self._idle[origin] = kept
+            else:
+                del self._idle[origin]
 
     def _take_idle(self, origin: tuple[str, str, int]) -> Connection | None:
         idle = self._idle.get(origin)

@@ -99,7 +99,9 @@ class PinnedTransport:
             max_connections=None, max_keepalive=None, keepalive_expiry=idle_timeout,
             max_body=max_read, capture=capture, ssl_context=self.ssl_context,
             dialer=self._dial, user_agent=USER_AGENT)
-        self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
+        # A host's slots and how many requests hold or wait for them: dropped when that is
+        # none (a worker delivers to ever new hosts; their semaphores must not pile up).
+        self._slots: dict[tuple[str, str, int], tuple[asyncio.Semaphore, list[int]]] = {}
         self._closed = False
 
     async def send(self, request: Request) -> Response:
@@ -107,10 +109,21 @@ class PinnedTransport:
             raise WebhookError("transport is closed")
         t = request.target
         key = (t.scheme, t.host, t.port)
-        slots = self._slots.get(key)
-        if slots is None:
-            slots = self._slots[key] = asyncio.Semaphore(self.max_per_host)
+        entry = self._slots.get(key)
+        if entry is None:
+            entry = self._slots[key] = (asyncio.Semaphore(self.max_per_host), [0])
+        slots, users = entry
         endpoint = outbound.Endpoint(t.scheme, t.host, t.port, t.target, t.host_header)
+        users[0] += 1
+        try:
+            return await self._send(slots, endpoint, request)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._slots[key]
+
+    async def _send(self, slots: asyncio.Semaphore, endpoint: outbound.Endpoint,
+                    request: Request) -> Response:
         async with slots:
             try:
                 # A receiver that closed an idle keep-alive connection as it was reused
