@@ -376,6 +376,35 @@ async def test_a_refresh_answering_an_expiry_already_past_expires(
     assert len(backend.requests(kind)) == 1
 
 
+async def test_a_refresh_that_fails_unexpectedly_is_asked_again_later() -> None:
+    # A unit test of the session's bookkeeping (no backend raises anything but
+    # BackendUnavailable on purpose): a refresh call that fails in an unexpected way must
+    # not stay "in flight" for ever (never refreshed, never expired).
+    from clarion.hub.session import ProxyState, Session
+
+    class Failing(Session):
+        __slots__ = ()
+
+        def _user_base(self) -> dict[str, Any]:
+            return {"client": "c", "transport": "websocket", "protocol": "json",
+                    "encoding": "json", "user": "42"}
+
+        async def _answer(self, kind: str, request: pp.ProxyRequest) -> pp.Answer:
+            raise RuntimeError("a bug")
+
+    session = Failing.__new__(Failing)
+    session.proxy = state = ProxyState(())
+    state.refresh_at = float("inf")  # as check_expiry sets it before the call
+    state.sub_refresh_at["room:x"] = float("inf")
+    with pytest.raises(RuntimeError):
+        await session._proxy_refresh()
+    with pytest.raises(RuntimeError):
+        await session._proxy_sub_refresh("room:x", None)  # type: ignore[arg-type]
+    now = time.time()
+    assert now < state.refresh_at < float("inf")
+    assert now < state.sub_refresh_at["room:x"] < float("inf")
+
+
 # -- rpc ---------------------------------------------------------------------------------------
 
 
