@@ -261,8 +261,11 @@ def type_address(page: Any, site: Site, address: str) -> None:
 
 def open_connect_link(page: Any, site: Site, address: str) -> None:
     """Start with the address in the URL (``connect/<webfinger>/``, a link a site may show):
-    the tests about what happens later start this way, the form has its own tests."""
+    the form comes prefilled and starts nothing until the user presses Connect (a link from
+    another site must not start a connection)."""
     page.goto(f"{site.url}/accounts/connect/{address}/")
+    assert page.input_value("#connect-form input[name=address]") == address
+    page.click("#connect-form button[type=submit]")
 
 
 def provider_login(page: Any, provider: Provider, username: str) -> None:
@@ -375,7 +378,7 @@ def test_connect_by_the_address_in_the_url(browser: Any, site: Site,
                                            providers: dict[str, Provider], clean: None) -> None:
     pump = providers["pump"]
     page = signed_in(browser, site)
-    page.goto(f"{site.url}/accounts/connect/{pump.acct('carol')}/")
+    open_connect_link(page, site, pump.acct("carol"))
     approve(page, pump, "carol")
     page.wait_for_url(f"{site.url}/accounts/connect/accounts/")
     assert page.locator(f'li[data-handle="{pump.acct("carol")}"]').count() == 1
@@ -644,7 +647,8 @@ def test_revoked_token_on_use_then_reconnect(kind: str, browser: Any, site: Site
     page.goto(f"{site.url}/accounts/connect/accounts/")
     notice = page.locator(".needs-reconnect")
     assert notice.count() == 1 and provider.host in notice.inner_text()
-    notice.locator("a").click()
+    notice.locator("a").click()  # the form, prefilled: the user confirms
+    page.click("#connect-form button[type=submit]")
     approve(page, provider)
     page.wait_for_url(f"{site.url}/accounts/connect/accounts/")
     assert page.locator(".needs-reconnect").count() == 0
@@ -677,7 +681,8 @@ def test_revoked_client_is_registered_again(kind: str, browser: Any, site: Site,
     assert "REVOKED" in out, out
 
     page.goto(f"{site.url}/accounts/connect/accounts/")
-    page.locator(".needs-reconnect a").click()
+    page.locator(".needs-reconnect a").click()  # the form, prefilled: the user confirms
+    page.click("#connect-form button[type=submit]")
     approve(page, provider)
     page.wait_for_url(f"{site.url}/accounts/connect/accounts/")
     assert page.locator(".needs-reconnect").count() == 0
@@ -753,8 +758,9 @@ def test_slow_provider_times_out_without_holding_up_others(
     pump.knobs.delay = 8.0  # four times the site's timeout
     slow = signed_in(browser, site)
     # start the slow connection without waiting for it, then connect elsewhere meanwhile
-    slow.evaluate("(url) => { window.location.href = url; }",
-                  f"{site.url}/accounts/connect/{pump.acct('alice')}/")
+    slow.goto(f"{site.url}/accounts/connect/{pump.acct('alice')}/")  # the prefilled form
+    slow.evaluate("() => { setTimeout(() => document.querySelector("
+                  "'#connect-form button[type=submit]').click(), 0); }")
     other = signed_in(browser, site)
     open_connect_link(other, site, f"@{mastodon.acct('bob')}")
     approve(other, mastodon, "bob")

@@ -16,6 +16,7 @@ configured webhook_apps' settings first, this module needs "clarion.django.conne
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import socket
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import django
 import httpx
@@ -126,8 +127,20 @@ class Site:
         client.force_login(user)
         return client
 
-    def start(self, address: str, browser: Client | None = None) -> Any:
-        return (browser or self.browser).get(f"/accounts/connect/{address}/")
+    def start(self, address: str, browser: Client | None = None, next: str = "") -> Any:
+        """What a user does from a link: open ``connect/<address>/`` (a form, prefilled, that
+        starts nothing) and press Connect (the POST)."""
+        browser = browser or self.browser
+        query = f"?{urlencode({'next': next})}" if next else ""
+        page = browser.get(f"/accounts/connect/{address}/{query}")
+        assert page.status_code == 200, (page.status_code, page.content[:500])
+        fields = dict(re.findall(rb'<input type="(?:text|hidden)" name="(\w+)" value="([^"]*)"',
+                                 page.content))
+        assert html.unescape(fields[b"address"].decode()) == address
+        data = {"address": address}
+        if b"next" in fields:
+            data["next"] = html.unescape(fields[b"next"].decode())
+        return browser.post("/accounts/connect/", data)
 
     def approve(self, response: Any) -> str:
         """Follow the redirect to the provider (which approves at once) and return the
@@ -262,11 +275,51 @@ def test_templates_can_be_overridden(site: Site) -> None:
 
 
 def test_next_is_kept_if_local(site: Site, oauth2: Provider) -> None:
-    response = site.browser.get(f"/accounts/connect/{oauth2.acct('alice')}/?next=/profile/")
+    response = site.start(oauth2.acct("alice"), next="/profile/")
     assert site.back(site.approve(response))["Location"] == "/profile/"
-    response = site.browser.get(
-        f"/accounts/connect/{oauth2.acct('alice')}/?next=https://evil.example/")
+    response = site.start(oauth2.acct("alice"), next="https://evil.example/")
     assert site.back(site.approve(response))["Location"] == "/accounts/connect/accounts/"
+
+
+def test_a_link_to_an_address_starts_nothing_until_the_form_is_posted_with_csrf(
+        site: Site, oauth2: Provider) -> None:
+    # Another site's link (or image) sends the signed-in user to connect/<address>/: the
+    # answer is only the prefilled form, no discovery, no state, no redirect.
+    page = site.browser.get(f"/accounts/connect/{oauth2.acct('alice')}/")
+    assert page.status_code == 200 and b'id="connect-confirm"' in page.content
+    assert b"csrfmiddlewaretoken" in page.content
+    assert not FlowState.objects.exists() and not ServerClient.objects.exists()
+    # A cross-site POST has no CSRF token: refused, nothing started.
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(site.user)
+    refused = strict.post("/accounts/connect/", {"address": oauth2.acct("alice")})
+    assert refused.status_code == 403
+    refused = strict.post(f"/accounts/connect/{oauth2.acct('alice')}/",
+                          {"address": oauth2.acct("alice")})
+    assert refused.status_code == 403
+    assert not FlowState.objects.exists()
+    # The user's own press of Connect carries the token and starts.
+    form = strict.get(f"/accounts/connect/{oauth2.acct('alice')}/")
+    token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', form.content)
+    assert token
+    started = strict.post("/accounts/connect/", {"address": oauth2.acct("alice"),
+                                                 "csrfmiddlewaretoken": token.group(1).decode()})
+    assert started.status_code == 302 and started["Location"].startswith(oauth2.url)
+    assert FlowState.objects.count() == 1
+
+
+def test_a_server_failure_for_a_profile_url_shows_the_error_page_with_a_retry_link(
+        site: Site, oauth2: Provider) -> None:
+    # A URL holds "/", which connect/<str:webfinger>/ cannot take: the retry link is the form
+    # with ?address= (it was a NoReverseMatch, a 500).
+    oauth2.knobs.refuse_registration = True
+    address = f"{oauth2.url}/users/alice"
+    response = site.browser.post("/accounts/connect/", {"address": address})
+    assert response.status_code == 502 and error_of(response)
+    link = re.search(rb'id="connect-retry" href="([^"]+)"', response.content)
+    assert link
+    retry = site.browser.get(html.unescape(link.group(1).decode()))
+    assert retry.status_code == 200 and html.escape(address).encode() in retry.content
 
 
 def test_form_post_starts_the_flow(site: Site, oauth2: Provider) -> None:

@@ -1,8 +1,9 @@
 """``path("accounts/", include("clarion.django.connect.urls"))``.
 
 ====================================  ==========================================================
-``connect/``                          the connect form (GET), start with its address (POST)
-``connect/<webfinger>/``              start connecting ``alice@pump.example`` (GET)
+``connect/``                          the connect form (GET), start with its address (POST, CSRF)
+``connect/<webfinger>/``              the connect form prefilled with ``alice@pump.example``
+                                      (GET; the user confirms with the form's POST)
 ``connect/callback/``                 where servers send users back
 ``connect/email/``                    the address of a connection paused for the email check
 ``connect/email/<token>/``            the emailed link: resumes the paused connection

@@ -101,22 +101,24 @@ def accounts(request: HttpRequest) -> HttpResponse:
 @login
 @get_or_post
 def start(request: HttpRequest, webfinger: str | None = None) -> HttpResponse:
-    """``connect/<webfinger>/`` (GET) or the connect form (POST ``connect/``)."""
-    if webfinger is None:
-        if request.method != "POST":
-            return render(request, "clarion/connect/start.html",
-                          {"form": ConnectForm(), "next": _next(request)})
-        form = ConnectForm(request.POST)
-        if not form.is_valid():
-            return render(request, "clarion/connect/start.html",
-                          {"form": form, "next": _next(request)}, status=400)
-        webfinger = form.cleaned_data["address"]
-    assert webfinger is not None
+    """The connect form. A GET (``connect/``, or ``connect/<webfinger>/`` and ``?address=``,
+    which prefill it) only shows it; the POST (CSRF-checked) starts the flow. A GET that started
+    one would let any page link a signed-in user's account to an account of the linker's."""
+    if request.method != "POST":
+        address = webfinger or request.GET.get("address", "")
+        form = ConnectForm(initial={"address": address[:320]} if address else None)
+        return render(request, "clarion/connect/start.html",
+                      {"form": form, "next": _next(request), "confirm": bool(address)})
+    form = ConnectForm(request.POST)
+    if not form.is_valid():
+        return render(request, "clarion/connect/start.html",
+                      {"form": form, "next": _next(request)}, status=400)
+    address = form.cleaned_data["address"]
     try:
-        started = flows.start(request, webfinger, next_url=_next(request))
+        started = flows.start(request, address, next_url=_next(request))
     except ConnectError as exc:
-        return error_page(request, exc, where=f"connecting {webfinger[:320]!r}",
-                          acct=webfinger if status_for(exc) >= 500 else "")
+        return error_page(request, exc, where=f"connecting {address[:320]!r}",
+                          acct=address if status_for(exc) >= 500 else "")
     return HttpResponseRedirect(started.url)
 
 
