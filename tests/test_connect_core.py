@@ -331,6 +331,26 @@ def test_a_session_call_whose_answer_drips_is_cut_by_the_request_deadline(
         whoami(server, http)
 
 
+def test_a_401_of_the_token_endpoint_on_refresh_is_the_clients_not_the_accounts(
+        docs: DocServer) -> None:
+    # The 401 hook is for the account's token on API calls; authlib's refresh request is
+    # judged by its error: invalid_client is the client revoked, unauthorized_client is not.
+    server = Server(host=docs.host, base_url=docs.url, protocol="oauth2", kind="mastodon",
+                    token_endpoint=f"{docs.url}/oauth/token")
+    expired = Tokens("old", refresh_token="r1", expires_at=1)
+    docs.route("/oauth/token", answer(401, json.dumps({"error": "invalid_client"})))
+    with loopback_fetcher() as f, \
+            session(server, ClientCredentials("id", "secret"), expired, f) as http, \
+            pytest.raises(RevokedError) as info:
+        whoami(server, http)
+    assert info.value.client_revoked
+    docs.route("/oauth/token", answer(400, json.dumps({"error": "unauthorized_client"})))
+    with loopback_fetcher() as f, \
+            session(server, ClientCredentials("id", "secret"), expired, f) as http, \
+            pytest.raises(OAuthTokenError, match="unauthorized_client"):
+        whoami(server, http)
+
+
 def test_a_closed_port_is_a_fetch_error(docs: DocServer) -> None:
     port = docs.port
     docs.server.shutdown()

@@ -322,6 +322,18 @@ def test_a_server_failure_for_a_profile_url_shows_the_error_page_with_a_retry_li
     assert retry.status_code == 200 and html.escape(address).encode() in retry.content
 
 
+def test_the_stored_handle_is_the_signed_in_user_not_the_typed_one(
+        site: Site, oauth2: Provider, caplog: pytest.LogCaptureFixture) -> None:
+    # Typed: the victim's address. Signed in at the provider: carol. Carol's tokens must not
+    # be filed under the victim's handle.
+    oauth2.knobs.auto_approve = "carol"
+    response = site.connect(oauth2.acct("alice"))
+    assert response.status_code == 302, response.content[:500]
+    [account] = ConnectedAccount.objects.all()
+    assert account.handle == oauth2.acct("carol")
+    assert any("the server signed in" in r.getMessage() for r in caplog.records)
+
+
 def test_form_post_starts_the_flow(site: Site, oauth2: Provider) -> None:
     page = site.browser.get("/accounts/connect/")
     # A browser applies form-action to the redirect after the POST: the user's server (any

@@ -104,8 +104,10 @@ def _translated(server: Server, step: str, *, refreshing: bool = False) -> Itera
         error, description = _describe(exc)
         what = f"{server.host} refused the {step}: {error}" + (
             f" ({description})" if description else "")
-        if error in ("invalid_client", "unauthorized_client"):
+        if error == "invalid_client":
             raise RevokedError(what, client_revoked=True) from None
+        # unauthorized_client is not a revocation (RFC 6749 §5.2): the client is known but may
+        # not use this grant type; registering again would not change that.
         if error == "invalid_grant":
             if refreshing:
                 raise RevokedError(what) from None
@@ -248,8 +250,13 @@ class OAuth2Flow:
 
 
 def _revoked_on_401(server: Server) -> Callable[[httpx.Response], None]:
+    # authlib's own token requests (a refresh) are left to _translated: their 401 is the
+    # server's verdict on the client (invalid_client) or the grant, not on the account's token.
+    token_urls = {show_url(u) for u in (server.token_endpoint, server.request_token_url,
+                                        server.access_token_url) if u}
+
     def check(response: httpx.Response) -> None:
-        if response.status_code == 401:
+        if response.status_code == 401 and show_url(response.request.url) not in token_urls:
             raise RevokedError(
                 f"{server.host} refused the account's token at "
                 f"{show_url(response.request.url)} (401): it was revoked or expired; "

@@ -10,13 +10,16 @@ nothing is saved half-way (each write that matters is one transaction).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import secrets
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
@@ -39,13 +42,24 @@ def reason_of(exc: BaseException) -> str:
     return str(getattr(exc, "reason", "") or exc)
 
 
+@functools.lru_cache(maxsize=8)
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    """One context per VERIFY value: loading the CA bundle costs more than many of the requests
+    it serves, and a context is safe to share between threads once built."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return httpx.create_ssl_context(verify=verify)
+
+
 def make_fetcher(conf: ConnectSettings | None = None) -> Fetcher:
     from clarion import __version__
 
     conf = conf or connect_settings()
+    verify = conf.VERIFY
     return Fetcher(conf.policy(), timeout=conf.TIMEOUT, max_bytes=conf.MAX_BYTES,
                    max_redirects=conf.MAX_REDIRECTS, allow_http=conf.ALLOW_HTTP,
-                   verify=conf.VERIFY, user_agent=f"Clarion/{__version__}")
+                   verify=_ssl_context(verify) if isinstance(verify, bool | str) else verify,
+                   user_agent=f"Clarion/{__version__}")
 
 
 def callback_uri(request: Any | None, conf: ConnectSettings | None = None) -> str:
@@ -181,7 +195,12 @@ def _probe_client(oauth2: OAuth2Flow, redirect_uri: str) -> None:
                       redirect_uri)
     except RevokedError:
         raise
-    except ConnectError:
+    except ConnectError as exc:
+        # Expected (invalid_grant: the client is known); anything else is the exchange's to
+        # report, but the operator sees what the probe got.
+        reason = reason_of(exc)
+        log.log(logging.DEBUG if "invalid_grant" in reason else logging.INFO,
+                "connect: the client probe on %s got: %s", oauth2.server.host, reason)
         return
 
 
@@ -221,11 +240,11 @@ def finish(request: Any, params: Any) -> Finished:
         (oauth1 and not params.get("oauth_verifier"))
     if denied:
         error = params.get("error", "")
-        log.info("connect: %s: authorization refused on %s (%s)", flow.acct, server.host,
-                 error[:100] if isinstance(error, str) else "")
+        # The server's words, as repr: a CR/LF in them cannot forge a log line.
+        shown = repr(error[:100]) if isinstance(error, str) else "''"
+        log.info("connect: %s: authorization refused on %s (%s)", flow.acct, server.host, shown)
         if error and error != "access_denied":
-            raise AuthorizationError(f"{server.host} did not authorize this site "
-                                     f"({error[:100]}).")
+            raise AuthorizationError(f"{server.host} did not authorize this site ({shown}).")
         raise AuthorizationError(f"You did not authorize this site on {server.host}; nothing "
                                  "was connected.")
     fetcher = make_fetcher()
@@ -268,11 +287,16 @@ def finish(request: Any, params: Any) -> Finished:
 
 
 def handle_of(acct: str, profile: Profile, host: str) -> str:
-    """``alice@pump.example``: from the acct URI discovery gave, else from the profile."""
-    acct = acct.removeprefix("acct:")
-    if "@" in acct:
-        return acct
-    return profile.handle if "@" in profile.handle else f"{profile.handle}@{host}"
+    """``alice@pump.example`` as the server vouched for it: the signed-in user's name (whoami)
+    at the server's host. What the user typed (``acct``) is only a claim: someone who types
+    ``victim@server`` and signs in there as themselves must get their own handle, not the
+    victim's."""
+    handle = profile.handle if "@" in profile.handle else f"{profile.handle}@{host}"
+    typed = acct.removeprefix("acct:").lstrip("@")
+    if "@" in typed and "/" not in typed and typed.lower() != handle.lower():
+        log.warning("connect: %r was typed but the server signed in %r; the account is stored "
+                    "as %r", typed[:320], handle, handle)
+    return handle
 
 
 def save_account(flow: FlowState, tokens: Tokens, profile: Profile, *,
