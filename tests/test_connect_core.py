@@ -554,6 +554,34 @@ def test_broken_webfinger_falls_back_to_the_lrdd_template(docs: DocServer,
     assert "/api/lrdd" in docs.paths()
 
 
+def test_at_most_two_lrdd_templates_are_fetched_and_the_error_stays_short(
+        docs: DocServer, fetcher: Fetcher) -> None:
+    # A host-meta with 500 lrdd templates, each answering 500: two are tried, not 500.
+    links = [{"rel": "lrdd", "type": "application/xrd+xml",
+              "template": f"{docs.url}/lrdd{i}?resource={{uri}}"} for i in range(500)]
+    docs.route("/.well-known/webfinger", answer(500, b"boom", "text/plain"))
+    docs.route("/.well-known/host-meta", answer(200, xrd(links), "application/xrd+xml"))
+    for i in range(500):
+        docs.route(f"/lrdd{i}", answer(500, b"boom", "text/plain"))
+    with pytest.raises(DiscoveryError) as info:
+        discover(f"alice@{docs.host}", fetcher)
+    assert [p for p in docs.paths() if p.startswith("/lrdd")] == ["/lrdd0", "/lrdd1"]
+    assert "only the first 2 templates" in info.value.reason
+    assert len(info.value.reason) < 4000
+
+
+@pytest.mark.parametrize("endpoint", ["javascript:alert(1)", "ftp://127.0.0.1/authorize"])
+def test_a_discovered_endpoint_with_a_forbidden_scheme_is_a_discovery_error(
+        docs: DocServer, fetcher: Fetcher, endpoint: str) -> None:
+    # Users are sent to the authorization endpoint: a javascript: one was a bare 400 from
+    # Django's redirect, and (with ALLOW_HTTP off) an http: one was followed.
+    docs.route("/.well-known/webfinger", as_json(profile_jrd(docs.url)))
+    docs.route("/.well-known/oauth-authorization-server",
+               as_json(oauth2_metadata(docs.url, authorization_endpoint=endpoint)))
+    with pytest.raises(DiscoveryError, match="unusable authorization_endpoint"):
+        discover(f"alice@{docs.host}", fetcher)
+
+
 def test_a_jrd_without_links_is_no_error(docs: DocServer, fetcher: Fetcher) -> None:
     docs.route("/.well-known/webfinger", as_json({"subject": f"acct:alice@{docs.host}"}))
     docs.route("/.well-known/host-meta.json", as_json({"links": pump_links(docs.url)}))

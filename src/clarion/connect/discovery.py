@@ -48,6 +48,8 @@ REL_OIDC_ISSUER = "http://openid.net/specs/connect/1.0/issuer"
 XRD_NS = "{http://docs.oasis-open.org/ns/xri/xrd-1.0}"
 XRD_ACCEPT = "application/xrd+xml, application/xml;q=0.9, application/json;q=0.5"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+MAX_LRDD = 2  # lrdd templates of a host-meta tried in turn
+MAX_NOTES = 8  # what went wrong, as told in the final error: the first ones, each shortened
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,7 @@ def _steps(identifier: str, allow_http: bool) -> _Steps:
             break
         notes.append(f"WebFinger: {webfinger.reason}")
     if not base:
-        raise DiscoveryError(f"cannot discover {host}: {'; '.join(notes)}")
+        raise DiscoveryError(f"cannot discover {host}: {_told(notes)}")
     assert isinstance(webfinger, httpx.Response)
     user_links: list[_Link] | None = None
     unknown_account = False
@@ -281,10 +283,16 @@ def _steps(identifier: str, allow_http: bool) -> _Steps:
         break
 
     if user_links is None:
-        # WebFinger failed or said 404: RFC 6415's lrdd template may point elsewhere.
+        # WebFinger failed or said 404: RFC 6415's lrdd template may point elsewhere. At most
+        # MAX_LRDD of them: a host-meta full of templates must not make us fetch each.
+        tried = 0
         for link in host_links:
             if link.rel != "lrdd" or "{uri}" not in link.template:
                 continue
+            if tried >= MAX_LRDD:
+                notes.append(f"lrdd: only the first {MAX_LRDD} templates were tried")
+                break
+            tried += 1
             url = _url(link.template.replace("{uri}", quote(resource, safe="")), base)
             if url.split("?")[0] == f"{base}/.well-known/webfinger":
                 continue  # the same request again
@@ -374,10 +382,33 @@ def _steps(identifier: str, allow_http: bool) -> _Steps:
                     registration_endpoint=f"{base}/api/v1/apps",
                     code_challenge_methods=(), profile_url=profile_url)
                 return server, resource
-    detail = f" ({'; '.join(notes)})" if notes else ""
+    detail = f" ({_told(notes)})" if notes else ""
     raise DiscoveryError(
         f"{host} publishes no OAuth endpoints: no pump.io links in host-meta, no RFC 8414 or "
         f"OpenID metadata, and it is not a Mastodon server{detail}")
+
+
+def _told(notes: list[str]) -> str:
+    shown = [n if len(n) <= 300 else n[:300] + "…" for n in notes[:MAX_NOTES]]
+    more = f"; and {len(notes) - MAX_NOTES} more" if len(notes) > MAX_NOTES else ""
+    return "; ".join(shown) + more
+
+
+def _check_endpoints(server: Server, settings: Any) -> None:
+    """The discovered endpoints pass the same static checks as any URL we fetch (scheme,
+    https unless allowed, the policy's host rules): a user is sent to the authorization
+    endpoint, and a ``javascript:`` or plain-http one must be a clear DiscoveryError."""
+    for name in ("request_token_url", "authorize_url", "access_token_url",
+                 "authorization_endpoint", "token_endpoint", "revocation_endpoint",
+                 "userinfo_endpoint", "registration_endpoint"):
+        value = getattr(server, name)
+        if not value:
+            continue
+        try:
+            settings.check_url(value)
+        except FetchError as exc:
+            raise DiscoveryError(f"{server.host} publishes an unusable {name}: "
+                                 f"{exc.reason}") from None
 
 
 def discover(identifier: str, fetcher: Fetcher) -> tuple[Server, str]:
@@ -394,6 +425,7 @@ def discover(identifier: str, fetcher: Fetcher) -> tuple[Server, str]:
             url, accept = steps.send(outcome)
     except StopIteration as done:
         server, resource = done.value
+        _check_endpoints(server, fetcher.settings)
         log.info("discovered %s: %s (%s)", resource if resource.startswith("acct:") else
                  show_url(resource), server.base_url, server.kind)
         return server, resource
@@ -413,4 +445,5 @@ async def adiscover(identifier: str, fetcher: AsyncFetcher) -> tuple[Server, str
             url, accept = steps.send(outcome)
     except StopIteration as done:
         result: tuple[Server, str] = done.value
+        _check_endpoints(result[0], fetcher.settings)
         return result
