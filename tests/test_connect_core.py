@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -349,6 +350,29 @@ def test_a_401_of_the_token_endpoint_on_refresh_is_the_clients_not_the_accounts(
             session(server, ClientCredentials("id", "secret"), expired, f) as http, \
             pytest.raises(OAuthTokenError, match="unauthorized_client"):
         whoami(server, http)
+
+
+def test_a_hanging_resolver_is_given_up_on_without_waiting_for_its_thread() -> None:
+    # getaddrinfo runs in an executor thread that asyncio.run waited for at shutdown: the
+    # fetch must come back (a FetchError) while the lookup is still stuck.
+    release, finished = threading.Event(), threading.Event()
+
+    def stuck_lookup() -> list[str]:
+        release.wait(60)
+        finished.set()
+        return ["127.0.0.1"]
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return await asyncio.get_running_loop().run_in_executor(None, stuck_lookup)
+
+    policy = AddressPolicy(LOOPBACK, resolver=resolver, dns_timeout=0.5)
+    try:
+        with Fetcher(policy, allow_http=True, timeout=5.0) as f, \
+                pytest.raises(FetchError, match=r"no answer within 0\.5 s"):
+            f.get("http://stuck.example/doc", accept="*/*")
+        assert not finished.is_set()
+    finally:
+        release.set()
 
 
 def test_a_closed_port_is_a_fetch_error(docs: DocServer) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -94,15 +95,28 @@ def _target(host: str, port: int) -> Target:
 
 
 def _resolve_blocking(policy: AddressPolicy, target: Target) -> list[str]:
-    """:meth:`AddressPolicy.resolve` (a coroutine) from synchronous code."""
+    """:meth:`AddressPolicy.resolve` (a coroutine) from synchronous code, within the policy's
+    ``dns_timeout``.
+
+    The lookup runs on its own event loop in a daemon thread that is not waited for: the loop
+    runs getaddrinfo in an executor thread, and ``asyncio.run`` waits for that thread at
+    shutdown, so a resolver that hangs would otherwise hold the caller long past the timeout.
+    (This also works from a thread that runs an event loop, where asyncio.run cannot nest.)"""
+    done: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(asyncio.run(policy.resolve(target)))
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller, raised there
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="clarion-connect-dns", daemon=True).start()
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(policy.resolve(target))
-    # Called from a thread that runs an event loop (a sync call inside async code): asyncio.run
-    # cannot nest, so the lookup gets a thread of its own. The caller blocks either way.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, policy.resolve(target)).result()
+        # The policy times the lookup out itself; the margin covers starting the loop.
+        return done.result(timeout=policy.dns_timeout + 0.5)
+    except concurrent.futures.TimeoutError:
+        raise AddressRejected(f"cannot resolve {target.host}: no answer within "
+                              f"{policy.dns_timeout:g} s") from None
 
 
 _WEBHOOK_SETTING = "CLARION['WEBHOOKS']['ALLOWED_NETWORKS']"
@@ -114,6 +128,15 @@ def _refused(host: str, exc: AddressRejected) -> FetchError:
     text = str(exc).replace("webhook URL ", "URL ").replace(
         _WEBHOOK_SETTING, "the policy's allowed networks")
     return FetchError(f"{host}: the address policy refuses it: {text}")
+
+
+# Addresses of one name tried in turn, all within one connect timeout: a name with many
+# unanswering addresses must not multiply the timeout.
+MAX_ADDRESSES = 3
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
 
 
 class _PinnedBackend(httpcore.SyncBackend):
@@ -134,14 +157,17 @@ class _PinnedBackend(httpcore.SyncBackend):
             addresses = _resolve_blocking(self.policy, _target(host, port))
         except AddressRejected as exc:
             raise _refused(host, exc) from None
+        deadline = time.monotonic() + timeout if timeout is not None else None
         error: Exception | None = None
-        for address in addresses:
+        for address in addresses[:MAX_ADDRESSES]:
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                break
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+                return super().connect_tcp(address, port, left, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc  # the next vetted address may answer
-        assert error is not None  # resolve() returns at least one address or raises
-        raise error
+        raise error or httpcore.ConnectTimeout(f"{host}: no address answered in time")
 
 
 class _AsyncPinnedBackend(httpcore.AnyIOBackend):
@@ -160,15 +186,18 @@ class _AsyncPinnedBackend(httpcore.AnyIOBackend):
             addresses = await self.policy.resolve(_target(host, port))
         except AddressRejected as exc:
             raise _refused(host, exc) from None
+        deadline = time.monotonic() + timeout if timeout is not None else None
         error: Exception | None = None
-        for address in addresses:
+        for address in addresses[:MAX_ADDRESSES]:
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                break
             try:
                 return await super().connect_tcp(
-                    address, port, timeout, local_address, socket_options)
+                    address, port, left, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
-        assert error is not None
-        raise error
+        raise error or httpcore.ConnectTimeout(f"{host}: no address answered in time")
 
 
 def _check_scheme(url: httpx.URL, allow_http: bool) -> None:
