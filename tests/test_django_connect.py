@@ -53,7 +53,7 @@ if not apps.is_installed("clarion.django.connect"):  # pragma: no cover - a suit
 
 from django.contrib.auth.models import User
 
-from clarion.django.connect import WebPump, signals
+from clarion.django.connect import WebPump, signals, state
 from clarion.django.connect.checks import check_connect_settings
 from clarion.django.connect.models import (
     ConnectedAccount,
@@ -345,6 +345,17 @@ def test_form_post_starts_the_flow(site: Site, oauth2: Provider) -> None:
     assert response.status_code == 302 and response["Location"].startswith(oauth2.url)
     bad = site.browser.post("/accounts/connect/", {"address": "two words"})
     assert bad.status_code == 400
+
+
+def test_open_connection_attempts_are_capped_per_user(site: Site, oauth2: Provider) -> None:
+    for _ in range(state.MAX_OPEN_PER_USER):
+        assert site.start(oauth2.acct("alice")).status_code == 302
+    refused = site.start(oauth2.acct("alice"))
+    assert refused.status_code == 429 and "connection attempts open" in error_of(refused)
+    assert FlowState.objects.count() == state.MAX_OPEN_PER_USER
+    # Another user is not held up by dora's.
+    other = Site(User.objects.create_user("erin", password="erin-pw"))
+    assert other.start(oauth2.acct("alice")).status_code == 302
 
 
 def test_login_required(site: Site, oauth2: Provider) -> None:

@@ -141,6 +141,8 @@ def start(request: Any, identifier: str, *, next_url: str = "") -> Started:
     server's authorization URL."""
     conf = connect_settings()
     redirect_uri = callback_uri(request, conf)
+    # Before any request goes out: the cap bounds the rows and the servers' load per user.
+    state.check_open(request.user if getattr(request.user, "is_authenticated", False) else None)
     fetcher = make_fetcher(conf)
     try:
         server, acct = discover(identifier, fetcher)

@@ -48,6 +48,21 @@ def session_hash(request: Any) -> str:
     return digest(f"clarion.connect.session:{session.session_key}")
 
 
+MAX_OPEN_PER_USER = 10  # connection attempts of one user waiting for a server at once
+
+
+def check_open(user: Any) -> None:
+    """StateError (429) when ``user`` has :data:`MAX_OPEN_PER_USER` attempts open already: each
+    start writes a row (and costs requests to a server), and nobody needs more at once."""
+    if user is None:
+        return
+    open_now = FlowState.objects.filter(user=user, stage="authorize", consumed_at__isnull=True,
+                                        expires_at__gt=datetime.now(UTC)).count()
+    if open_now >= MAX_OPEN_PER_USER:
+        raise StateError(f"You have {open_now} connection attempts open already. Finish one, "
+                         "or wait until they expire, then start again.", status=429)
+
+
 def create(key: str, *, request: Any | None, ttl: float, **fields: Any) -> FlowState:
     now = datetime.now(UTC)
     FlowState.objects.filter(expires_at__lt=now - KEEP_EXPIRED).delete()
