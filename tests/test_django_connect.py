@@ -53,7 +53,7 @@ if not apps.is_installed("clarion.django.connect"):  # pragma: no cover - a suit
 
 from django.contrib.auth.models import User
 
-from clarion.django.connect import WebPump, signals, state
+from clarion.django.connect import WebPump, emails, signals, state
 from clarion.django.connect.checks import check_connect_settings
 from clarion.django.connect.models import (
     ConnectedAccount,
@@ -591,7 +591,9 @@ def test_email_pause_and_resume_in_another_browser(site: Site, oauth2: Provider)
         assert ConnectedAccount.objects.count() == 1
 
 
-def test_email_not_sent_keeps_the_flow_paused(site: Site, oauth2: Provider) -> None:
+def test_email_not_sent_keeps_the_flow_paused(site: Site, oauth2: Provider,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emails, "EMAIL_INTERVAL", 0.0)  # the retry comes at once here
     oauth2.knobs.auto_approve = "carol"
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
@@ -607,7 +609,9 @@ def test_email_not_sent_keeps_the_flow_paused(site: Site, oauth2: Provider) -> N
         assert sent.status_code == 200 and len(mail.outbox) == 1
 
 
-def test_email_link_replaced_and_verified_email_skips(site: Site, oauth2: Provider) -> None:
+def test_email_link_replaced_and_verified_email_skips(site: Site, oauth2: Provider,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emails, "EMAIL_INTERVAL", 0.0)  # the second address comes at once
     oauth2.knobs.auto_approve = "bob"  # an email, not verified
     with override_settings(CLARION=clarion(REQUIRE_EMAIL=True)):
         site.connect(oauth2.acct("bob"))
@@ -620,6 +624,28 @@ def test_email_link_replaced_and_verified_email_skips(site: Site, oauth2: Provid
         assert ConnectedAccount.objects.get().email == "bob@two.example"
         oauth2.knobs.auto_approve = "alice"  # verified by the server: no pause
         assert site.connect(oauth2.acct("alice"))["Location"] == "/accounts/connect/accounts/"
+
+
+def test_confirmation_emails_are_spaced_and_capped_per_flow(
+        site: Site, oauth2: Provider, monkeypatch: pytest.MonkeyPatch) -> None:
+    oauth2.knobs.auto_approve = "carol"
+    with override_settings(CLARION=clarion(REQUIRE_EMAIL=True)):
+        site.connect(oauth2.acct("carol"))
+        first = site.browser.post("/accounts/connect/email/", {"email": "a@site.example"})
+        assert first.status_code == 200
+        at_once = site.browser.post("/accounts/connect/email/", {"email": "b@site.example"})
+        assert at_once.status_code == 429 and "less than 30 seconds" in error_of(at_once)
+        assert len(mail.outbox) == 1
+        monkeypatch.setattr(emails, "EMAIL_INTERVAL", 0.0)
+        for i in range(emails.MAX_EMAILS - 1):
+            sent = site.browser.post("/accounts/connect/email/", {"email": f"x{i}@site.example"})
+            assert sent.status_code == 200
+        over = site.browser.post("/accounts/connect/email/", {"email": "y@site.example"})
+        assert over.status_code == 429 and "no more are sent" in error_of(over)
+        assert len(mail.outbox) == emails.MAX_EMAILS
+        # The last link sent still works.
+        link = re.search(r"https?://\S+", mail.outbox[-1].body).group(0)
+        assert Client().get(urlsplit(link).path).status_code == 200
 
 
 # -- WebPump and the seed's example ---------------------------------------------------------------

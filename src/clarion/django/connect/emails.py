@@ -32,6 +32,8 @@ from .state import StateError
 
 log = logging.getLogger("clarion.connect")
 SALT = "clarion.connect.email-link"
+MAX_EMAILS = 5  # confirmation emails one paused flow may send (failed tries count)
+EMAIL_INTERVAL = 30.0  # seconds between two of them
 
 
 class EmailNotSent(ConnectError):
@@ -43,13 +45,26 @@ def send_link(request: Any, flow: FlowState, email: str) -> str:
     replaces the nonce, so only the last link sent works."""
     conf = connect_settings()
     nonce = secrets.token_urlsafe(16)
+    now = datetime.now(UTC)
     with transaction.atomic():
-        updated = FlowState.objects.filter(
-            pk=flow.pk, stage="email", consumed_at__isnull=True,
-            expires_at__gt=datetime.now(UTC)).update(email=email, email_nonce=nonce)
-        if not updated:
+        # FOR UPDATE: two posts at once must not both pass the cap and the interval.
+        row: FlowState | None = FlowState.objects.select_for_update().filter(
+            pk=flow.pk, stage="email", consumed_at__isnull=True, expires_at__gt=now).first()
+        if row is None:
             raise StateError("This connection attempt expired or was completed already. "
                              "Start again.")
+        # The form mails any address it is given: without a cap it is a mail cannon.
+        if row.email_sends >= MAX_EMAILS:
+            raise StateError(f"{MAX_EMAILS} confirmation emails were sent for this connection "
+                             "already; no more are sent. Start again.", status=429)
+        if row.email_sent_at is not None and \
+                (now - row.email_sent_at).total_seconds() < EMAIL_INTERVAL:
+            raise StateError(f"A confirmation email was sent less than {EMAIL_INTERVAL:g} "
+                             "seconds ago. Wait a little, then ask again.", status=429)
+        row.email, row.email_nonce = email, nonce
+        row.email_sends += 1
+        row.email_sent_at = now
+        row.save(update_fields=["email", "email_nonce", "email_sends", "email_sent_at"])
     token = signing.dumps({"f": flow.pk, "n": nonce}, salt=SALT, compress=True)
     path = reverse("clarion_connect:confirm_email", args=[token])
     link = conf.CALLBACK_BASE + path if conf.CALLBACK_BASE else request.build_absolute_uri(path)

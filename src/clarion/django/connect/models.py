@@ -215,6 +215,8 @@ class FlowState(models.Model):  # type: ignore[misc]
     paused: str = EncryptedSecretField(max_length=4 * TOKEN_MAX, blank=True, default="")
     email = models.EmailField(blank=True, default="")
     email_nonce = models.CharField(max_length=64, blank=True, default="")
+    email_sends = models.PositiveSmallIntegerField(default=0)  # links mailed (or tried)
+    email_sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     consumed_at = models.DateTimeField(null=True, blank=True)
