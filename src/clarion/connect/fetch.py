@@ -499,14 +499,9 @@ def _decode_json(response: httpx.Response) -> dict[str, Any]:
     return value
 
 
-class Fetcher:
-    """Fetches documents (WebFinger, host-meta, metadata) and posts registrations, safely.
-
-    ``timeout`` (seconds) bounds each connect and read, each request as a whole (body
-    included), and :meth:`get` as a whole (redirects included); ``max_bytes`` caps a decoded
-    body; ``max_redirects`` counts hops :meth:`get` follows (:meth:`post` and :meth:`client`
-    follow none). ``verify``: True (certifi), False, a CA bundle's path, or an
-    ``ssl.SSLContext``."""
+class _FetcherBase:
+    """What the sync and async fetchers share: their settings and the httpx client arguments
+    on a new pinned transport of their own kind."""
 
     def __init__(
         self,
@@ -528,16 +523,35 @@ class Fetcher:
     def policy(self) -> AddressPolicy:
         return self.settings.policy
 
+    def transport(self) -> PinnedTransport | AsyncPinnedTransport:
+        raise NotImplementedError
+
+    def client(self, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def client_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        """The keyword arguments of an httpx client on a new pinned transport: for authlib's
+        ``OAuth1Client``/``OAuth2Client``, which take httpx's arguments."""
+        return self.settings.client_kwargs(self.transport(), kwargs)
+
+
+class Fetcher(_FetcherBase):
+    """Fetches documents (WebFinger, host-meta, metadata) and posts registrations, safely.
+
+    ``timeout`` (seconds) bounds each connect and read, each request as a whole (body
+    included), and :meth:`get` as a whole (redirects included); ``max_bytes`` caps a decoded
+    body; ``max_redirects`` counts hops :meth:`get` follows (:meth:`post` and :meth:`client`
+    follow none). ``verify``: True (certifi), False, a CA bundle's path, or an
+    ``ssl.SSLContext``."""
+
+    _client: httpx.Client
+
     def transport(self) -> PinnedTransport:
         """A new pinned, capped transport (each client owns and closes its own)."""
         s = self.settings
         return PinnedTransport(s.policy, verify=s.ssl_context, allow_http=s.allow_http,
                                max_bytes=s.max_bytes, timeout=s.timeout)
 
-    def client_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        """The keyword arguments of an httpx client on a new pinned transport: for authlib's
-        ``OAuth1Client``/``OAuth2Client``, which take httpx's arguments."""
-        return self.settings.client_kwargs(self.transport(), kwargs)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client whose every connection goes through the address policy."""
@@ -603,36 +617,16 @@ class Fetcher:
         self.close()
 
 
-class AsyncFetcher:
+class AsyncFetcher(_FetcherBase):
     """The async twin of :class:`Fetcher`: the same arguments, methods as coroutines."""
 
-    def __init__(
-        self,
-        policy: AddressPolicy,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        max_redirects: int = DEFAULT_MAX_REDIRECTS,
-        allow_http: bool = False,
-        verify: bool | str | ssl.SSLContext = True,
-        user_agent: str = USER_AGENT,
-    ) -> None:
-        self.settings = _Settings(
-            policy, timeout=timeout, max_bytes=max_bytes, max_redirects=max_redirects,
-            allow_http=allow_http, verify=verify, user_agent=user_agent)
-        self._client = self.client()
-
-    @property
-    def policy(self) -> AddressPolicy:
-        return self.settings.policy
+    _client: httpx.AsyncClient
 
     def transport(self) -> AsyncPinnedTransport:
         s = self.settings
         return AsyncPinnedTransport(s.policy, verify=s.ssl_context, allow_http=s.allow_http,
                                     max_bytes=s.max_bytes, timeout=s.timeout)
 
-    def client_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        return self.settings.client_kwargs(self.transport(), kwargs)
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(**self.client_kwargs(**kwargs))
