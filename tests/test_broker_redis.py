@@ -591,3 +591,29 @@ def test_broker_urls_are_redacted_for_logs() -> None:
         == "redis://u:***@h/0?password=***&db=2&sentinel_password=***"
     assert redact(["redis://a:1/0", "redis://:p@b:2/0"]) == "redis://a:1/0,redis://:***@b:2/0"
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_hiredis_packing_writes_redis_py_bytes() -> None:
+    """The broker's connections pack with hiredis, handing it the arguments as they are; what
+    goes on the wire is what redis-py's own Python packer writes, and an argument neither can
+    send is redis-py's DataError."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    from clarion.broker.redis.standalone import with_hiredis_packing
+
+    fast = with_hiredis_packing(Connection)()
+    plain = Connection()
+    cases: list[tuple[Any, ...]] = [
+        ("EVALSHA", "abc", 2, "k:{a}", "k:{b}", b"\x00\xffbin", 0, 1.5, -7, "é"),
+        ("CLIENT SETNAME", "clarion"),  # a command name with a space is split
+        (b"PUBLISH", memoryview(b"chan"), bytearray(b"data")),
+        ("SET", "k", 10**20),
+    ]
+    for args in cases:
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args)), args
+    for bad in (None, True, object()):
+        with pytest.raises(DataError):
+            fast.pack_command("SET", "k", bad)
+        with pytest.raises(DataError):
+            plain.pack_command("SET", "k", bad)

@@ -9,6 +9,7 @@ still take effect in the order given.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -34,11 +35,22 @@ def broker_request(config: Config, options: ChannelOptions, data: bytes, *,
         # Frames batch messages by newline: data must be compact JSON.
         data = msgspec.json.encode(msgspec.json.decode(data))
     history = options.history_enabled and not skip_history
+    history_size = options.history_size if history else 0
+    history_ttl = float(options.history_ttl) if history else 0.0
+    meta_ttl = config.seconds("history_meta_ttl")
+    if info is None and not tags and not idempotency_key:
+        return data, _plain_options(history_size, history_ttl, meta_ttl)
     return data, PublishOptions(
-        history_size=options.history_size if history else 0,
-        history_ttl=float(options.history_ttl) if history else 0.0,
-        info=info, tags=tags, idempotency_key=idempotency_key,
-        history_meta_ttl=config.seconds("history_meta_ttl"))
+        history_size=history_size, history_ttl=history_ttl, info=info, tags=tags,
+        idempotency_key=idempotency_key, history_meta_ttl=meta_ttl)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_options(history_size: int, history_ttl: float, meta_ttl: float) -> PublishOptions:
+    # Most publications carry no tags, key or info, so their options are one of a few
+    # values: shared (they are frozen) instead of built for each publication.
+    return PublishOptions(history_size=history_size, history_ttl=history_ttl,
+                          history_meta_ttl=meta_ttl)
 
 
 def publish_options(hub: Hub, channel: str, data: bytes, *, tags: dict[str, str] | None,

@@ -64,11 +64,22 @@ def with_hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnecti
     was a third of the hub's time when publishing through Redis. Same bytes on the wire."""
     if not HIREDIS_AVAILABLE:
         return cls
+    import hiredis
     from redis.connection import HiredisRespSerializer
 
     serializer = HiredisRespSerializer()
+    pack = hiredis.pack_command
 
     def pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+        # redis-py's wrapper first copies every argument through a generator to turn
+        # memoryviews into bytes; a publish script's call has ~900 arguments, none of them
+        # views, so hand them to hiredis as they are and fall back only when it refuses one.
+        command = args[0]
+        if isinstance(command, str) and " " not in command:
+            try:
+                return [pack(args)]
+            except TypeError:
+                pass
         packed: list[bytes] = serializer.pack(*args)
         return packed
 
@@ -128,6 +139,15 @@ def _new_epoch() -> str:
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def _history_args(options: PublishOptions) -> tuple[int, int, int]:
+    """The publish script's history size, history TTL and meta TTL (ms); zeros when the
+    publication is not kept."""
+    if options.history_size <= 0 or options.history_ttl <= 0:
+        return 0, 0, 0
+    return (options.history_size, _ms(options.history_ttl),
+            _ms(max(options.history_meta_ttl, options.history_ttl)))
 
 
 # -- Lua ---------------------------------------------------------------------------------------
@@ -894,17 +914,22 @@ class RedisBroker(Broker):
     ) -> list[PublishResult | BrokerError]:
         keys: list[str] = []
         args: list[Any] = [self._publish_command, _new_epoch()]
+        now = time.time()  # one clock read per call: the publications are sent together
+        stream_key, meta_key, idem_key = self._stream_key, self._meta_key, self._idem_key
+        pubsub_channel = self._pubsub_channel
+        # Publications of one call mostly share their options; the history numbers are
+        # worked out once per options object, not once per publication.
+        history_args: dict[int, tuple[int, int, int]] = {}
         for channel, data, options in requests:
             info = options.info
-            envelope = _encode(_Envelope(data, time.time(), None if info is None
+            envelope = _encode(_Envelope(data, now, None if info is None
                                          else _pack_info(info), options.tags or None))
-            keep = options.history_size > 0 and options.history_ttl > 0
-            keys += (self._stream_key(channel), self._meta_key(channel),
-                     self._idem_key(channel, options.idempotency_key))
-            args += (envelope, options.history_size if keep else 0,
-                     _ms(options.history_ttl) if keep else 0,
-                     _ms(max(options.history_meta_ttl, options.history_ttl)) if keep else 0,
-                     self._pubsub_channel(channel),
+            history = history_args.get(id(options))
+            if history is None:
+                history = history_args[id(options)] = _history_args(options)
+            keys += (stream_key(channel), meta_key(channel),
+                     idem_key(channel, options.idempotency_key))
+            args += (envelope, *history, pubsub_channel(channel),
                      _ms(options.idempotent_result_ttl) if options.idempotency_key else 0)
         try:
             reply = await self._call("publish", self._publish_many_script(keys=keys, args=args))
@@ -927,16 +952,14 @@ class RedisBroker(Broker):
         info = options.info
         envelope = _encode(_Envelope(
             data, time.time(), None if info is None else _pack_info(info), options.tags or None))
-        keep = options.history_size > 0 and options.history_ttl > 0
-        if not keep and not options.idempotency_key:
+        history = _history_args(options)
+        if not history[0] and not options.idempotency_key:
             return None, [self._pubsub_channel(channel), b"p0::" + envelope]
         idem_ttl = _ms(options.idempotent_result_ttl) if options.idempotency_key else 0
         keys = [self._stream_key(channel), self._meta_key(channel),
                 self._idem_key(channel, options.idempotency_key)]
-        args = [envelope, options.history_size if keep else 0,
-                _ms(options.history_ttl) if keep else 0,
-                _ms(max(options.history_meta_ttl, options.history_ttl)) if keep else 0,
-                _new_epoch(), self._pubsub_channel(channel), idem_ttl, self._publish_command]
+        args = [envelope, *history, _new_epoch(), self._pubsub_channel(channel), idem_ttl,
+                self._publish_command]
         return keys, args
 
     # PUBLISH, or SPUBLISH on a Cluster: the script's last argument.
