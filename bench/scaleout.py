@@ -150,6 +150,12 @@ async def run_fanout(args: argparse.Namespace, results: dict[str, Any]) -> None:
             lambda setup=setup: hub(setup), fanout_ws.ws_target, fanout_ws.api_publisher,
             sorted(args.subscribers), duration=args.duration, window=200, latency_at=lat,
             profile_at=args.profile)
+    # The harness's ceiling at the same points: a bare uvloop broadcast server (no protocol,
+    # no broker) with the same clients and publisher. Its latency at 100 msg/s is what the
+    # subscriber processes and the machine leave for any server.
+    out["baseline"] = await common.run_server_suite(
+        common.baseline_server, fanout_ws.ws_target, fanout_ws.api_publisher,
+        sorted(args.subscribers), duration=args.duration, window=200, latency_at=lat)
     if not args.no_peer:
         pn = args.peer_subscribers
         out["channels-redis"] = await common.run_server_suite(
@@ -237,6 +243,13 @@ def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         rows.append([f"WS p50 / p99 ms @ {n:,} subs, {a.rate:g} msg/s (--workers 2, Redis)",
                      fanout_ws._pp(cl), "1 process, memory", fanout_ws._pp(ml2), "", target,
                      _met(p99 is not None and p99 <= 50, p99) if target else ""])
+        base = fan.get("baseline")
+        if base:
+            bl = common.latency_of(g(base, "runs", str(n)), a.rate)
+            bd = g(base, "runs", str(n), "throughput", "deliveries_per_s")
+            rows.append([f"  harness ceiling @ {n:,} subs: deliveries/s; p50 / p99 ms",
+                         "", "bare uvloop broadcast", f"{lc.fmt_num(bd)}; {fanout_ws._pp(bl)}",
+                         "", "", ""])
     peer = fan.get("channels-redis")
     if peer:
         pn = str(a.peer_subscribers)
