@@ -490,6 +490,24 @@ async def test_rediss_broker_publishes_over_tls_and_a_wrong_ca_is_a_clear_startu
                                                               data={"over": "tls"}))
     await rec.wait_for(lambda: rec.pubs == [{"over": "tls"}])
     assert rec.offsets == [1]
+
+    # The Pub/Sub link comes back over TLS too: Redis restarted (empty) on the same port.
+    redis.stop()
+    redis.start()
+
+    def reconnected() -> bool:
+        broker = httpx.get(f"{hub.url}/health", timeout=T).json()["broker"]
+        return bool(broker["connected"]) and int(broker["reconnects"]) >= 1
+
+    await wait_until(reconnected, "the hub's link to the TLS Redis is back")
+    n = 0
+    while {"again": True} not in rec.pubs:  # until the client has resubscribed (new epoch)
+        assert n < 100, rec.pubs
+        await asyncio.to_thread(cent(hub).publish, PublishRequest(channel="chat:tls",
+                                                                  data={"again": True}))
+        n += 1
+        with contextlib.suppress(AssertionError):
+            await rec.wait_for(lambda: {"again": True} in rec.pubs, 0.2)
     await client.disconnect()
 
     # A CA that did not sign the server's certificate: the hub refuses to start, and says why.
