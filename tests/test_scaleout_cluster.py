@@ -14,6 +14,10 @@ with its slots as the same node; whether it keeps its data is the test's choice:
 kept (it comes back with every acknowledged publication) or deleted (it comes back empty, a
 new epoch for every channel it owns).
 
+Then every master at once: while the whole cluster is away the hub answers every publish 503
+with code 100 and keeps its clients; when the cluster is back (same ports, same
+``nodes.conf``), what is published reaches the clients that stayed subscribed.
+
 Last, the broker's answer to what redis-py does meanwhile (it closes every connection, those
 in use too, when a node answers CLUSTERDOWN): a command caught mid-write is an outage
 (BrokerError), never an AttributeError or RuntimeError reaching the hub.
@@ -22,6 +26,8 @@ in use too, when a node answers CLUSTERDOWN): a command caught mid-write is an o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import shutil
 import time
 import uuid
@@ -39,11 +45,16 @@ from tests.test_broker_redis_topologies import _cli, _tool, _wait
 from tests.test_scaleout_redis_failure import (
     CHANNEL,
     END,
+    NAMESPACE,
+    REDIS_OPTIONS,
     REDIS_SERVER,
+    Log,
     Published,
     T,
+    check,
     flow,
     publish,
+    ws_client,
 )
 
 from clarion.broker import create_broker
@@ -183,6 +194,127 @@ async def test_cluster_master_killed_and_restarted_with_clients_connected(
         # The master came back empty: a new epoch for the channel, and every client was told.
         for log in logs:
             assert log.losses >= 1, f"{log.name} was not told its position is gone"
+
+
+async def test_every_master_killed_and_restarted_with_a_client_subscribed(
+        hub_factory: HubFactory, cluster: Cluster) -> None:
+    """redis-py's cluster client says "Redis Cluster cannot be connected" with an exception
+    that is no RedisError: it was answered 500, and it ended the hub's Pub/Sub link for good,
+    so after the cluster came back publishing worked and nobody received anything."""
+    cluster.wait_healthy()  # the previous case's master has rejoined
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    node = hub_factory(f'broker = "{cluster.url}"\n[redis]\nprefix = "{prefix}"\n'
+                       + REDIS_OPTIONS + NAMESPACE)
+    log = Log("ws")
+    client = await ws_client(node, log)
+    published = Published()
+    # The client's timeout bounds every answer: the hub's own is command_timeout (1 s) and a
+    # connect, far below it; a publish that waits for it is recorded as hung.
+    async with httpx.AsyncClient(timeout=10.0) as http:
+
+        async def until_acknowledged(first: int, count: int) -> None:
+            i = first
+            deadline = time.monotonic() + 2 * T
+            while sum(1 for p in published.ok if p >= first) < count:
+                assert time.monotonic() < deadline, f"publishing stalled: {published}"
+                await publish(http, node, i, published)
+                i += 1
+                await asyncio.sleep(0.01)
+
+        await until_acknowledged(0, 5)
+        for server in cluster.servers:
+            server.stop()  # SIGKILL, every master (there are no replicas)
+        refused = published.unavailable
+        for i in range(10_000, 10_010):  # no client may ever see these
+            assert await publish(http, node, i, published) is False, published.other
+        assert published.unavailable == refused + 10, published.other
+        h = (await http.get(f"{node.url}/health")).json()
+        assert h["status"] == "degraded" and h["broker"]["connected"] is False, h
+        assert node.process.poll() is None, node.output()
+        published.attempted[:] = [p for p in published.attempted if p < 10_000]
+
+        for server in cluster.servers:
+            cluster.restart(server, keep_data=True)
+        await asyncio.to_thread(cluster.wait_healthy)
+        await until_acknowledged(100, 20)
+        for _ in range(200):
+            if await publish(http, node, END, published):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the end marker was never acknowledged: {published.other}")
+        await asyncio.wait_for(log.done.wait(), T)
+        h = (await http.get(f"{node.url}/health")).json()
+    await client.disconnect()
+    assert node.process.poll() is None, node.output()
+    assert not published.other, published.other
+    assert log.disconnects == 0, "the hub dropped its WebSocket client"
+    check(log, published)
+    # Every acknowledged write was on disk (AOF, fsync always): the same epoch, nothing lost.
+    assert log.losses == 0, log.events[-5:]
+    assert set(published.ok) - {END} <= set(log.received)
+    assert h["status"] == "ok" and h["broker"]["connected"] is True, h
+    assert "Task exception was never retrieved" not in node.output()
+
+
+
+def test_the_broker_outlives_a_cluster_down_everywhere(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """The same at the broker: its calls raise BrokerError, its Pub/Sub link and the task
+    that moves subscriptions keep retrying (they ended with the exception), and close()
+    does not raise."""
+    cluster.wait_healthy()
+
+    async def scenario() -> None:
+        broker = create_broker(cluster.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                               connect_timeout=0.3, command_timeout=1,
+                               reconnect_delay=0.05, reconnect_delay_max=0.3)
+        assert isinstance(broker, RedisClusterBroker)
+        received = Recorder()
+        await broker.start(received)
+        options = PublishOptions(history_size=10, history_ttl=60)
+        try:
+            await broker.subscribe("c")
+            for server in cluster.servers:
+                server.stop()
+            with pytest.raises(BrokerError):
+                await broker.publish("c", b'"down"', options)
+            with pytest.raises(BrokerError):
+                await broker.subscribe("d")
+            broker._schedule_rehome()  # what a MOVED reply or an evicted channel starts
+
+            def failed_reloads() -> int:
+                return sum("reloading the slot map failed" in r.getMessage()
+                           for r in caplog.records)
+
+            deadline = time.monotonic() + T
+            while failed_reloads() < 6:  # both the link and the rehome task met the outage
+                assert time.monotonic() < deadline, "nothing tried to reach the cluster"
+                await asyncio.sleep(0.05)
+            tasks = [t for link in broker._links.values() for t in link._tasks]
+            assert tasks and not any(t.done() for t in tasks)
+
+            for server in cluster.servers:
+                cluster.restart(server, keep_data=True)
+            await asyncio.to_thread(cluster.wait_healthy)
+            deadline = time.monotonic() + T
+            while not any(pub.data == b'"back"' for _, pub, _ in received.publications):
+                assert time.monotonic() < deadline, "nothing published reached the subscriber"
+                received.changed.clear()
+                with contextlib.suppress(BrokerError):
+                    await broker.publish("c", b'"back"', options)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(received.changed.wait(), 0.5)
+            assert not any(t.done() for t in tasks)
+            rehome = broker._rehome_task
+            assert rehome is None or not rehome.done() or rehome.exception() is None
+        finally:
+            await broker.close()
+
+    with caplog.at_level(logging.WARNING, logger="clarion.broker"):
+        uvloop.run(scenario())
+    unexpected = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not unexpected, unexpected
 
 
 # -- connections closed under redis-py ----------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from clarion.broker.base import PublishOptions, PublishResult
 from clarion.broker.redis.standalone import (
@@ -35,12 +36,13 @@ from clarion.broker.redis.standalone import (
     Link,
     RedisBroker,
     _cancel,
-    log,
 )
 from clarion.broker.redis.urls import parse
 from clarion.errors import BrokerError, ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger("clarion.broker")  # the standalone broker's
 
 
 def _closed_under_us(exc: BaseException) -> bool:
@@ -91,6 +93,11 @@ class _SSLLinkConnection(SSLConnection):
 class RedisClusterBroker(RedisBroker):
     _schemes = ("redis+cluster://", "rediss+cluster://")
     _publish_command = "spublish"
+    # redis-py's cluster client raises RedisClusterException, which is no RedisError, when no
+    # node answers ("Redis Cluster cannot be connected…") or a slot has no owner
+    # (SlotNotCoveredError): an outage like any other. ClusterDownError, TryAgainError and
+    # MaxConnectionsError are RedisErrors already.
+    _client_errors = (RedisError, RedisClusterException, OSError)
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
@@ -173,7 +180,7 @@ class RedisClusterBroker(RedisBroker):
         try:
             await self._call("cluster discovery", client.initialize())
         except BaseException:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*self._client_errors):
                 await client.aclose()
             raise
         return client
@@ -245,7 +252,7 @@ class RedisClusterBroker(RedisBroker):
         for _ in range(3):
             try:
                 link = await self._link_to(self._node_of(name))
-            except (BrokerError, RedisError) as exc:
+            except (BrokerError, *self._client_errors) as exc:
                 problem = str(exc)
                 await self._refresh_topology()
                 continue
@@ -273,7 +280,7 @@ class RedisClusterBroker(RedisBroker):
             try:
                 async with asyncio.timeout(self.connect_timeout + self.command_timeout):
                     await self._client.nodes_manager.initialize()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (*self._client_errors, TimeoutError) as exc:
                 log.warning("redis cluster: reloading the slot map failed (%s): %s",
                             self._where, exc)
 
@@ -289,8 +296,15 @@ class RedisClusterBroker(RedisBroker):
         delay = self.reconnect_delay
         while True:
             self._rehome_again = False
-            if await self._rehome() and not self._rehome_again:
-                return
+            try:
+                if await self._rehome() and not self._rehome_again:
+                    return
+            except Exception:  # logged with its traceback
+                # Not an outage the broker expects (those are logged as warnings inside):
+                # still retried, or the channels that moved would never be received again.
+                self.handler_errors += 1
+                log.exception("redis cluster: moving subscriptions failed unexpectedly (%s), "
+                              "retrying", self._where)
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(self.reconnect_delay_max, delay * 2)
 
@@ -303,7 +317,7 @@ class RedisClusterBroker(RedisBroker):
         for name, link in list(self._homes.items()):
             try:
                 target = await self._link_to(self._node_of(name))
-            except (BrokerError, RedisError) as exc:
+            except (BrokerError, *self._client_errors) as exc:
                 log.warning("redis cluster: %s has no reachable owner yet: %s", name, exc)
                 complete = False
                 continue

@@ -392,8 +392,7 @@ class Link:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _settle(task)
         conn = self._conn
         if conn is not None:
             await self._lose(conn)
@@ -581,19 +580,23 @@ class Link:
                 delay = min(broker.reconnect_delay_max, broker.reconnect_delay * 2 ** attempt)
                 attempt += 1
                 await asyncio.sleep(random.uniform(delay / 2, delay))
-                if not await broker._link_lost(self):
-                    return  # retired: what it carried lives on other links now
                 try:
+                    # The broker's look at the topology is part of the attempt: a Cluster
+                    # that is down everywhere fails it as the connect does.
+                    if not await broker._link_lost(self):
+                        return  # retired: what it carried lives on other links now
                     conn, reader = await self._connect()
                 except BrokerError as exc:
                     log.warning("redis Pub/Sub reconnect failed, retrying: %s", exc)
                     continue
                 except Exception:  # logged with its traceback
-                    # Not redis-py's own error (uvloop's RuntimeError on a transport closed
-                    # under a handshake, say): still a failed attempt, never the end of the
-                    # link, or this node would silently stop receiving.
+                    # Not an error the broker expects (uvloop's RuntimeError on a transport
+                    # closed under a handshake, an exception class redis-py added): still a
+                    # failed attempt, never the end of the link, or this node would
+                    # silently stop receiving.
                     broker.handler_errors += 1
-                    log.exception("redis Pub/Sub reconnect failed unexpectedly, retrying")
+                    log.exception("redis Pub/Sub reconnect failed unexpectedly (%s), retrying",
+                                  self.where)
                     continue
                 attempt = 0
                 break
@@ -680,6 +683,8 @@ class RedisBroker(Broker):
     """A broker on one Redis server (standalone, or a primary behind a stable address)."""
 
     _schemes: tuple[str, ...] = ("redis://", "rediss://", "unix://")
+    # What the command client raises for an outage; every one becomes BrokerError.
+    _client_errors: tuple[type[Exception], ...] = (RedisError, OSError)
 
     def __init__(
         self,
@@ -834,7 +839,7 @@ class RedisBroker(Broker):
         client, self._client = self._client, None
         pool, self._pool = self._pool, None
         if client is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*self._client_errors):
                 await client.aclose()
         if pool is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -853,7 +858,7 @@ class RedisBroker(Broker):
         except TimeoutError:
             raise BrokerError(f"redis {what} timed out after {self.command_timeout:g} s "
                               f"({self._where})") from None
-        except (RedisError, OSError) as exc:
+        except self._client_errors as exc:
             raise BrokerError(f"redis {what} failed ({self._where}): {exc}") from exc
 
     # -- keys ---------------------------------------------------------------------------------
@@ -1170,8 +1175,18 @@ class RedisBroker(Broker):
 
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    await _settle(task)
+
+
+async def _settle(task: asyncio.Task[None]) -> None:
+    """Wait for a cancelled task. One that had died of an error instead is logged, not
+    raised: closing a broker must not fail because a background task once did."""
+    try:
         await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("redis broker task %s had failed", task.get_name())
 
 
 async def _disconnect(conn: AbstractConnection) -> None:
