@@ -26,12 +26,14 @@ from centrifuge import Client as Centrifuge  # noqa: E402
 from centrifuge import SubscriptionUnsubscribedError  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import AnonymousUser, User  # noqa: E402
+from django.core.exceptions import SynchronousOnlyOperation  # noqa: E402
 from django.db import connections, transaction  # noqa: E402
 from django.http import HttpRequest, JsonResponse  # noqa: E402
 from django.test import AsyncClient, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 from tests.centrifuge_support import Recorder  # noqa: E402
 from tests.conftest import CHAT_NAMESPACE, HMAC_SECRET, Hub, HubFactory, free_port  # noqa: E402
+from tests.netproxy import NetProxy  # noqa: E402
 from tests.test_scaleout_nodes import REDIS_URL, redis_available  # noqa: E402
 from tests.webhook_support import webhook_databases  # noqa: E402, F401
 
@@ -327,7 +329,20 @@ async def async_view(request: HttpRequest) -> JsonResponse:
                          "clients": stats.num_clients, "history": len(page.publications)})
 
 
-urlpatterns = [path("realtime/async", async_view)]
+async def async_credentials_view(request: HttpRequest) -> JsonResponse:
+    # request.user is lazy: its first read loads the session and the user from PostgreSQL,
+    # which Django refuses on the event loop. The a… twins read it in the sync thread.
+    with pytest.raises(SynchronousOnlyOperation):
+        realtime.connection_token(request.user)
+    conn = await realtime.aconnection_token(request.user, ttl=60, info={"via": "async"})
+    private = await realtime.asubscription_token(request.user, "private:mine",
+                                                 info={"role": "owner"})
+    ticket = await realtime.aissue_ticket(request.user)
+    return JsonResponse({"token": conn, "private": private, "ticket": ticket})
+
+
+urlpatterns = [path("realtime/async", async_view),
+               path("realtime/credentials", async_credentials_view)]
 
 
 async def test_async_twins_from_an_async_view(memory_hub: Hub) -> None:
@@ -340,6 +355,72 @@ async def test_async_twins_from_an_async_view(memory_hub: Hub) -> None:
     assert response.json() == {"offset": 1, "broadcast": 2, "clients": 1, "history": 2}
     await rec.wait_for(lambda: len(rec.pubs) == 2)
     await client.disconnect()
+
+
+async def test_async_token_twins_from_an_async_view_are_accepted_by_the_hub(
+        memory_hub: Hub, webhook_databases: None) -> None:  # noqa: F811
+    name = f"ada-{uuid.uuid4().hex[:8]}"
+
+    def make_user() -> User:
+        user = User.objects.create_user(username=name)
+        connections.close_all()  # this thread's connections end with it
+        return user
+
+    user = await asyncio.to_thread(make_user)
+    browser = AsyncClient()
+    await browser.aforce_login(user)
+    with override_settings(ROOT_URLCONF=__name__):
+        response = await browser.get("/realtime/credentials")
+    assert response.status_code == 200, response.content
+    got = response.json()
+
+    client = Centrifuge(memory_hub.ws_url, token=got["token"])
+    rec = Recorder()
+    sub = client.new_subscription("private:mine", rec, token=got["private"])
+    await client.connect()
+    await sub.subscribe()
+    await rec.wait_for(lambda: bool(rec.subscribed))
+    (who,) = (await realtime.apresence("private:mine")).values()
+    assert (who.user, who.conn_info, who.chan_info) == (
+        str(user.pk), {"username": name, "via": "async"}, {"role": "owner"})
+    await client.disconnect()
+    await _connects_as(memory_hub, got["ticket"], str(user.pk), {"username": name})
+    # An id needs no database: the twins answer as the sync functions do.
+    assert realtime.connection_token("7", ttl=60) == await realtime.aconnection_token("7", ttl=60)
+    with pytest.raises(ValueError, match="channel must be a non-empty str"):
+        await realtime.asubscription_token("7", "")
+
+
+class CountingProxy(NetProxy):
+    """A real TCP proxy in front of the hub that counts the connections made through it."""
+
+    accepted = 0
+
+    async def _handle(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        await super()._handle(reader, writer)
+
+
+async def test_publishing_reuses_one_keep_alive_connection(memory_hub: Hub) -> None:
+    proxy = await CountingProxy(memory_hub.port).start()
+    try:
+        through = hub_settings(memory_hub)
+        through["HUB"]["URL"] = f"http://127.0.0.1:{proxy.port}"
+        with override_settings(CLARION=through):
+            for n in range(5):  # each from its own thread: the sync client is shared
+                await asyncio.to_thread(realtime.publish, "chat:pool", {"n": n})
+            await asyncio.to_thread(realtime.history, "chat:pool", limit=0)
+            # The sync client: one connection, kept alive across the calls.
+            assert proxy.accepted == 1
+            for n in range(5, 10):
+                await realtime.apublish("chat:pool", {"n": n})
+            page = await realtime.ahistory("chat:pool", limit=0)
+            # The async client (one per event loop, its own pool): one more connection.
+            assert proxy.accepted == 2
+        assert page.offset == 10
+    finally:
+        await proxy.close()
 
 
 async def test_concurrent_async_publications_share_batches_in_call_order(

@@ -14,7 +14,9 @@ docs/reference/django-realtime.md.
 
 Every call is bounded by ``CLARION["HUB"]["TIMEOUT"]`` and raises ``HubUnavailable`` (the hub
 or its broker could not be reached in time) or ``HubReplyError`` (the hub refused the call),
-both ``clarion.errors.HubError``. Each function has an ``a…`` twin for async views.
+both ``clarion.errors.HubError``. Each function has an ``a…`` twin for async views; the twins
+that take a user read it in Django's sync thread (``request.user`` may load it from the
+database), so passing ``request.user`` from an async view is safe.
 """
 
 from __future__ import annotations
@@ -28,17 +30,24 @@ from clarion.client import ClientInfo, HistoryResult, PresenceStats, PublishResu
 from clarion.django.realtime import _coalesce, _routes
 from clarion.django.realtime._commit import after_commit
 from clarion.django.realtime._outgoing import Outgoing, outgoing
-from clarion.django.realtime._tokens import connection_token, subscription_token
+from clarion.django.realtime._tokens import (
+    aconnection_token,
+    asubscription_token,
+    connection_token,
+    subscription_token,
+)
 from clarion.django.realtime._users import identity
 
 __all__ = [
     "abroadcast",
+    "aconnection_token",
     "adisconnect",
     "ahistory",
     "aissue_ticket",
     "apresence",
     "apresence_stats",
     "apublish",
+    "asubscription_token",
     "broadcast",
     "connection_token",
     "disconnect",
@@ -207,7 +216,7 @@ def disconnect(user: Any, *, code: int | None = None, reason: str | None = None)
 
 
 async def adisconnect(user: Any, *, code: int | None = None, reason: str | None = None) -> None:
-    sub, _ = identity(user, None)
+    sub, _ = await _aidentity(user, None)
     await _routes.hub().aclient.disconnect(sub, code=code, reason=reason)
 
 
@@ -227,8 +236,19 @@ def issue_ticket(user: Any, *, info: Any = None, channels: Iterable[str] = (),
 
 async def aissue_ticket(user: Any, *, info: Any = None, channels: Iterable[str] = (),
                         ttl: float | None = None) -> str:
-    sub, conn_info = identity(user, info)
+    sub, conn_info = await _aidentity(user, info)
     return await _routes.publisher().aticket(sub, conn_info, _names(channels), ttl)
+
+
+async def _aidentity(user: Any, info: Any) -> tuple[str, Any]:
+    # request.user in an async view is lazy: its first read queries the database, which
+    # Django refuses on the event loop. An id needs no thread. type(), not isinstance():
+    # isinstance reads __class__, which evaluates the lazy object.
+    if type(user) in (str, int):
+        return identity(user, info)
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(identity)(user, info)
 
 
 def _names(channels: Iterable[str]) -> list[str]:

@@ -3,7 +3,9 @@
 
 The claims are the ones :mod:`clarion.protocol.tokens` verifies (Centrifugo's): ``sub``,
 ``exp``, ``info``, ``channels`` for a connection; ``sub``, ``channel``, ``exp``, ``info`` for a
-subscription. Pure computation: no I/O, so no async twins.
+subscription. Signing is pure computation; the async twins exist because reading the user may
+not be: ``request.user`` is a lazy object whose first use loads the session and the user from
+the database, which Django refuses on the event loop (``SynchronousOnlyOperation``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jwt
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 
 from clarion.django.conf import realtime_settings
@@ -51,6 +54,29 @@ def subscription_token(user: Any, channel: str, *, ttl: float | None = None,
     if info is not None:
         claims["info"] = info
     return _sign(claims)
+
+
+async def aconnection_token(user: Any, *, ttl: float | None = None,
+                            channels: Iterable[str] = (), info: Any = None) -> str:
+    """:func:`connection_token` for async views: ``request.user`` (or a queryset of channel
+    names) is read in Django's sync thread, so a database read never blocks the loop."""
+    if _plain(user, channels):
+        return connection_token(user, ttl=ttl, channels=channels, info=info)
+    return await sync_to_async(connection_token)(user, ttl=ttl, channels=channels, info=info)
+
+
+async def asubscription_token(user: Any, channel: str, *, ttl: float | None = None,
+                              info: Any = None) -> str:
+    """:func:`subscription_token` for async views (see :func:`aconnection_token`)."""
+    if _plain(user, ()):
+        return subscription_token(user, channel, ttl=ttl, info=info)
+    return await sync_to_async(subscription_token)(user, channel, ttl=ttl, info=info)
+
+
+def _plain(user: Any, channels: Iterable[str]) -> bool:
+    # A user id and a list of names cannot touch the database: no thread hop for them. type(),
+    # not isinstance(): isinstance reads __class__, which evaluates a lazy request.user.
+    return type(user) in (str, int) and type(channels) in (list, tuple)
 
 
 def _expiry(ttl: float | None) -> int:
