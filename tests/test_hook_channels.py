@@ -22,17 +22,20 @@ django_env.configure()
 
 from django.db import transaction  # noqa: E402
 from django.db.models.signals import post_save  # noqa: E402
+from django.dispatch import Signal  # noqa: E402
+from django.test import override_settings  # noqa: E402
 from tests.conftest import API_KEY, Hub, HubFactory, token  # noqa: E402
 
 from centrifuge_support import Recorder, wait_changed  # noqa: E402
 from clarion.client import AsyncClient  # noqa: E402
 from clarion.django import hooks as hooks_module  # noqa: E402
-from clarion.django.hooks import Hook, HookRegistry, ModelHook  # noqa: E402
+from clarion.django.hooks import Hook, HookRegistry, ModelHook, SignalHook  # noqa: E402
 from clarion.django.models import Event  # noqa: E402
 from clarion.django.worker import build  # noqa: E402
 from clarion.errors import ConfigError, WebhookError  # noqa: E402
 from webhook_apps.people.models import Person  # noqa: E402
 from webhook_support import (  # noqa: E402
+    LOOPBACK,
     Receiver,
     clean_db,
     receiver,
@@ -246,3 +249,54 @@ def test_a_model_hook_with_a_channel_writes_it_in_the_saving_transaction(
     event = Event.objects.get(hook="person.saved")
     assert event.channel == "people:joe"
     assert json.loads(event.payload)["data"] == {"name": "joe", "address": "here"}
+
+
+order_shipped = Signal()  # an application's own signal, not a model's
+
+
+@pytest.mark.parametrize("db", ["default", "sqlite"])
+async def test_a_signal_hook_with_a_channel_reaches_both_through_the_default_relay(
+        db: str, clean_db: None, receiver: Receiver, hub_factory: HubFactory) -> None:
+    """A plain SignalHook: the signal's send() writes the event; the worker's own relay
+    (``clarion.django.realtime`` to ``CLARION['HUB']``, as ``manage.py clarion_worker``
+    builds it) publishes it and the webhook carries the same id and body."""
+    hub = hub_factory(ORDERS)
+    hook = SignalHook(name="order.shipped", signal=order_shipped,
+                      provides_args=["customer_id", "carrier"], channel="orders:{customer_id}")
+    listener = await asyncio.to_thread(listen, hook, receiver, db)
+    receiver.secrets["/paid"] = [listener.secret]
+    client, rec = await subscribe(hub, "orders:77")
+    conf = {"WEBHOOKS": {"ALLOWED_NETWORKS": LOOPBACK, "DATABASE": db},
+            "HUB": {"URL": hub.url, "API_KEY": API_KEY}}
+
+    def fire_and_relay() -> Any:
+        with override_settings(CLARION=conf):
+            hook.connect()
+            try:
+                with transaction.atomic(using=db):
+                    order_shipped.send(sender=None, customer_id=77, carrier="post")
+            finally:
+                hook.disconnect()
+            worker = build(exit_when_idle=True, using=db)  # the default relay
+            assert worker.relay is not None
+            asyncio.run(asyncio.wait_for(worker.run(), 60))
+        return worker
+
+    try:
+        worker = await asyncio.to_thread(fire_and_relay)
+        got = receiver.wait_for(1, "/paid")
+        await wait_changed(rec.changed, lambda: len(rec.pubs) >= 1, 15)
+    finally:
+        await client.disconnect()
+    receiver.assert_all_verified()
+    event = await asyncio.to_thread(lambda: Event.objects.using(db).get(hook="order.shipped"))
+    assert event.channel == "orders:77"
+    webhook = got[0]
+    assert webhook.headers["webhook-id"] == event.msg_id
+    assert rec.pubs == [webhook.json]
+    assert webhook.json["data"] == {"customer_id": 77, "carrier": "post"}
+    assert worker.published == 1
+    # The publication's idempotency key is the webhook-id: publishing it again is dropped.
+    async with AsyncClient(hub.url, api_key=API_KEY) as api:
+        again = await api.publish("orders:77", webhook.json, idempotency_key=event.msg_id)
+    assert again.offset == 1 and len(await history(hub, "orders:77")) == 1
