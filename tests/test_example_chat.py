@@ -1,11 +1,13 @@
 """examples/chat: the Channels articles' chat on Clarion, started by its own `run` script.
 
 The example runs as users run it (one process: the hub with the Django project mounted), on
-PostgreSQL for the browser test and on its default SQLite for the HTTP one. Two users in two
+PostgreSQL for the browser tests and on its default SQLite for the HTTP one. Two users in two
 Chromium contexts chat; one goes offline while the other sends, and gets every message once,
-in order, when it comes back. Chromium and playwright as in tests/test_browser.py; PostgreSQL
-at 127.0.0.1:5432 (a database of its own per test, dropped after). Under CI=true a missing
-browser or PostgreSQL fails instead of skipping.
+in order, when it comes back: through Clarion's recovery, with no database query, and from the
+database only when the hub lost its history. The page marks each message with how it arrived
+(data-via) and counts its database catch-ups (#messages[data-catch-ups]). Chromium and
+playwright as in tests/test_browser.py; PostgreSQL at 127.0.0.1:5432 (a database of its own per
+test, dropped after). Under CI=true a missing browser or PostgreSQL fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -199,6 +201,23 @@ def shown(page: Any) -> list[tuple[str, str]]:
         " e.querySelector('.text').textContent])")]
 
 
+def arrivals(page: Any) -> dict[str, str]:
+    """How each shown message arrived: text -> the page's data-via."""
+    return dict(page.eval_on_selector_all(
+        "#messages .message",
+        "els => els.map(e => [e.querySelector('.text').textContent, e.dataset.via])"))
+
+
+def catch_ups(page: Any) -> int:
+    """How many times the page asked the database for messages the hub could not give."""
+    return int(page.eval_on_selector("#messages", "e => e.dataset.catchUps || '0'"))
+
+
+def recovered(page: Any) -> str | None:
+    """The last subscribe's `recovered` ("true"/"false"), as the page recorded it."""
+    return page.eval_on_selector("#status", "e => e.dataset.recovered ?? null")  # type: ignore[no-any-return]
+
+
 def wait_shown(page: Any, texts: list[str], timeout: float = 20_000) -> None:
     try:
         page.wait_for_function(
@@ -250,25 +269,55 @@ def test_two_users_chat_and_one_comes_back_from_offline(
 
         want = [("alice", "hi bob!"), ("bob", "hey alice!"), *(("alice", t) for t in missed)]
         wait_shown(bob, [t for _, t in want])
-        # A duplicate would come with the recovery or the catch-up; both are done once the
-        # sentinel, sent after bob is back, has arrived behind them.
+        # Clarion recovered them: replayed by the hub on resubscribe, and the database was not
+        # asked (a broken recovery shows up as missing messages or as a catch-up).
+        assert recovered(bob) == "true"
+        assert {t: arrivals(bob)[t] for t in missed} == dict.fromkeys(missed, "recovery")
+        assert catch_ups(bob) == 0
+        # A duplicate would come with the recovery; it is done once the sentinel, sent after
+        # bob is back, has arrived behind it.
         send(alice, "welcome back")
         want.append(("alice", "welcome back"))
         wait_shown(bob, ["welcome back"])
+        assert arrivals(bob)["welcome back"] == "live"
         assert shown(bob) == want
         assert shown(alice) == want
         ids = bob.eval_on_selector_all("#messages .message", "els => els.map(e => e.dataset.id)")
         assert len(ids) == len(set(ids)) == len(want)
         wait_presence(alice, ["alice", "bob"])
 
-        # Saved in PostgreSQL, in order: a page loaded now renders them from the database.
+        # History on join: a page loaded now shows them from the hub's history.
         carol_ctx, carol = sign_up_and_enter(browser, chat, "carol", "lobby")
         try:
             assert shown(carol) == want
+            assert set(arrivals(carol).values()) == {"history"}
+            assert catch_ups(carol) == 0
             wait_presence(alice, ["alice", "bob", "carol"])
+
+            # A message committed after the view read the history and before the page
+            # subscribed (held here by delaying clarion.js): the page asks the hub's history
+            # for what came after the view's position.
+            with _signed_up(chat, "erin") as erin:
+                def post_then_load(route: Any) -> None:
+                    r = erin.post("/rooms/lobby/messages/", json={"text": "in the gap"},
+                                  headers=_csrf(erin))
+                    assert r.status_code == 201, r.text
+                    route.continue_()
+
+                carol.route("**/static/clarion.js", post_then_load)
+                carol.goto(f"{chat.url}/rooms/lobby/")
+                wait_connected(carol)
+                want.append(("erin", "in the gap"))
+                wait_shown(carol, ["in the gap"])
+            assert shown(carol) == want
+            assert arrivals(carol)["in the gap"] == "history"
+            assert catch_ups(carol) == 0
+            wait_shown(alice, ["in the gap"])
+            wait_shown(bob, ["in the gap"])
         finally:
             carol_ctx.close()
         wait_presence(alice, ["alice", "bob"])
+        # Saved in PostgreSQL, in order.
         rows = _database_messages(chat)
         assert rows == want
 
@@ -281,13 +330,69 @@ def test_two_users_chat_and_one_comes_back_from_offline(
     assert "Traceback" not in chat.output(), chat.output()
 
 
-def _database_messages(chat: ChatServer) -> list[tuple[str, str]]:
+@pytest.mark.browser
+def test_when_the_hub_lost_its_history_the_database_fills_in_once_in_order(
+    browser: Any, chat_factory: ChatFactory  # noqa: F811
+) -> None:
+    chat = chat_factory(postgres=True)
+    alice_ctx, alice = sign_up_and_enter(browser, chat, "alice", "attic")
+    bob_ctx, bob = sign_up_and_enter(browser, chat, "bob", "attic")
+    try:
+        wait_presence(bob, ["alice", "bob"])
+        send(alice, "before the loss")
+        wait_shown(bob, ["before the loss"])
+        assert arrivals(bob)["before the loss"] == "live"
+
+        bob_ctx.set_offline(True)
+        bob.wait_for_selector("#status:not([data-state='connected'])", timeout=15_000)
+        missed = ["one", "two", "three"]
+        for text in missed:
+            send(alice, text)
+        # The hub forgets the room (as after a restart on the memory broker, or past
+        # history_ttl); its stream position stays, so bob's recovery finds the gap.
+        chat.hub_api("history_remove", {"channel": "room:attic"})
+        assert chat.hub_api("history", {"channel": "room:attic", "limit": 10})[
+            "publications"] == []
+        bob_ctx.set_offline(False)
+        wait_connected(bob, timeout=30_000)
+
+        want = [("alice", "before the loss"), *(("alice", t) for t in missed)]
+        wait_shown(bob, missed)
+        assert recovered(bob) == "false"
+        assert {t: arrivals(bob)[t] for t in missed} == dict.fromkeys(missed, "database")
+        assert catch_ups(bob) == 1
+        send(alice, "after the loss")
+        want.append(("alice", "after the loss"))
+        wait_shown(bob, ["after the loss"])
+        assert arrivals(bob)["after the loss"] == "live"
+        assert shown(bob) == want
+        ids = bob.eval_on_selector_all("#messages .message", "els => els.map(e => e.dataset.id)")
+        assert len(ids) == len(set(ids)) == len(want)
+
+        # A page loaded now: the one message the hub has comes from its history, the older
+        # ones from the database, each once, in order.
+        carol_ctx, carol = sign_up_and_enter(browser, chat, "carol", "attic")
+        try:
+            assert shown(carol) == want
+            assert arrivals(carol) == {**{t: "database" for _, t in want[:-1]},
+                                       "after the loss": "history"}
+            assert catch_ups(carol) == 0
+        finally:
+            carol_ctx.close()
+        assert _database_messages(chat, "attic") == want
+    finally:
+        alice_ctx.close()
+        bob_ctx.close()
+    assert "Traceback" not in chat.output(), chat.output()
+
+
+def _database_messages(chat: ChatServer, room: str = "lobby") -> list[tuple[str, str]]:
     import psycopg
 
     with psycopg.connect(f"{PG_DSN}/{chat.database}", connect_timeout=3) as conn:
         rows = conn.execute(
             "SELECT u.username, m.text FROM chat_message m JOIN auth_user u ON u.id = m.author_id"
-            " JOIN chat_room r ON r.id = m.room_id WHERE r.name = 'lobby' ORDER BY m.id"
+            " JOIN chat_room r ON r.id = m.room_id WHERE r.name = %s ORDER BY m.id", (room,)
         ).fetchall()
     return [(u, t) for u, t in rows]
 

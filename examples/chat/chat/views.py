@@ -1,9 +1,12 @@
 """Pages and the JSON the room page talks to.
 
-The database is the record of what was said; the hub only carries it. A message is saved and
-then published to ``room:<name>`` when the transaction commits, so nobody sees a message that
-was rolled back, and a page that missed some (offline longer than the hub keeps history, or
-loaded just before a message committed) asks ``GET …/messages/?after=<id>`` for the rest.
+The database is the record of what was said; the hub carries it and keeps the recent part. A
+message is saved and then published to ``room:<name>`` when the transaction commits, so nobody
+sees a message that was rolled back. A page joining a room gets the recent messages from the
+hub's history (``realtime.history``), and a page that reconnects recovers what it missed from
+the same history (clarion.js does it). The database is read only for what the hub no longer
+has: messages older than its history, or all of them after the hub lost its history; a page
+whose recovery failed asks ``GET …/messages/?after=<id>`` for those.
 """
 
 from __future__ import annotations
@@ -77,16 +80,46 @@ class RoomView(LoginRequiredMixin, TemplateView):  # type: ignore[misc]
 
             raise Http404(f"room names have at most {ROOM_NAME_MAX} characters")
         room, _ = Room.objects.get_or_create(name=name)
-        latest = list(room.messages.select_related("author", "room")
-                      .order_by("-id")[:PAGE_HISTORY])
+        messages, position = recent_messages(room)
         context.update(room=room, page={
             "room": room.name,
             "channel": room.channel,
             "me": self.request.user.get_username(),
-            "messages": [m.as_json() for m in reversed(latest)],
+            "messages": messages,
+            # Where the hub's stream was when the history was read: the page asks the hub for
+            # anything published after it and before its subscription began.
+            "position": position,
             "textMax": TEXT_MAX,
         })
         return context
+
+
+def recent_messages(room: Room) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The last PAGE_HISTORY messages of ``room``, oldest first, each with ``via`` saying where
+    it came from, and the hub's stream position (None when the hub was not reachable).
+
+    They come from the hub's history of the room's channel. When it holds fewer (a room quiet
+    for longer than ``history_ttl``, or a hub that lost its history: restarted on the memory
+    broker, ``history_remove``), the older ones come from the database.
+    """
+    from_hub: list[dict[str, Any]] = []
+    position: dict[str, Any] | None = None
+    try:
+        history = realtime.history(room.channel, limit=PAGE_HISTORY, reverse=True)
+    except HubError as exc:
+        log.warning("history of %s unavailable, reading the database: %s", room.channel, exc)
+    else:
+        position = {"epoch": history.epoch, "offset": history.offset}
+        from_hub = [{**p.data, "via": "history"} for p in reversed(history.publications)
+                    if isinstance(p.data, dict) and isinstance(p.data.get("id"), int)]
+    missing = PAGE_HISTORY - len(from_hub)
+    if missing <= 0:
+        return from_hub, position
+    older = room.messages.select_related("author", "room").order_by("-id")
+    if from_hub:
+        older = older.filter(id__lt=min(m["id"] for m in from_hub))
+    from_db = [{**m.as_json(), "via": "database"} for m in reversed(older[:missing])]
+    return from_db + from_hub, position
 
 
 def _error(status: int, message: str, **extra: Any) -> JsonResponse:
