@@ -725,6 +725,21 @@ def test_check_warns_about_risky_settings() -> None:
     assert "warning: api_key is empty" in empty.stdout
 
 
+def test_check_quiet_keeps_the_warnings_on_stderr() -> None:
+    """--quiet is what the hub unit's ExecStartPre runs: the settings dump and the "ok" lines
+    go, the warnings stay (on standard error, so the journal shows them)."""
+    quiet = _clarion("check", "--quiet",
+                     env={"CLARION_API_INSECURE": "true", "CLARION_HOST": "0.0.0.0"})
+    assert quiet.returncode == 0  # warnings are not problems
+    assert quiet.stdout == ""
+    warnings = quiet.stderr.splitlines()
+    assert "clarion check: warning: api_insecure = true: anyone who reaches /api/ may publish " \
+        "and disconnect" in warnings
+    assert any(w.startswith("clarion check: warning: host = '0.0.0.0' without certfile")
+               for w in warnings)
+    assert all(w.startswith("clarion check: warning: ") for w in warnings), warnings
+
+
 def test_check_webhooks_db(tmp_path: Path) -> None:
     db = tmp_path / "hooks.sqlite3"
     fresh = _clarion("check", "--quiet", "--webhooks-db", str(db), env={"CLARION_API_KEY": "x"})

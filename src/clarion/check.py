@@ -175,7 +175,9 @@ def check(
         return 2
     say(f"configuration {config_path or '(defaults, environment and flags)'}: ok")
     for warning in _warnings(config):
-        say(f"warning: {warning}")
+        # --quiet (a unit's ExecStartPre) drops the results, not the warnings: on standard
+        # error they reach the journal, where someone may read them.
+        print(f"clarion check: warning: {warning}", file=err if quiet else out, flush=True)
     if config.certfile:
         say(f"TLS certificate {config.certfile}: ok")
     if config.grip_routes:
@@ -459,7 +461,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for each service (default 10)")
     parser.add_argument("--quiet", action="store_true",
-                        help="print problems only, not the results and effective settings")
+                        help="print problems and warnings only (on standard error), not the "
+                             "results and effective settings")
 
 
 def main(args: argparse.Namespace) -> int:
