@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -169,6 +170,49 @@ def test_units_agree_with_the_hub_configuration() -> None:
     assert int(hub["LimitNOFILE"][0]) > config.max_connections
 
 
+def _systemd_command(line: str, instance: str) -> list[str]:
+    """An Exec line as systemd runs it for ``unit@instance``: the specifiers the units use
+    (%i, %%) filled in, "$$" made "$", then split into words by systemd's quoting rules
+    (which shlex follows for the quotes our units use)."""
+    line = line.replace("%%", "\0").replace("%i", instance).replace("\0", "%")
+    return shlex.split(line.replace("$$", "$"))
+
+
+def test_worker_metrics_ports_stay_valid_for_instances_1_to_20(tmp_path: Path) -> None:
+    """clarion-worker@N's port is computed by the unit's own shell line, and supervisord's
+    process N by its own expansion: every N from 1 to 20 gets a distinct port that an
+    unprivileged user may bind (the old 910N scheme gave 91010 from N = 10)."""
+    line = _unit_settings("clarion-worker@.service")["ExecStart"][0]
+    python = "/srv/clarion/venv/bin/python manage.py clarion_worker"
+    assert python in line
+    ports = []
+    for n in range(1, 21):
+        command = _systemd_command(line.replace(python, "echo"), str(n))
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        flag, port = result.stdout.split()
+        assert flag == "--metrics-port"
+        ports.append(int(port))
+    assert ports == list(range(9101, 9121))
+    refused = subprocess.run(_systemd_command(line.replace(python, "echo"), "blue"),
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert "clarion-worker@blue: the instance must be a number N" in refused.stderr
+
+    main = _supervisor_config(tmp_path)
+    conf = tmp_path / "clarion.conf"
+    conf.write_text(conf.read_text().replace("numprocs=2", "numprocs=20"))
+    env = {**os.environ, "CLARION_API_KEY": "k", "CLARION_TOKEN_HMAC_SECRET": "s",
+           "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    result = subprocess.run([sys.executable, "-c", _SUPERVISOR_PARSE, str(main)],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    commands = {p["name"]: p["command"] for p in json.loads(result.stdout)["clarion"]}
+    supervised = [int(commands[f"clarion-worker_{n}"].rpartition(" ")[2])
+                  for n in range(1, 21)]
+    assert supervised == list(range(9101, 9121))
+
+
 def _site(tmp_path: Path) -> Path:
     app = tmp_path / "app"
     for name, text in SITE.items():
@@ -196,7 +240,7 @@ def test_systemd_units_commands_run(tmp_path: Path) -> None:
     hub_port, web_port, prefix = free_port(), free_port(), _free_ports_with_prefix()
     moves = (("/srv/clarion/venv/bin", str(VENV_BIN)), ("/etc/clarion/clarion.toml", str(toml)),
              ("/var/lib/clarion", str(state)), ("/srv/clarion/app", str(app)),
-             ("--workers 4", "--workers 2"), ("910%i", f"{prefix}1"),
+             ("--workers 4", "--workers 2"), ("9100 + %i", f"{prefix}0 + %i"),
              ("127.0.0.1:8001", f"127.0.0.1:{web_port}"))
 
     def unit(name: str) -> dict[str, list[str]]:
@@ -242,7 +286,7 @@ def test_systemd_units_commands_run(tmp_path: Path) -> None:
                   in httpx.get(f"{url}/metrics").text, logs)
 
         worker = unit("clarion-worker@.service")
-        worker_proc = start("worker", worker["ExecStart"][0].split(),
+        worker_proc = start("worker", _systemd_command(worker["ExecStart"][0], "1"),
                             worker["WorkingDirectory"][0])
         _wait_for("the webhook worker's metrics", lambda: "clarion_webhook_attempts"
                   in httpx.get(f"http://127.0.0.1:{prefix}1/metrics").text, logs)
@@ -388,7 +432,7 @@ def _wait_for(what: str, probe: Any, log: Path, seconds: float = 90) -> None:
 
 
 def _free_ports_with_prefix() -> str:
-    """A port prefix P such that P1 and P2 are free: the worker program's 910%(process_num)d."""
+    """A port prefix P such that P1 and P2 are free: the workers' metrics ports, moved."""
     for prefix in range(2000, 6500, 37):
         ports = [int(f"{prefix}{n}") for n in (1, 2)]
         try:
@@ -424,7 +468,7 @@ def test_supervisord_runs_the_programs(tmp_path: Path) -> None:
                      ("user=clarion", f"user={user.strip()}"),
                      ("127.0.0.1:8001", f"127.0.0.1:{web_port}"),
                      ("--workers 4", "--workers 2"),
-                     ("910%(process_num)d", f"{prefix}%(process_num)d")):
+                     ("91%(process_num)02d", f"{prefix}%(process_num)d")):
         assert old in conf, old
         conf = conf.replace(old, new)
     (tmp_path / "clarion.conf").write_text(conf)
