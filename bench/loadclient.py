@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import resource
 import socket
+import ssl as ssl_module
 import statistics
 import struct
 import time
@@ -673,10 +674,12 @@ class HttpClient:
     """Keep-alive HTTP/1.1 client: ``request`` (send, await the response) or ``send``
     (pipelined: write now, a background task reads responses in order)."""
 
-    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
         self.headers = headers or {}
+        self.ssl = ssl  # a hub serving TLS itself (bench/nginx.py's direct-tls)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.requests = 0
@@ -687,7 +690,8 @@ class HttpClient:
         self._idle = asyncio.Event()
 
     async def _connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port,
+                                                                 ssl=self.ssl)
         sock = self.writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -809,7 +813,8 @@ class _Publisher:
 
     async def _request(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """A request on an idle keep-alive connection (concurrent callers get their own)."""
-        http = self._spare.pop() if self._spare else HttpClient(self.http.host, self.http.port)
+        http = self._spare.pop() if self._spare else HttpClient(self.http.host, self.http.port,
+                                                                     ssl=self.http.ssl)
         try:
             return await http.request("POST", path, body, headers)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:

@@ -31,19 +31,23 @@ class _NginxRows:
     @staticmethod
     def report_rows(results: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
         summary = results.get("summary", {})
-        direct = summary.get("direct", {})
         rows: list[list[Any]] = []
         problems: list[str] = []
-        for way, label in (("nginx-plain", "through nginx, plain"),
-                           ("nginx-tls", "through nginx, TLS (shipped site)")):
-            r = summary.get(way)
-            if not r or not direct:
-                problems.append(f"nginx: no {way} figure")
+        # nginx-tls against both: the plain hub (TLS and proxying together) and the hub
+        # serving TLS itself (what nginx in front costs a TLS deployment).
+        for way, label, base_way in (
+                ("nginx-plain", "through nginx, plain", "direct"),
+                ("nginx-tls", "through nginx, TLS (shipped site)", "direct"),
+                ("nginx-tls", "through nginx, TLS (shipped site)", "direct-tls")):
+            r, base = summary.get(way), summary.get(base_way) or {}
+            if not r or not base:
+                if base_way == "direct" or "direct-tls" in summary:
+                    problems.append(f"nginx: no {way} or {base_way} figure")
                 continue
-            ours, peer = r.get("deliveries_per_s"), direct.get("deliveries_per_s")
+            ours, peer = r.get("deliveries_per_s"), base.get("deliveries_per_s")
             cost = 1 - ours / peer if ours and peer else None
             rows.append([f"WS deliveries/s @ 1,000 subs, {label}", lc.fmt_num(ours),
-                         "direct", lc.fmt_num(peer),
+                         base_way, lc.fmt_num(peer),
                          f"{ours / peer:.2f}x" if ours and peer else "-", "cost <= 20%",
                          "-" if cost is None else ("yes" if cost <= 0.20 else "NO")])
         return rows, problems
