@@ -467,3 +467,50 @@ def test_grip_origin_gets_the_scheme_only_a_trusted_proxy_vouches_for(
         assert req.header("X-Forwarded-Proto") == proto
         # The chain is passed on with this hop's peer appended, for the origin to read.
         assert req.header("X-Forwarded-For") == "192.0.2.7, 127.0.0.1"
+
+
+async def test_origin_check_compares_scheme_host_and_port(hub_factory: HubFactory) -> None:
+    """An allowed https:// origin does not let the http:// page on the same host in, nor
+    another port; default ports and case do not matter; patterns match the whole origin. The
+    same origin is the scheme the hub sees (its own, or a trusted proxy's X-Forwarded-Proto)
+    with the host: real WebSocket handshakes with the Origin a browser would send."""
+    # The environment wins over the test configuration's own allowed_origins.
+    listed = hub_factory(env={"CLARION_ALLOWED_ORIGINS": "https://app.example,http://localhost:*"})
+    proxied = hub_factory('trusted_proxies = ["127.0.0.1"]\n',
+                          env={"CLARION_ALLOWED_ORIGINS": "https://unrelated.example"})
+
+    async def status(hub: Hub, origin: str, **headers: str) -> int:
+        try:
+            async with websockets.connect(hub.ws_url, origin=websockets.Origin(origin),
+                                          additional_headers=headers, open_timeout=BOUND):
+                return 101
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+
+    def forwarded(proto: str, host: str) -> dict[str, str]:
+        return {"X-Forwarded-For": "192.0.2.7", "X-Forwarded-Proto": proto,
+                "X-Forwarded-Host": host}
+
+    here = listed.url.removeprefix("http://")  # 127.0.0.1:PORT, the Host header
+    cases: list[tuple[Hub, str, dict[str, str], int]] = [
+        (listed, "https://app.example", {}, 101),
+        (listed, "http://app.example", {}, 403),  # the scheme counts
+        (listed, "https://app.example:443", {}, 101),  # the default port is no difference
+        (listed, "HTTPS://App.Example", {}, 101),
+        (listed, "https://app.example:8443", {}, 403),
+        (listed, "https://evil.app.example", {}, 403),
+        (listed, "http://localhost:5173", {}, 101),  # a pattern
+        (listed, "https://localhost:5173", {}, 403),
+        (listed, f"http://{here}", {}, 101),  # same origin
+        (listed, f"https://{here}", {}, 403),  # same host, but this hub speaks plain HTTP
+        (listed, "null", {}, 403),
+        # Behind a trusted proxy that terminated TLS for https://chat.example (nginx sends
+        # -Proto and -Host with X-Forwarded-For, without which they are not read).
+        (proxied, "https://chat.example", forwarded("https", "chat.example"), 101),
+        (proxied, "https://chat.example:443", forwarded("https", "chat.example:443"), 101),
+        (proxied, "http://chat.example", forwarded("https", "chat.example"), 403),
+        (proxied, "https://chat.example", forwarded("http", "chat.example"), 403),
+        (proxied, "https://chat.example:8443", forwarded("https", "chat.example"), 403),
+    ]
+    for hub, origin, headers, expected in cases:
+        assert await status(hub, origin, **headers) == expected, (hub.url, origin, headers)

@@ -184,19 +184,25 @@ class Hub:
     # -- shared operations --------------------------------------------------------------------
 
     def origin_allowed(self, request: Request) -> bool:
-        """Browsers send Origin; it must be this host or match ``allowed_origins``."""
+        """Browsers send Origin; it must be this origin (scheme, host and port) or match
+        ``allowed_origins``."""
         origin = request.headers.get("origin")
         if origin is None:
             return True  # not a browser: nothing to hijack
         patterns = self.config.allowed_origins
         if "*" in patterns:
             return True
-        # Behind a proxy the page's host is the one the browser asked for: a trusted proxy
-        # that rewrites Host says so in X-Forwarded-Host (or Forwarded's host=).
-        host = request.host
-        if urlsplit(origin).netloc == host and host:
+        # Behind a proxy the page's host and scheme are the ones the browser asked for: a
+        # trusted proxy says so in X-Forwarded-Host/-Proto (or Forwarded's host= and proto=).
+        # An http:// page is another origin than the https:// one on the same host (anyone
+        # on the path can write it), so the scheme counts too.
+        key = _origin_key(origin)
+        if key is not None and key == _request_origin_key(request):
             return True
-        return any(fnmatch.fnmatchcase(origin, p) for p in patterns)
+        # Patterns match the whole origin, as Centrifugo's do; default ports are dropped on
+        # both sides (browsers never send them), and case does not count.
+        normal = _normal_origin(origin)
+        return any(fnmatch.fnmatchcase(normal, _normal_origin(p)) for p in patterns)
 
     async def publish(self, channel: str, data: bytes, *, info: ClientInfo | None = None,
                       tags: dict[str, str] | None = None, skip_history: bool = False,
@@ -205,7 +211,12 @@ class Hub:
         data, publish_options = broker_request(
             self.config, options or self.rules.options(channel), data, tags=tags,
             skip_history=skip_history, idempotency_key=idempotency_key, info=info)
-        return await self.broker.publish(channel, data, publish_options)
+        # The hub's one way to the broker (publishing.publish_many): it also keeps the GRIP
+        # proxy's recent-publications buffer complete with a broker like Redis.
+        (result,) = await publish_many(self, [(channel, data, publish_options)])
+        if isinstance(result, BrokerError):
+            raise result
+        return result
 
     async def history_result(self, channel: str, options: ChannelOptions, limit: int,
                              since: Any, reverse: bool) -> dict[str, Any]:
@@ -454,6 +465,40 @@ class Hub:
                     await self.broker.add_presence(channel, session.info(sub.chan_info), ttl)
                 except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
                     self.failed("presence_refresh", exc, channel=channel)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_key(origin: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an origin, the port filled in from the scheme; None for
+    what is not an http(s) origin (``null``, garbage)."""
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme]
+
+
+def _request_origin_key(request: Request) -> tuple[str, str, int] | None:
+    """The origin this request was made to: the scheme the hub sees (its own TLS, or a
+    trusted proxy's word) with the Host (or the trusted proxy's forwarded host)."""
+    if not request.host:
+        return None
+    return _origin_key(f"{request.scheme}://{request.host}")
+
+
+def _normal_origin(origin: str) -> str:
+    """An origin or pattern lower-cased, without the default port of its scheme."""
+    origin = origin.strip().lower()
+    scheme, sep, rest = origin.partition("://")
+    default = _DEFAULT_PORTS.get(scheme)
+    if sep and default is not None and rest.endswith(f":{default}"):
+        return origin[: -len(f":{default}")]
+    return origin
 
 
 def _create_broker(config: Config) -> Broker:
