@@ -211,12 +211,7 @@ class Hub:
         data, publish_options = broker_request(
             self.config, options or self.rules.options(channel), data, tags=tags,
             skip_history=skip_history, idempotency_key=idempotency_key, info=info)
-        # The hub's one way to the broker (publishing.publish_many): it also keeps the GRIP
-        # proxy's recent-publications buffer complete with a broker like Redis.
-        (result,) = await publish_many(self, [(channel, data, publish_options)])
-        if isinstance(result, BrokerError):
-            raise result
-        return result
+        return await self.broker.publish(channel, data, publish_options)
 
     async def history_result(self, channel: str, options: ChannelOptions, limit: int,
                              since: Any, reverse: bool) -> dict[str, Any]:
