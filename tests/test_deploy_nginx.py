@@ -5,8 +5,11 @@ made here filled in, tests/deploy_app/nginx.py); ``clarion serve --workers 2`` o
 its GRIP proxy; the chat example (examples/chat: rooms, logins, messages in a PostgreSQL
 database of its own, migrated first) under gunicorn, configured by its CHAT_* environment as in
 production, with the hub as a separate service; the GRIP views of tests/deploy_app under a
-second gunicorn that only the GRIP proxy reaches; and ``clarion worker``. Everything the tests
-do goes through nginx over https/wss unless a test says otherwise.
+second gunicorn that only the GRIP proxy reaches; and ``clarion worker`` on the chat's own
+database (as ``manage.py clarion_worker`` runs in production), which delivers a webhook to a
+receiver of the test's. Everything the tests do goes through nginx over https/wss unless a test
+says otherwise; the last test sends SIGHUP to the hub for a rolling restart under steady
+publishing, with its clients and its publisher on the public name.
 
 The chat's CLARION["HUB"]["URL"] is the site's public https address: the page loads clarion.js
 from it, and Django calls the hub's API there too (nginx sends /api/ to the hub), trusting the
@@ -22,14 +25,17 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,8 +43,14 @@ import httpx
 import pytest
 import redis
 import websockets
+from tests.test_rolling_restart import (
+    check_every_client_moved_losing_nothing,
+    publish_through_a_reload,
+)
+from tests.test_scaleout_redis_failure import NAMESPACE as RECOVERING_NAMESPACE
 from websockets.typing import Origin
 
+from clarion.webhooks import verify
 from conftest import (
     API_KEY,
     CHAT_NAMESPACE,
@@ -76,6 +88,8 @@ CHAT_DIR = TESTS_DIR.parent / "examples" / "chat"
 CHAT_SECRET_KEY = "deploy-chat-test-secret-key-" + "x" * 30
 PER_ADDRESS = 2  # the hub's max_connections_per_address, per worker process
 WORKERS = 2
+# The chat's settings with webhooks allowed to this machine: gunicorn, migrate and the worker.
+CHAT_SETTINGS = "deploy_app.chat_webhook_settings"
 
 
 def _unavailable(why: str) -> None:
@@ -92,6 +106,8 @@ def _log(path: Path) -> str:
 
 @dataclass
 class Stack:
+    hub: subprocess.Popen[bytes]  # the supervisor of the hub's workers
+    chat_env: dict[str, str]
     nginx: Nginx
     cert: Certificate
     ports: SitePorts
@@ -148,7 +164,7 @@ def _hub_config(prefix: str) -> str:
     """The test's settings, then the chat example's channel options (its hub.toml, which the
     example's Django reads too when it publishes into Redis) beside the tests' chat namespace."""
     return (HUB_CONFIG + f'\n[redis]\nprefix = "{prefix}"\n' + CHAT_NAMESPACE + "\n"
-            + (CHAT_DIR / "hub.toml").read_text())
+            + RECOVERING_NAMESPACE + "\n" + (CHAT_DIR / "hub.toml").read_text())
 
 
 def _pythonpath(*dirs: Path) -> str:
@@ -187,7 +203,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     routes = base / "routes"
     routes.write_text(f"* 127.0.0.1:{grip_origin_port},over_http\n")
     chat_env = {
-        "DJANGO_SETTINGS_MODULE": "deploy_app.chat_settings",
+        "DJANGO_SETTINGS_MODULE": CHAT_SETTINGS,
         "PYTHONPATH": _pythonpath(CHAT_DIR, TESTS_DIR),
         "CHAT_DATABASE_URL": f"{PG_DSN}/{database}",
         "CHAT_REDIS_URL": REDIS_URL, "CHAT_REDIS_PREFIX": prefix,
@@ -225,12 +241,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DJANGO_SETTINGS_MODULE": "deploy_app.settings", "PYTHONPATH": _pythonpath(TESTS_DIR),
         "GRIP_IMPL": "clarion", "GRIP_CONTROL_URI": f"http://127.0.0.1:{control_port}",
     }, group=True)  # fmt: skip
+    # The webhook worker on the chat's own database, as deploy/systemd/clarion-worker@.service
+    # runs `manage.py clarion_worker` with the site's settings.
     worker = spawn("worker", [
-        sys.executable, "-m", "clarion", "worker", "--db", str(base / "webhooks.sqlite3"),
-        "--metrics-port", str(worker_metrics_port)])  # fmt: skip
+        sys.executable, "-m", "clarion", "worker", "--settings", CHAT_SETTINGS,
+        "--metrics-port", str(worker_metrics_port)], env=chat_env)  # fmt: skip
     nginx = Nginx(base / "nginx", ports, cert)
-    stack = Stack(nginx, cert, ports, grip_origin_port, control_port, worker_metrics_port,
-                  prefix, logs)
+    stack = Stack(hub, chat_env, nginx, cert, ports, grip_origin_port, control_port,
+                  worker_metrics_port, prefix, logs)
     try:
         _wait_until(lambda: _answers(f"{stack.hub_url}/health")
                     and _accepts(ports.grip) and _accepts(control_port),
@@ -330,6 +348,80 @@ def test_the_webhook_worker_runs_beside_the_hub(stack: Stack) -> None:
     metrics = httpx.get(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics", timeout=10)
     assert metrics.status_code == 200
     assert "clarion_" in metrics.text, metrics.text[:500]
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+class _Receiver(ThreadingHTTPServer):
+    """A webhook receiver: keeps each request's raw body and headers."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
+        self.received: list[tuple[bytes, dict[str, str]]] = []
+        self.arrived = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks/chat"
+
+
+class _ReceiverHandler(BaseHTTPRequestHandler):
+    server: _Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.received.append((body, dict(self.headers.items())))
+        self.send_response(204)
+        self.end_headers()
+        self.server.arrived.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+# What a site does in its code (or its admin does in the dashboard): a hook, a listener on it,
+# and an event sent in a transaction. The event reaches the outbox in the chat's PostgreSQL
+# database; the worker, woken by NOTIFY, delivers it.
+REGISTER_AND_SEND = """
+import json
+from django.db import transaction
+from clarion.django.hooks import Hook, hooks
+hook = hooks.register(Hook(name="chat.deploy_check"))
+listener = hook.listener(url={url!r}).save()
+with transaction.atomic():
+    event = hook.send(None, room="lobby", text="hello from the stack")
+print(json.dumps({{"secret": listener.secret, "msg_id": event.msg_id}}))
+"""
+
+
+def test_a_webhook_is_delivered_signed_by_the_stacks_worker(stack: Stack) -> None:
+    receiver = _Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        shell = subprocess.run(
+            [sys.executable, str(CHAT_DIR / "manage.py"), "shell", "-c",
+             REGISTER_AND_SEND.format(url=receiver.url)],
+            env={**os.environ, **stack.chat_env}, capture_output=True, timeout=120)  # fmt: skip
+        out = shell.stdout.decode(errors="replace")
+        assert shell.returncode == 0, out + shell.stderr.decode(errors="replace")
+        sent = json.loads(out.strip().splitlines()[-1])
+        assert receiver.arrived.wait(30), stack.output()
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    [(body, headers)] = receiver.received
+    # Signed with the listener's secret (Standard Webhooks), as a receiver checks it.
+    assert verify(body, headers, sent["secret"]) == sent["msg_id"]
+    document = json.loads(body)
+    assert document["type"] == "chat.deploy_check"
+    assert document["data"] == {"room": "lobby", "text": "hello from the stack"}
+    # A wrong secret does not pass: the check above is not vacuous.
+    from clarion.errors import SignatureError
+
+    with pytest.raises(SignatureError):
+        verify(body, headers, "whsec_" + "A" * 43 + "=")
 
 
 # -- streams are not buffered -------------------------------------------------------------------
@@ -439,6 +531,47 @@ async def test_x_forwarded_for_reaches_the_hub_and_the_app(stack: Stack) -> None
         assert time.monotonic() < deadline, out[-4000:]
         await asyncio.sleep(0.1)
     assert "client=6.6.6." not in out
+
+
+# -- a rolling restart behind nginx -------------------------------------------------------------
+# After the other hub tests (it replaces the hub's workers) and before the Chromium one: while
+# playwright's module-scoped browser lives, its sync API keeps an event loop running in this
+# thread, and an async test after it could not run.
+
+
+@dataclass(frozen=True)
+class _PublicApi:
+    url: str
+    api_key: str
+
+
+async def test_rolling_restart_through_nginx_loses_nothing(stack: Stack) -> None:
+    # tests/test_rolling_restart.py's flow with every client and the publisher on the public
+    # name: wss:// WebSockets and NDJSON streams through nginx, publishes to nginx's /api/.
+    hub_log = stack.logs / "hub.log"
+    reloads = _log(hub_log).count("reload done")
+    access_before = len(stack.nginx.access_log().splitlines())
+    flow = await publish_through_a_reload(
+        reload=lambda: stack.hub.send_signal(signal.SIGHUP),
+        reloaded=lambda: _log(hub_log).count("reload done") > reloads,
+        ws_url=stack.nginx.ws_url, stream_url=stack.url, api=_PublicApi(stack.url, API_KEY),
+        key=f"{stack.prefix}-reload", ssl_context=stack.ssl_context())  # fmt: skip
+    assert stack.hub.poll() is None, stack.output()
+    access = stack.nginx.access_log().splitlines()[access_before:]
+    failed = [line for line in access if '" 5' in line]
+    seen = [(log.name, len(log.received), log.codes, log.refused) for log in flow.logs]
+    print(f"\npublished {len(flow.sent)} through nginx (retried {flow.published.unavailable}, "
+          f"{flow.published.other}); clients (name, received, move codes, refused): {seen}; "
+          f"nginx 5xx: {failed}")
+    check_every_client_moved_losing_nothing(flow)
+    # nginx answered every publish from a live worker: no 502 from an upstream connection that
+    # a retiring worker closed, and no retry was needed.
+    assert not flow.published.other, flow.published.other
+    assert flow.published.unavailable == 0
+    assert not failed, failed
+    output = _log(hub_log)
+    assert output.count("worker retiring: its replacement is ready") == 2 * (reloads + 1)
+    assert "worker died" not in output
 
 
 # -- the chat example in Chromium -------------------------------------------------------------

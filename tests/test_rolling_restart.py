@@ -17,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 import redis
-from tests.conftest import Hub
+from centrifuge import Client, ConnectingContext
+from tests.conftest import Hub, token
+from tests.sse_reader import LineReader
 from tests.test_scaleout_redis_failure import (
     CHANNEL,
     END,
@@ -36,8 +40,9 @@ from tests.test_scaleout_redis_failure import (
     Log,
     Published,
     T,
+    WsClientEvents,
+    WsEvents,
     check,
-    stream_client,
     ws_client,
 )
 from tests.test_workers import (  # noqa: F401 - server and tag are fixtures
@@ -75,6 +80,97 @@ def prefix(tag: str) -> Iterator[str]:  # noqa: F811 - the fixture imported abov
         client.close()
 
 
+# -- clients that say how they were moved ----------------------------------------------------
+
+
+SHUTDOWN = 3001  # the close (WebSocket) or disconnect (stream) code of a retiring worker
+
+
+@dataclass
+class MovedLog(Log):
+    """A client's log with the code of every move: a WebSocket's close code as centrifuge-python
+    reports it, a stream's ``disconnect`` code, or None for a stream that ended unannounced."""
+
+    codes: list[int | None] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # statuses of stream reconnects not let in
+
+
+class MovedWsEvents(WsClientEvents):
+    def __init__(self, log: MovedLog) -> None:
+        super().__init__(log)
+        self.moved = log
+
+    async def on_connecting(self, ctx: ConnectingContext) -> None:
+        if self.connected_once:
+            self.moved.codes.append(ctx.code)
+        await super().on_connecting(ctx)
+
+
+async def ws_client_at(url: str, log: MovedLog, ssl_context: ssl.SSLContext | None = None
+                       ) -> Client:
+    """tests/test_scaleout_redis_failure.py's ws_client (recovering subscription to CHANNEL) on
+    any address, wss:// included, recording the code of each move."""
+    events = WsEvents(log)
+    client = Client(url, token=token(log.name), events=MovedWsEvents(log),
+                    min_reconnect_delay=0.05, max_reconnect_delay=0.3, ssl_context=ssl_context)
+    sub = client.new_subscription(CHANNEL, events, min_resubscribe_delay=0.05,
+                                  max_resubscribe_delay=0.3)
+    await client.connect()
+    await sub.subscribe()
+    await asyncio.wait_for(events.subscribed.wait(), T)
+    return client
+
+
+async def stream_client_at(base_url: str, log: MovedLog, ready: asyncio.Event,
+                           verify: ssl.SSLContext | bool = True) -> None:
+    """An NDJSON stream on CHANNEL that comes back with its session and cursor whenever it
+    ends, until the last publication; every end is a move, with the code it was told."""
+    cursor = session = ""
+    async with httpx.AsyncClient(base_url=base_url, verify=verify,
+                                 timeout=httpx.Timeout(T, read=None)) as http:
+        while not log.done.is_set():
+            params = {"channel": CHANNEL}
+            if session:
+                params["session"] = session
+            else:
+                params["token"] = token(log.name)
+            if cursor:
+                params["cursor"] = cursor
+            code: int | None = None
+            try:
+                async with http.stream("GET", "/connection/stream", params=params) as r:
+                    if r.status_code != 200:
+                        log.refused.append(r.status_code)
+                        await asyncio.sleep(0.05)
+                        continue
+                    lines = LineReader(r)
+                    while not log.done.is_set():
+                        line = await lines.next(T)
+                        if "connect" in line:
+                            session = line["connect"]["session"]
+                            ready.set()
+                        elif "pub" in line:
+                            cursor = line.get("cursor", cursor)
+                            log.pub(line["pub"]["data"]["i"])
+                        elif "unrecoverable" in line:
+                            cursor = line.get("cursor", "")
+                            log.lost("unrecoverable")
+                        elif "disconnect" in line:
+                            code = line["disconnect"]["code"]
+            except (EOFError, httpx.TransportError):
+                log.disconnects += 1
+                log.codes.append(code)
+                await asyncio.sleep(0.05)
+
+
+class Api(Protocol):
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def api_key(self) -> str: ...
+
+
 def start(server: Callable[..., Hub], prefix: str) -> Hub:  # noqa: F811
     return server("serve", f'{NAMESPACE}\n[redis]\nprefix = "{prefix}"\n', "--broker", BROKER)
 
@@ -84,11 +180,12 @@ def config_file(hub: Hub) -> Path:
     return hub.log.with_name(f"clarion-{hub.port}.toml")
 
 
-async def publish_surely(http: httpx.AsyncClient, hub: Hub, i: int, key: str,
+async def publish_surely(http: httpx.AsyncClient, hub: Api, i: int, key: str,
                          out: Published) -> None:
     """Publish ``{"i": i}`` until the hub acknowledges it: a 503 (no broker yet) or a
     connection cut by a retiring worker is retried with the same idempotency key, so a
-    publication whose answer was lost is not published twice."""
+    publication whose answer was lost is not published twice. A proxy's 502 or 504 is retried
+    too, and kept in ``out.other`` for the test to judge."""
     out.attempted.append(i)
     deadline = time.monotonic() + T
     while True:
@@ -105,6 +202,10 @@ async def publish_surely(http: httpx.AsyncClient, hub: Hub, i: int, key: str,
             out.unavailable += 1
             await asyncio.sleep(0.02)
             continue
+        if resp.status_code in (502, 504):
+            out.other.append(f"publication {i}: {resp.status_code} {resp.text[:200]}")
+            await asyncio.sleep(0.02)
+            continue
         assert resp.status_code == 200 and "result" in resp.json(), resp.text
         out.ok.append(i)
         return
@@ -117,42 +218,53 @@ def reloads_done(hub: Hub) -> int:
 # -- the rolling restart ---------------------------------------------------------------------
 
 
-async def test_steady_publishing_through_a_rolling_restart_reaches_every_client_once(
-        server: Callable[..., Hub], prefix: str) -> None:  # noqa: F811
-    hub = start(server, prefix)
-    before = ready_pids(hub)
-    logs = [Log(f"ws{k}") for k in range(4)] + [Log(f"stream{k}") for k in range(2)]
-    clients = [await ws_client(hub, log) for log in logs[:4]]
+@dataclass
+class Flow:
+    """What a reload under steady publishing left: each client's log, and what was published."""
+
+    logs: list[MovedLog]
+    published: Published
+    sent: list[int]  # acknowledged publications, END excepted
+
+
+async def publish_through_a_reload(
+        *, reload: Callable[[], None], reloaded: Callable[[], bool], ws_url: str,
+        stream_url: str, api: Api, key: str, ssl_context: ssl.SSLContext | None = None,
+        between: Callable[[], None] = lambda: None) -> Flow:  # fmt: skip
+    """Four recovering WebSocket clients and two resuming NDJSON streams connect; publishing
+    runs without a pause before ``reload()``, until ``reloaded()``, and for 50 more; a last
+    publication marks the end. ``between`` runs once the reload is over (its checks)."""
+    logs = [MovedLog(f"ws{k}") for k in range(4)] + [MovedLog(f"stream{k}") for k in range(2)]
+    clients = [await ws_client_at(ws_url, log, ssl_context) for log in logs[:4]]
     ready = [asyncio.Event() for _ in range(2)]
-    streams = [asyncio.ensure_future(stream_client(hub, log, event))
+    verify: ssl.SSLContext | bool = ssl_context or True
+    streams = [asyncio.ensure_future(stream_client_at(stream_url, log, event, verify))
                for log, event in zip(logs[4:], ready, strict=True)]
-    for event in ready:
-        await asyncio.wait_for(event.wait(), T)
     published = Published()
     i = 0
     try:
-        async with httpx.AsyncClient(timeout=10.0) as http:
+        for event in ready:
+            await asyncio.wait_for(event.wait(), T)
+        async with httpx.AsyncClient(timeout=10.0, verify=verify) as http:
 
             async def publish_until(done: Callable[[], bool]) -> None:
                 nonlocal i
                 deadline = time.monotonic() + 4 * T
                 while not done():
                     assert time.monotonic() < deadline, "the reload did not end"
-                    await publish_surely(http, hub, i, prefix, published)
+                    await publish_surely(http, api, i, key, published)
                     i += 1
                     await asyncio.sleep(0.01)
 
             await publish_until(lambda: len(published.ok) >= 50)
-            hub.process.send_signal(signal.SIGHUP)
-            # Publishing goes on through the whole reload: both slots replaced, both old
-            # workers gone.
-            await publish_until(lambda: reloads_done(hub) == 1)
-            after = ready_pids(hub)
-            assert set(after) == {0, 1} and not set(after.values()) & set(before.values())
-            assert not any(alive(pid) for pid in before.values())
+            reload()
+            # Publishing goes on through the whole reload: every slot replaced, every old
+            # worker gone.
+            await publish_until(reloaded)
+            between()
             ok = len(published.ok)
             await publish_until(lambda: len(published.ok) >= ok + 50)
-            await publish_surely(http, hub, END, prefix, published)
+            await publish_surely(http, api, END, key, published)
             for log in logs:
                 await asyncio.wait_for(log.done.wait(), T)
     finally:
@@ -162,15 +274,42 @@ async def test_steady_publishing_through_a_rolling_restart_reaches_every_client_
                 await task
         for client in clients:
             await client.disconnect()
-    assert hub.process.poll() is None, hub.output()
     sent = [n for n in published.ok if n != END]
     assert sent == list(range(i)), "every publication acknowledged once, in order"
-    for log in logs:
-        check(log, published)
+    return Flow(logs, published, sent)
+
+
+def check_every_client_moved_losing_nothing(flow: Flow) -> None:
+    for log in flow.logs:
+        check(log, flow.published)
         assert log.losses == 0, f"{log.name} was told its position is gone: {log.events[-5:]}"
-        assert log.received == sent, f"{log.name}: not every publication exactly once in order"
-        # Every client was on an old worker, so every one of them was told to go.
-        assert log.disconnects >= 1, f"{log.name} was never moved"
+        assert log.received == flow.sent, (
+            f"{log.name}: not every publication exactly once in order")
+        # Every client was on an old worker, so every one of them was told to go, and every
+        # move was the shutdown code (3001: reconnect), never an unannounced drop.
+        assert log.codes, f"{log.name} was never moved"
+        assert set(log.codes) == {SHUTDOWN}, f"{log.name} was moved with codes {log.codes}"
+
+
+async def test_steady_publishing_through_a_rolling_restart_reaches_every_client_once(
+        server: Callable[..., Hub], prefix: str) -> None:  # noqa: F811
+    hub = start(server, prefix)
+    before = ready_pids(hub)
+
+    def replaced() -> None:
+        after = ready_pids(hub)
+        assert set(after) == {0, 1} and not set(after.values()) & set(before.values())
+        assert not any(alive(pid) for pid in before.values())
+
+    flow = await publish_through_a_reload(
+        reload=lambda: hub.process.send_signal(signal.SIGHUP),
+        reloaded=lambda: reloads_done(hub) == 1, between=replaced,
+        ws_url=hub.ws_url, stream_url=hub.url, api=hub, key=prefix)
+    assert hub.process.poll() is None, hub.output()
+    check_every_client_moved_losing_nothing(flow)
+    for log in flow.logs:
+        assert not log.refused, f"{log.name}: reconnects refused {log.refused}"
+    assert not flow.published.other, flow.published.other
     text = metrics(hub)
     assert sample(text, "clarion_worker_reloads_total", result="ok") == 1.0
     assert sample(text, "clarion_worker_reloads_total", result="failed") == 0.0
@@ -180,9 +319,9 @@ async def test_steady_publishing_through_a_rolling_restart_reaches_every_client_
     output = hub.output()
     assert output.count("worker retiring: its replacement is ready") == 2
     assert "worker died" not in output
-    seen = [(log.name, len(log.received), log.disconnects) for log in logs]
-    print(f"\npublished {len(sent)} (retried {published.unavailable}), clients "
-          f"(name, received, reconnects): {seen}")
+    seen = [(log.name, len(log.received), log.codes) for log in flow.logs]
+    print(f"\npublished {len(flow.sent)} (retried {flow.published.unavailable}), clients "
+          f"(name, received, move codes): {seen}")
 
 
 async def test_a_reload_with_a_broken_configuration_keeps_the_old_workers(
