@@ -350,17 +350,23 @@ class Hub:
             stream.disconnect(bye)
         if self.grip is not None:
             self.grip.begin_shutdown(bye)
-        for http in list(self.http_connections):
-            if http.takeover is None and http.transport is not None:
-                http.transport.close()
+        # Idle keep-alive connections close now; one with a request in hand answers it first
+        # (a publish cut mid-way is a 502 a proxy cannot retry).
+        busy = [http for http in list(self.http_connections) if http.drain()]
         deadline = time.monotonic() + self.config.seconds("shutdown_timeout")
         # Poll rather than wait on an event: connections leave from transport callbacks.
-        while self.connection_count and time.monotonic() < deadline:  # noqa: ASYNC110
+        def open_() -> bool:
+            return bool(self.connection_count) or any(h in self.http_connections for h in busy)
+
+        while open_() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for conn in list(self.websockets):
             conn.transport.abort()
         for stream in list(self.streams):
             stream.transport.abort()
+        for http in busy:
+            if http in self.http_connections and http.transport is not None:
+                http.transport.abort()
         if self.grip is not None:
             await self.grip.finish_shutdown()
         if self._housekeeper is not None:

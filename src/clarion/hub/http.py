@@ -127,7 +127,7 @@ class HttpProtocol(asyncio.Protocol):
     sent after it is read.
     """
 
-    __slots__ = ("_body", "_body_size", "_client", "_counted", "_dispatch", "_failure",
+    __slots__ = ("_body", "_body_size", "_client", "_counted", "_dispatch", "_draining", "_failure",
                  "_forwarded_host", "_header_bytes", "_headers", "_held", "_http10", "_in_body",
                  "_in_head", "_in_message", "_keep_alive", "_max_body", "_parser", "_peer",
                  "_per_address", "_queue", "_raw_headers", "_run_handler", "_running",
@@ -172,6 +172,7 @@ class HttpProtocol(asyncio.Protocol):
         self._per_address = per_address
         self._in_head = False  # waiting for a request head (since the first byte, or open)
         self._in_message = False  # between a request's first byte and its last
+        self._draining = False  # the hub is stopping: close once what was received is answered
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -412,6 +413,21 @@ class HttpProtocol(asyncio.Protocol):
         self.hub.metrics.http_idle_closed += 1
         transport.close()
 
+    def drain(self) -> bool:
+        """The hub is stopping: an idle connection closes now; one with a request in hand
+        (received, being answered or still arriving) answers it, the last answer saying
+        ``Connection: close``, and closes after it. Cutting it instead would fail a request a
+        proxy in front cannot retry (a publish: nginx answers its client 502). True while
+        the connection still has something to answer."""
+        transport = self.transport
+        if transport is None or self.takeover is not None:
+            return False  # a taken-over connection (a stream, a hold) has its own goodbye
+        self._draining = True
+        if self._running or self._queue or self._in_message:
+            return True
+        transport.close()
+        return False
+
     def _waiting(self) -> None:
         """Everything asked has been answered: the connection waits for its next request."""
         if (self._parser is not None and not self._in_message and self.takeover is None
@@ -490,8 +506,9 @@ class HttpProtocol(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
             self.hub.failed("handler", exc, path=first.path)
             responses = [Response.error(500, "internal server error")] * len(run)
-        for request, response in zip(run, responses, strict=True):
-            self.write_response(response, request)
+        last = len(run) - 1
+        for i, (request, response) in enumerate(zip(run, responses, strict=True)):
+            self.write_response(response, request, more=i < last)
 
     def hold(self, data: bytes) -> None:
         """Keep bytes a client sent while its connection was taken over (a pipelined request
@@ -515,7 +532,8 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._waiting()
 
-    def write_response(self, response: Response, request: Request | None = None) -> None:
+    def write_response(self, response: Response, request: Request | None = None, *,
+                       more: bool = False) -> None:
         """Write a complete answer. Without ``request`` (a refused one) the connection closes
         after it. A HEAD gets the GET's head, Content-Length included, and no body."""
         transport = self.transport
@@ -536,7 +554,10 @@ class HttpProtocol(asyncio.Protocol):
                 body = b""
         if response.content_type:
             headers.insert(0, ("content-type", response.content_type))
-        keep_alive = request is not None and request.keep_alive
+        # Draining: the answer to the last request in hand (``more``: answers of the same
+        # pipelined run follow) closes the connection.
+        keep_alive = request is not None and request.keep_alive and not (
+            self._draining and not more and not self._queue and not self._in_message)
         if not keep_alive:
             headers.append(("connection", "close"))
         elif request is not None and request.http10:
