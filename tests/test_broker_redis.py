@@ -617,3 +617,100 @@ def test_hiredis_packing_writes_redis_py_bytes() -> None:
             fast.pack_command("SET", "k", bad)
         with pytest.raises(DataError):
             plain.pack_command("SET", "k", bad)
+
+
+# -- settling background tasks (review 1, finding 2) --------------------------------------------
+
+
+async def test_settle_logs_a_task_that_had_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """Closing must not fail because a background task once did: logged, with its traceback."""
+    from clarion.broker.redis.standalone import _settle
+
+    async def fails() -> None:
+        raise ValueError("the task's own error")
+
+    task = asyncio.get_running_loop().create_task(fails(), name="clarion-test-failed")
+    await asyncio.sleep(0)
+    await _settle(task)  # does not raise
+    [record] = [r for r in caplog.records if "clarion-test-failed" in r.getMessage()]
+    assert record.exc_info is not None and "the task's own error" in str(record.exc_info[1])
+
+
+async def test_settle_lets_the_callers_own_cancellation_through() -> None:
+    """Only the settled task's CancelledError is swallowed: a timeout around a close() that
+    waits for a task slow to exit fires, and a caller cancelled while it waits is cancelled,
+    though cancelling it cancels the awaited task too."""
+    from clarion.broker.redis.standalone import _cancel, _settle
+
+    loop = asyncio.get_running_loop()
+    exiting = asyncio.Event()
+
+    async def slow_to_exit() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            exiting.set()
+            await asyncio.Event().wait()  # until the timeout's cancel reaches it too
+
+    slow = loop.create_task(slow_to_exit())
+    await asyncio.sleep(0)
+    slow.cancel()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await _settle(slow)
+    assert exiting.is_set()
+    await _settle(slow)  # it ended cancelled: swallowed
+    assert slow.cancelled()
+
+    idle = loop.create_task(asyncio.Event().wait())
+    caller = loop.create_task(_settle(idle))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert caller.cancelled() and idle.cancelled()
+
+    # A task being cancelled that cleans up with _cancel still runs its whole cleanup.
+    cleaned: list[str] = []
+
+    async def owner() -> None:
+        first = loop.create_task(asyncio.Event().wait())
+        second = loop.create_task(asyncio.Event().wait())
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await _cancel(first)
+            cleaned.append("first")
+            await _cancel(second)
+            cleaned.append("second")
+
+    task = loop.create_task(owner())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["first", "second"]
+
+
+async def test_a_link_closed_from_its_own_task_does_not_cancel_that_task() -> None:
+    """A Cluster retires a link from the link's own reconnect loop (_link_lost, _rehome):
+    close() cancels the link's other tasks and leaves the calling one running."""
+    from clarion.broker.redis.standalone import Link
+
+    def no_connection() -> Any:
+        raise AssertionError("close() opens nothing")
+
+    loop = asyncio.get_running_loop()
+    link = Link(RedisBroker(REDIS_URL), "test", no_connection)
+    other = loop.create_task(asyncio.Event().wait())
+
+    async def own_loop() -> str:
+        link._tasks = [current, other]
+        await link.close()
+        await asyncio.sleep(0)  # not cancelled: this would raise CancelledError
+        return "went on"
+
+    current_task = loop.create_task(own_loop())
+    current: Any = current_task
+    assert await current_task == "went on"
+    assert other.cancelled() and link._tasks == []

@@ -389,6 +389,11 @@ class Link:
     async def close(self) -> None:
         self._closing = True
         tasks, self._tasks = self._tasks, []
+        # A Cluster's link can be retired from its own reconnect loop (_link_lost, through
+        # _rehome): that task neither cancels nor awaits itself; it ends when _link_lost
+        # answers False.
+        current = asyncio.current_task()
+        tasks = [task for task in tasks if task is not current]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -1180,11 +1185,20 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 async def _settle(task: asyncio.Task[None]) -> None:
     """Wait for a cancelled task. One that had died of an error instead is logged, not
-    raised: closing a broker must not fail because a background task once did."""
+    raised: closing a broker must not fail because a background task once did.
+
+    The caller's own cancellation (a timeout around close(), its task cancelled) still
+    propagates: only the awaited task's CancelledError is swallowed. Cancelling a task that
+    awaits another cancels that one too, so the awaited task being cancelled proves nothing;
+    the caller's count of cancel requests growing across the wait does."""
+    current = asyncio.current_task()
+    requested = current.cancelling() if current is not None else 0
     try:
         await task
     except asyncio.CancelledError:
-        pass
+        if (current is None or task is current or current.cancelling() > requested
+                or not (task.done() and task.cancelled())):
+            raise
     except Exception:
         log.exception("redis broker task %s had failed", task.get_name())
 
