@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import signal
 import socket
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -24,7 +22,7 @@ from clarion.broker import Broker, PublishResult, create_broker
 from clarion.broker.base import ClientInfo, StreamPosition
 from clarion.broker.urls import redact
 from clarion.errors import BrokerError, Disconnect
-from clarion.hub import emulation
+from clarion.hub import emulation, origins
 from clarion.hub.api import ServerApi, broker_unavailable
 from clarion.hub.backend import Backend
 from clarion.hub.channels import ChannelRules
@@ -194,15 +192,7 @@ class Hub:
             return True
         # Behind a proxy the page's host and scheme are the ones the browser asked for: a
         # trusted proxy says so in X-Forwarded-Host/-Proto (or Forwarded's host= and proto=).
-        # An http:// page is another origin than the https:// one on the same host (anyone
-        # on the path can write it), so the scheme counts too.
-        key = _origin_key(origin)
-        if key is not None and key == _request_origin_key(request):
-            return True
-        # Patterns match the whole origin, as Centrifugo's do; default ports are dropped on
-        # both sides (browsers never send them), and case does not count.
-        normal = _normal_origin(origin)
-        return any(fnmatch.fnmatchcase(normal, _normal_origin(p)) for p in patterns)
+        return origins.same_origin(origin, request) or origins.matches(origin, patterns)
 
     async def publish(self, channel: str, data: bytes, *, info: ClientInfo | None = None,
                       tags: dict[str, str] | None = None, skip_history: bool = False,
@@ -466,40 +456,6 @@ class Hub:
                     await self.broker.add_presence(channel, session.info(sub.chan_info), ttl)
                 except Exception as exc:  # noqa: BLE001 - logged with traceback in failed()
                     self.failed("presence_refresh", exc, channel=channel)
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _origin_key(origin: str) -> tuple[str, str, int] | None:
-    """``(scheme, host, port)`` of an origin, the port filled in from the scheme; None for
-    what is not an http(s) origin (``null``, garbage)."""
-    try:
-        parts = urlsplit(origin.strip().lower())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme]
-
-
-def _request_origin_key(request: Request) -> tuple[str, str, int] | None:
-    """The origin this request was made to: the scheme the hub sees (its own TLS, or a
-    trusted proxy's word) with the Host (or the trusted proxy's forwarded host)."""
-    if not request.host:
-        return None
-    return _origin_key(f"{request.scheme}://{request.host}")
-
-
-def _normal_origin(origin: str) -> str:
-    """An origin or pattern lower-cased, without the default port of its scheme."""
-    origin = origin.strip().lower()
-    scheme, sep, rest = origin.partition("://")
-    default = _DEFAULT_PORTS.get(scheme)
-    if sep and default is not None and rest.endswith(f":{default}"):
-        return origin[: -len(f":{default}")]
-    return origin
 
 
 def _create_broker(config: Config) -> Broker:

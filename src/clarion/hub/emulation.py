@@ -18,15 +18,14 @@ them), and whoever holds the session can send commands as its user.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hmac
 import secrets
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import msgspec
 
 from clarion.errors import BrokerError, Disconnect
+from clarion.hub import origins
 from clarion.hub.commands import PAUSE_ABOVE, CommandConnection
 from clarion.hub.control import EmulationCmd
 from clarion.hub.http import HttpProtocol, Request, Response, Takeover, encode_head
@@ -167,10 +166,9 @@ def _cors(hub: Hub, request: Request) -> list[tuple[str, str]]:
 def _named_origin(hub: Hub, request: Request, origin: str) -> bool:
     patterns = hub.config.allowed_origins
     if "*" not in patterns:
-        return True  # the origin passed the check: this host or a listed pattern
-    if urlsplit(origin).netloc == request.host and request.host:
-        return True
-    return any(fnmatch.fnmatchcase(origin, p) for p in patterns if p != "*")
+        return True  # the origin passed the check: this origin or a listed pattern
+    return origins.same_origin(origin, request) or origins.matches(
+        origin, (p for p in patterns if p != "*"))
 
 
 def preflight(request: Request, http: HttpProtocol, methods: str) -> Response:
