@@ -194,10 +194,16 @@ def test_worker_metrics_ports_stay_valid_for_instances_1_to_20(tmp_path: Path) -
         assert flag == "--metrics-port"
         ports.append(int(port))
     assert ports == list(range(9101, 9121))
-    refused = subprocess.run(_systemd_command(line.replace(python, "echo"), "blue"),
-                             capture_output=True, text=True, timeout=30)
-    assert refused.returncode == 2
-    assert "clarion-worker@blue: the instance must be a number N" in refused.stderr
+    top = subprocess.run(_systemd_command(line.replace(python, "echo"), "999"),
+                         capture_output=True, text=True, timeout=30)
+    assert top.stdout.split() == ["--metrics-port", "10099"]
+    # Not a number, 0 (node_exporter's 9100), a leading zero (octal to the shell: 010 would
+    # be 9108, 08 an error) and four digits (past 65535 soon) are refused.
+    for bad in ("blue", "0", "010", "08", "1000", "70000"):
+        refused = subprocess.run(_systemd_command(line.replace(python, "echo"), bad),
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 2, (bad, refused.stdout)
+        assert f"clarion-worker@{bad}: the instance must be a number N" in refused.stderr
 
     main = _supervisor_config(tmp_path)
     conf = tmp_path / "clarion.conf"
