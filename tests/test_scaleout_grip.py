@@ -244,21 +244,28 @@ async def test_channel_held_on_two_nodes_reaches_each_client_once(
             assert await stream.until("end\n") == "open\n1 via A\n2 via B\n3 via C\n4 via A\nend\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: with the Redis broker a node receives only channels it is subscribed to, so "
-    "the recent-publications buffer misses what the origin publishes before its hold "
-    "instruction, even through the same node (docs/topics/grip-proxy.md 'The hold window "
-    "guarantee' and docs/topics/scaling.md 'GRIP across nodes' say one node covers it)"))
+@pytest.mark.parametrize("way", ["grip", "api", "batch"])
 async def test_hold_window_on_one_redis_node(hub_factory: HubFactory, tmp_path: Path,
-                                             origin: Origin, redis: Redis) -> None:
+                                             origin: Origin, redis: Redis, way: str) -> None:
     """The view publishes, then answers with a hold (the docs' typical case), all on one
-    node: the hold gets the early publication from the recent buffer."""
+    node: the hold gets the early publication from the recent buffer, whichever way of the
+    hub's it was published (GRIP publish API, /api/publish, a run in /api/batch), once."""
     cluster = start_grip_nodes(hub_factory, tmp_path, origin, redis, 1)
     (a,) = cluster.nodes
+    api = {"X-API-Key": a.hub.api_key}
 
     def publish_then_hold(req: Req) -> Reply:
-        item = grip_item("window", http_stream={"content": "early\n"})
-        assert httpx.post(a.publish_url, json=item, timeout=T).status_code == 200
+        if way == "grip":
+            item = grip_item("window", http_stream={"content": "early\n"})
+            resp = httpx.post(a.publish_url, json=item, timeout=T)
+        elif way == "api":
+            resp = httpx.post(f"{a.hub.url}/api/publish", headers=api, timeout=T,
+                              json={"channel": "window", "data": "early\n"})
+        else:
+            resp = httpx.post(f"{a.hub.url}/api/batch", headers=api, timeout=T, json={
+                "commands": [{"publish": {"channel": "window", "data": "early\n"}},
+                             {"publish": {"channel": "other", "data": "x"}}]})
+        assert resp.status_code == 200 and "error" not in resp.text, resp.text
         return hold("stream", "window", "open\n")
 
     origin.on("/events", publish_then_hold)

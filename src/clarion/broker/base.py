@@ -2,7 +2,11 @@
 
 Delivery: a backend calls its handler's ``on_publication`` once per publication for every
 channel the hub has subscribed to on this node, in offset order per channel, including
-publications made on this node. ``on_join``/``on_leave`` likewise.
+publications made on this node. ``on_join``/``on_leave`` likewise. Whether it also delivers
+channels this node is not subscribed to is :attr:`Broker.delivers_unsubscribed`; a backend that
+does not must stop delivering a channel as soon as ``unsubscribe`` was called (messages still
+in flight are dropped), so that the hub knows exactly which of its own publications will come
+back to it.
 
 Optional hook: a handler may also define ``on_resubscribed(channels: list[str]) -> None``
 (see :class:`ResubscribeHook`). A backend whose fan-out runs over a connection that can drop
@@ -106,6 +110,14 @@ class ControlHook(Protocol):
 
 class Broker(abc.ABC):
     _node_id: str | None = None
+
+    #: True when ``on_publication`` gets every publication, on channels this node is not
+    #: subscribed to as well (the memory backend: one process, one node). False (the contract's
+    #: minimum, and the Redis backends') when only subscribed channels are delivered: the hub
+    #: then hands its own publications on unsubscribed channels to the GRIP proxy's
+    #: recent-publications buffer itself (``clarion.hub.publishing.publish_many``), which a
+    #: hold that is being set up reads.
+    delivers_unsubscribed: bool = False
 
     @property
     def node_id(self) -> str:

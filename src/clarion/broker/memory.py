@@ -44,6 +44,8 @@ class _Stream:
 
 
 class MemoryBroker(Broker):
+    # Every publication goes to the one handler, subscribed or not.
+    delivers_unsubscribed = True
     sweep_interval = 5.0
     default_meta_ttl = 30 * 24 * 3600.0
 

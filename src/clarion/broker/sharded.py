@@ -65,6 +65,9 @@ class ShardedBroker(Broker):
             if hasattr(shard, "control"):
                 shard.control = False
         self._started: list[Broker] = []
+        # Only when every shard does: a channel on a shard that does not would otherwise never
+        # reach the hub's recent-publications buffer.
+        self.delivers_unsubscribed = all(s.delivers_unsubscribed for s in self.shards)
 
     def shard(self, key: str) -> Broker:
         """The shard that owns a channel name or a ticket id."""

@@ -20,10 +20,16 @@ per publication, not per subscriber.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from clarion.broker.base import ClientInfo, Publication, StreamPosition
+from clarion.broker.base import (
+    ClientInfo,
+    Publication,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
 from clarion.errors import BrokerError
 from clarion.hub.push import EncodedPush
 
@@ -274,6 +280,34 @@ class Fanout:
         for target in subs.values():
             target.push(enc)
         self.hub.metrics.delivered(len(subs), pub.time)
+
+    def observe_own(self, requests: Sequence[tuple[str, bytes, PublishOptions]],
+                    results: Sequence[PublishResult | BrokerError], now: float) -> None:
+        """Publications this node just made, for a broker that delivers only subscribed
+        channels (``Broker.delivers_unsubscribed`` False): those the broker will not bring
+        back to ``on_publication`` go to the observer here, so that the GRIP proxy's
+        recent-publications buffer sees every publication made through this node, as it
+        does with the memory broker.
+
+        The broker brings one back when this node's subscription to the channel is confirmed
+        or on its way; those are left to it, so nothing reaches the buffer twice. What
+        remains: a subscription confirmed, or asked for, while the publish was on its way
+        may have reached Redis after it, and then the publication reaches neither path (the
+        buffer misses it; a client subscribing meanwhile reads it from history, when the
+        channel keeps history, but a hold set up in that moment does not get it).
+        A backend's ``unsubscribe`` drops what is still in flight (the contract), so a
+        channel being left is not delivered twice either."""
+        observer = self.observer
+        if observer is None:
+            return
+        subscribed, subscribing = self._broker_channels, self._subscribing
+        for (channel, data, options), result in zip(requests, results, strict=True):
+            if (channel in subscribed or isinstance(result, BrokerError) or result.suppressed
+                    or channel in subscribing):
+                continue
+            position = result.position
+            pub = Publication(position.offset, data, options.info, options.tags, now)
+            observer(channel, EncodedPush.publication(channel, pub, position.epoch))
 
     def _arrive(self, channel: str, pub: Publication, epoch: str, st: _Stream | None) -> None:
         """A kept publication off the common path: the first one, a hole, a new epoch,

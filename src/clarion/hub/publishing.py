@@ -10,6 +10,8 @@ still take effect in the order given.
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -61,6 +63,27 @@ def publish_options(hub: Hub, channel: str, data: bytes, *, tags: dict[str, str]
                           skip_history=skip_history, idempotency_key=idempotency_key)
 
 
+async def publish_many(
+    hub: Hub, requests: Sequence[tuple[str, bytes, PublishOptions]],
+) -> list[PublishResult | BrokerError]:
+    """Every publication the hub makes goes through here (``Hub.publish``, ``PublishRun``, the
+    GRIP publish API): ``Broker.publish_many``, one result or BrokerError per request. With a
+    broker that delivers only subscribed channels (Redis), what the broker will not bring back
+    to this node is handed to the fan-out's observer (``Fanout.observe_own``), so the GRIP
+    proxy's hold window covers a publication made through this node on a channel that no one
+    here was subscribed to yet: the origin's publish-then-hold."""
+    observer_on = hub.fanout.observer is not None and not hub.broker.delivers_unsubscribed
+    # The time the broker stamps is its own; this one is within the same call.
+    now = time.time() if observer_on else 0.0
+    try:
+        results = await hub.broker.publish_many(requests)
+    except BrokerError as exc:  # not started, or a backend that fails them all at once
+        return [exc] * len(requests)
+    if observer_on:
+        hub.fanout.observe_own(requests, results, now)
+    return results
+
+
 class PublishRun:
     """Publish commands waiting to go out together; ``send`` writes each one's reply into
     the batch's reply list at the place the command held."""
@@ -87,11 +110,7 @@ class PublishRun:
             return []
         requests, self._requests = self._requests, []
         places, self._places = self._places, []
-        results: list[PublishResult | BrokerError]
-        try:
-            results = await self._hub.broker.publish_many(requests)
-        except BrokerError as exc:  # not started, or a backend that fails them all at once
-            results = [exc] * len(requests)
+        results = await publish_many(self._hub, requests)
         for (channel, _, _), result in zip(requests, results, strict=True):
             if isinstance(result, BrokerError):
                 self._hub.log.warning("API call failed: broker unavailable", method="publish",

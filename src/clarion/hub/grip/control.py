@@ -19,7 +19,7 @@ from clarion.broker.base import PublishOptions
 from clarion.errors import BrokerError, GripError, ReplyError
 from clarion.hub.config import ChannelOptions
 from clarion.hub.http import HttpProtocol, Request, Response
-from clarion.hub.publishing import broker_request
+from clarion.hub.publishing import broker_request, publish_many
 from clarion.hub.push import GRIP_ONLY_TAG, GRIP_TAG
 from clarion.protocol.grip import items as grip_items
 from clarion.protocol.grip import mapping
@@ -103,10 +103,7 @@ class ControlApi:
         # subscribers together and leave in one write each, as an /api/batch does.
         requests = [self.broker_request(item, opts)
                     for item, opts in zip(parsed, options, strict=True)]
-        try:
-            results = await self.hub.broker.publish_many(requests)
-        except BrokerError as exc:  # not started, or a backend that fails them all at once
-            results = [exc] * len(requests)
+        results = await publish_many(self.hub, requests)
         failed = [r for r in results if isinstance(r, BrokerError)]
         published = len(results) - len(failed)
         self.hub.metrics.grip_published += published
