@@ -37,7 +37,7 @@ from clarion.hub.metrics import HubMetrics
 from clarion.hub.openapi import docs_page, openapi_document
 from clarion.hub.outbound import Flusher
 from clarion.hub.proxies import TrustedProxies, parse_networks
-from clarion.hub.publishing import broker_request
+from clarion.hub.publishing import broker_request, publish_many
 from clarion.hub.resume import ResumeSigner
 from clarion.hub.router import Router
 from clarion.hub.static import file_response, handle_static
@@ -201,7 +201,12 @@ class Hub:
         data, publish_options = broker_request(
             self.config, options or self.rules.options(channel), data, tags=tags,
             skip_history=skip_history, idempotency_key=idempotency_key, info=info)
-        return await self.broker.publish(channel, data, publish_options)
+        # The hub's one way to the broker (publishing.publish_many): it also keeps the GRIP
+        # proxy's recent-publications buffer complete with a broker like Redis.
+        (result,) = await publish_many(self, [(channel, data, publish_options)])
+        if isinstance(result, BrokerError):
+            raise result
+        return result
 
     async def history_result(self, channel: str, options: ChannelOptions, limit: int,
                              since: Any, reverse: bool) -> dict[str, Any]:
