@@ -621,3 +621,31 @@ def test_a_broker_that_never_answers_is_bounded_by_the_timeout() -> None:
                 realtime.publish("news", {})  # no namespace: the defaults allow it
             with pytest.raises(HubUnavailable, match=r"within 0\.5s"):
                 asyncio.run(realtime.aissue_ticket("1"))
+
+
+async def test_aissue_ticket_reads_a_queryset_of_channels_in_the_sync_thread(
+        memory_hub: Hub, webhook_databases: None) -> None:  # noqa: F811
+    """As aconnection_token: channel names from a QuerySet are read where Django allows a
+    query; on the event loop it raised SynchronousOnlyOperation."""
+    from django.db.models import Value
+    from django.db.models.functions import Concat
+
+    name = f"tk-{uuid.uuid4().hex[:8]}"
+
+    def make_user() -> User:
+        user = User.objects.create_user(username=name)
+        connections.close_all()  # this thread's connections end with it
+        return user
+
+    user = await asyncio.to_thread(make_user)
+    channels = (User.objects.filter(pk=user.pk)
+                .annotate(channel=Concat(Value("chat:"), "username"))
+                .values_list("channel", flat=True))
+    ticket = await realtime.aissue_ticket(str(user.pk), channels=channels)
+    client = Centrifuge(memory_hub.ws_url, token=ticket)
+    await client.connect()
+    try:
+        present = await realtime.apresence(f"chat:{name}")  # subscribed server-side
+        assert [c.user for c in present.values()] == [str(user.pk)]
+    finally:
+        await client.disconnect()

@@ -31,6 +31,7 @@ from clarion.django.realtime import _coalesce, _routes
 from clarion.django.realtime._commit import after_commit
 from clarion.django.realtime._outgoing import Outgoing, outgoing
 from clarion.django.realtime._tokens import (
+    _plain,
     aconnection_token,
     asubscription_token,
     connection_token,
@@ -236,8 +237,21 @@ def issue_ticket(user: Any, *, info: Any = None, channels: Iterable[str] = (),
 
 async def aissue_ticket(user: Any, *, info: Any = None, channels: Iterable[str] = (),
                         ttl: float | None = None) -> str:
-    sub, conn_info = await _aidentity(user, info)
-    return await _routes.publisher().aticket(sub, conn_info, _names(channels), ttl)
+    # As aconnection_token: request.user and a queryset of channel names are read in
+    # Django's sync thread (on the event loop Django refuses the query).
+    if _plain(user, channels):
+        sub, conn_info = identity(user, info)
+        names = _names(channels)
+    else:
+        from asgiref.sync import sync_to_async
+
+        sub, conn_info, names = await sync_to_async(_ticket_args)(user, info, channels)
+    return await _routes.publisher().aticket(sub, conn_info, names, ttl)
+
+
+def _ticket_args(user: Any, info: Any, channels: Iterable[str]) -> tuple[str, Any, list[str]]:
+    sub, conn_info = identity(user, info)
+    return sub, conn_info, _names(channels)
 
 
 async def _aidentity(user: Any, info: Any) -> tuple[str, Any]:
