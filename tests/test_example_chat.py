@@ -482,3 +482,44 @@ def test_messages_are_saved_then_published_and_bad_input_is_refused(
         r = anonymous.get("/rooms/kitchen/")
         assert r.status_code == 302 and r.headers["location"].startswith("/login/")
     assert "Traceback" not in chat.output(), chat.output()
+
+
+@pytest.mark.browser
+def test_a_publication_that_is_no_chat_message_is_ignored_by_the_page(
+    browser: Any, chat_factory: ChatFactory  # noqa: F811
+) -> None:
+    """A notice published to a room through the hub's server API has no integer id: the page
+    shows nothing for it and its next catch-up still asks for the right messages (it asked
+    ?after=NaN, which the view refuses, so nothing missed was ever shown)."""
+    chat = chat_factory(postgres=True)
+    bob_ctx, bob = sign_up_and_enter(browser, chat, "bob", "porch")
+    try:
+        with _signed_up(chat, "alice") as alice:
+            first = alice.post("/rooms/porch/messages/", json={"text": "first"},
+                               headers=_csrf(alice))
+            assert first.status_code == 201, first.text
+            wait_shown(bob, ["first"])
+            chat.hub_api("publish", {"channel": "room:porch", "data": {"notice": "maintenance"}})
+            chat.hub_api("publish", {"channel": "room:porch", "data": "plain text"})
+            second = alice.post("/rooms/porch/messages/", json={"text": "second"},
+                                headers=_csrf(alice))
+            assert second.status_code == 201, second.text
+            wait_shown(bob, ["second"])  # after the notices: they were handled, not shown
+            assert shown(bob) == [("alice", "first"), ("alice", "second")]
+
+            bob_ctx.set_offline(True)
+            bob.wait_for_selector("#status:not([data-state='connected'])", timeout=15_000)
+            for text in ("third", "fourth"):
+                r = alice.post("/rooms/porch/messages/", json={"text": text},
+                               headers=_csrf(alice))
+                assert r.status_code == 201, r.text
+            chat.hub_api("history_remove", {"channel": "room:porch"})
+            bob_ctx.set_offline(False)
+            wait_connected(bob, timeout=30_000)
+            wait_shown(bob, ["third", "fourth"])
+        assert arrivals(bob)["third"] == arrivals(bob)["fourth"] == "database"
+        assert catch_ups(bob) == 1
+        assert shown(bob) == [("alice", t) for t in ("first", "second", "third", "fourth")]
+    finally:
+        bob_ctx.close()
+    assert "Traceback" not in chat.output(), chat.output()
