@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -714,3 +715,58 @@ async def test_a_link_closed_from_its_own_task_does_not_cancel_that_task() -> No
     current: Any = current_task
     assert await current_task == "went on"
     assert other.cancelled() and link._tasks == []
+
+
+async def test_concurrent_publishes_share_script_calls_in_order(own_redis: RedisServer) -> None:
+    """Publishes from separate callers (other HTTP requests, other clients) that arrive while
+    a script call is in flight leave together in the next one, each channel in order."""
+    channels = [_id("c") for _ in range(4)]
+    broker = RedisBroker(own_redis.url)
+    async with running(broker) as (_, handler):
+        for channel in channels:
+            await broker.subscribe(channel)
+        admin = aioredis.Redis.from_url(own_redis.url)
+        try:
+            await broker.publish(channels[0], b"-1", history_on(size=1000))  # script loaded
+            await admin.config_resetstat()
+            results = await asyncio.gather(*(
+                broker.publish(channels[i % 4], b"%d" % i, history_on(size=1000))
+                for i in range(400)))
+            stats = await admin.info("commandstats")
+        finally:
+            await admin.aclose()
+        # 400 callers at once: a handful of script calls, not 400.
+        assert stats["cmdstat_evalsha"]["calls"] <= 10
+        for k, channel in enumerate(channels):
+            offsets = [r.position.offset for i, r in enumerate(results) if i % 4 == k]
+            assert offsets == list(range(2 if k == 0 else 1, 102 if k == 0 else 101))
+            await handler.until(lambda c=channel: len(handler.data(c)) >= 100)
+            assert handler.data(channel)[-100:] == [b"%d" % i for i in range(k, 400, 4)]
+
+
+async def test_a_publish_whose_caller_gave_up_is_not_sent_later(own_redis: RedisServer) -> None:
+    """Redis stalled: each caller gets BrokerError within command_timeout (also those queued
+    behind the call in flight), and what was never sent is not sent when Redis resumes."""
+    channel = _id("late")
+    broker = RedisBroker(own_redis.url, command_timeout=0.5)
+    async with running(broker):
+        await broker.publish(channel, b"0", history_on())
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            first = asyncio.ensure_future(broker.publish(channel, b"1", history_on()))
+            await asyncio.sleep(0)  # the first call is in flight; these wait behind it
+            queued = [asyncio.ensure_future(broker.publish(channel, b"%d" % i, history_on()))
+                      for i in range(2, 6)]
+            for task in (first, *queued):
+                with pytest.raises(BrokerError, match="timed out"):
+                    await task
+            assert time.monotonic() - started < 2.0
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        hist = await broker.history(channel, since=None, limit=100, reverse=False)
+        # "1" was sent before Redis stalled and may have run; "2".."5" never left.
+        assert [p.data for p in hist.publications] in ([b"0"], [b"0", b"1"])
+        res = await broker.publish(channel, b"6", history_on())
+        assert res.position.offset == len(hist.publications) + 1

@@ -181,14 +181,12 @@ class RedisClusterBroker(RedisBroker):
     def connected(self) -> bool:
         return bool(self._links) and all(link.connected for link in self._links.values())
 
-    async def publish_many(
+    async def _publish_now(
         self, requests: Sequence[tuple[str, bytes, PublishOptions]],
     ) -> list[PublishResult | BrokerError]:
         """Grouped by slot (a channel's keys and its SPUBLISH share one): each group is one
         ``PUBLISH_MANY_LUA`` call per ``PUBLISH_MANY_CHUNK`` on the slot's node, in order; the
         groups at once, within the pool's bound on commands in flight."""
-        if len(requests) <= 1:
-            return await super(RedisBroker, self).publish_many(requests)
         groups: dict[int, list[int]] = {}
         for i, (channel, _, _) in enumerate(requests):
             groups.setdefault(key_slot(self._stream_key(channel).encode()), []).append(i)

@@ -25,6 +25,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -120,6 +121,16 @@ def _unpack_info(info: _Info) -> ClientInfo:
     return ClientInfo(info.client, info.user, info.conn_info, info.chan_info)
 
 
+@dataclass(slots=True)
+class _Outgoing:
+    """A publication waiting in the broker's outbox for the next script call."""
+
+    channel: str
+    data: bytes
+    options: PublishOptions
+    future: asyncio.Future[PublishResult | BrokerError]
+
+
 def _publication(offset: int, raw: bytes) -> Publication:
     env = _decode_envelope(raw)
     info = None if env.info is None else _unpack_info(env.info)
@@ -151,50 +162,16 @@ def _history_args(options: PublishOptions) -> tuple[int, int, int]:
 
 
 # -- Lua ---------------------------------------------------------------------------------------
-# Publish. KEYS: stream, meta, idempotency result. ARGV: envelope, history size (0: not kept),
-# history ttl ms, meta ttl ms, a fresh epoch (used only when the meta hash is missing), Pub/Sub
-# channel, idempotent result ttl ms (0: no key), the publish command ("publish", or "spublish"
-# on a Cluster). Returns {"offset:epoch", suppressed}.
-PUBLISH_LUA = """
-local idem_ttl = tonumber(ARGV[7])
-if idem_ttl > 0 then
-  local cached = redis.call('get', KEYS[3])
-  if cached then
-    return {cached, 1}
-  end
-end
-local size = tonumber(ARGV[2])
-local offset = 0
-local epoch = ''
-if size > 0 then
-  epoch = redis.call('hget', KEYS[2], 'e')
-  if not epoch then
-    epoch = ARGV[5]
-    redis.call('hset', KEYS[2], 'e', epoch)
-  end
-  offset = redis.call('hincrby', KEYS[2], 's', 1)
-  redis.call('pexpire', KEYS[2], ARGV[4])
-  if offset == 1 then
-    redis.call('del', KEYS[1])
-  end
-  redis.call('xadd', KEYS[1], 'MAXLEN', size, offset .. '-0', 'd', ARGV[1])
-  redis.call('pexpire', KEYS[1], ARGV[3])
-end
-redis.call(ARGV[8], ARGV[6], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
-local result = offset .. ':' .. epoch
-if idem_ttl > 0 then
-  redis.call('set', KEYS[3], result, 'PX', idem_ttl)
-end
-return {result, 0}
-"""
-
-# Publish a run of publications in one call (``publish_many`` on one Redis). ARGV[1]: the
-# publish command, ARGV[2]: a fresh epoch (for any channel whose meta hash is missing); then six
-# per publication: envelope, history size, history ttl ms, meta ttl ms, Pub/Sub channel,
-# idempotent result ttl ms. KEYS: stream, meta, idempotency result per publication. The same
-# steps as PUBLISH_LUA, each publication under pcall, so one that fails (a key of the wrong
-# type) fails alone. Returns two items per publication: "offset:epoch" (or "!" and the error)
-# and whether it was suppressed as a repeat.
+# Publish a run of publications in one call (every publication goes this way, one or many).
+# ARGV[1]: the publish command ("publish", or "spublish" on a Cluster), ARGV[2]: a fresh epoch
+# (used for any channel whose meta hash is missing); then six per publication: envelope,
+# history size (0: not kept), history ttl ms, meta ttl ms, Pub/Sub channel, idempotent result
+# ttl ms (0: no key). KEYS: stream, meta, idempotency result per publication. For each: a
+# repeated idempotency key returns the cached result; otherwise bump the offset, XADD to the
+# stream and PUBLISH "p<offset>:<epoch>:<envelope>", so the order on the wire is the order in
+# history. Each publication runs under pcall, so one that fails (a key of the wrong type)
+# fails alone. Returns two items per publication: "offset:epoch" (or "!" and the error) and
+# whether it was suppressed as a repeat.
 PUBLISH_MANY_LUA = """
 local command, fresh = ARGV[1], ARGV[2]
 local function publish(stream, meta, idem, envelope, size, history_ttl, meta_ttl, channel,
@@ -743,7 +720,6 @@ class RedisBroker(Broker):
         self._pool: Any = None
         self._client: Any = None
         self._pub: Callable[[str, bytes], Awaitable[Any]] | None = None
-        self._publish_script: Any = None
         self._publish_many_script: Any = None
         self._history_script: Any = None
         self._presence_add_script: Any = None
@@ -751,6 +727,10 @@ class RedisBroker(Broker):
         self._presence_get_script: Any = None
         self._link: Link | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Publications waiting for the next script call (see publish_many), and the task
+        # sending them while one is in flight.
+        self._outbox: list[_Outgoing] = []
+        self._sender: asyncio.Task[None] | None = None
         # Counters for the hub's metrics and /health.
         self.reconnects = 0
         self.handler_errors = 0
@@ -804,7 +784,6 @@ class RedisBroker(Broker):
         return conn
 
     def _register_scripts(self, client: Any) -> None:
-        self._publish_script = client.register_script(PUBLISH_LUA)
         self._publish_many_script = client.register_script(PUBLISH_MANY_LUA)
         self._history_script = client.register_script(HISTORY_LUA)
         self._presence_add_script = client.register_script(PRESENCE_ADD_LUA)
@@ -834,6 +813,12 @@ class RedisBroker(Broker):
     async def close(self) -> None:
         for task in list(self._background):
             await _cancel(task)
+        if self._sender is not None:
+            await _cancel(self._sender)
+        for waiting in self._outbox:
+            if not waiting.future.done():
+                waiting.future.set_result(BrokerError("broker is closed"))
+        self._outbox.clear()
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -894,26 +879,82 @@ class RedisBroker(Broker):
     # -- publishing ---------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: bytes, options: PublishOptions) -> PublishResult:
-        self._require()
-        keys, args = self._publish_args(channel, data, options)
-        if keys is None:
-            # Nothing to remember, nothing to check: one PUBLISH, no script.
-            assert self._pub is not None
-            await self._call("publish", self._pub(*args))
-            return PublishResult(StreamPosition(0, ""))
-        reply = await self._call("publish", self._publish_script(keys=keys, args=args))
-        return _publish_result(reply)
+        (result,) = await self.publish_many([(channel, data, options)])
+        if isinstance(result, BrokerError):
+            raise result
+        return result
 
     async def publish_many(
         self, requests: Sequence[tuple[str, bytes, PublishOptions]],
     ) -> list[PublishResult | BrokerError]:
-        """One script call per ``PUBLISH_MANY_CHUNK`` publications, in order: Redis runs a
-        script's commands in order, so each channel's order holds. Against one EVALSHA each in
-        a pipeline, this saves redis-py's per-command packing and reply parsing (a third of
-        the hub's time at 26,000 publications/s) and Redis's per-script overhead."""
+        """Publications go out in script calls of up to ``PUBLISH_MANY_CHUNK``, one call in
+        flight at a time: what callers add while one is in flight (other HTTP requests, other
+        clients) leaves together in the next, in the order added, as Centrifugo's Redis
+        engine pipelines concurrent commands. Redis runs a script's commands in order, so each
+        channel's order holds. Against one EVALSHA per publication this saves redis-py's
+        per-command packing and reply parsing (a third of the hub's time at 26,000
+        publications/s) and Redis's per-script overhead. Each caller waits at most
+        ``command_timeout`` for its results; a publication whose caller gave up before its
+        call was sent is not sent."""
         self._require()
-        if len(requests) <= 1:
-            return await super().publish_many(requests)
+        if not requests:
+            return []
+        loop = asyncio.get_running_loop()
+        mine = [_Outgoing(channel, data, options, loop.create_future())
+                for channel, data, options in requests]
+        self._outbox += mine
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_outbox(), name="clarion-redis-publish")
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                return [await waiting.future for waiting in mine]
+        except TimeoutError:
+            pass
+        # What was never sent is dropped; what was sent may still take effect, as with any
+        # command whose reply did not come in time (callers that retry pass an idempotency
+        # key).
+        error = BrokerError(f"redis publish timed out after {self.command_timeout:g} s "
+                            f"({self._where})")
+        results: list[PublishResult | BrokerError] = []
+        for waiting in mine:
+            if waiting.future.done() and not waiting.future.cancelled():
+                results.append(waiting.future.result())
+            else:
+                waiting.future.cancel()
+                results.append(error)
+        return results
+
+    async def _send_outbox(self) -> None:
+        try:
+            while self._outbox:
+                batch = [w for w in self._outbox[:PUBLISH_MANY_CHUNK] if not w.future.done()]
+                del self._outbox[:PUBLISH_MANY_CHUNK]
+                if not batch:
+                    continue
+                try:
+                    results = await self._publish_now(
+                        [(w.channel, w.data, w.options) for w in batch])
+                except Exception as exc:
+                    log.exception("redis publish failed unexpectedly (%s)", self._where)
+                    self.handler_errors += 1
+                    results = [BrokerError(f"redis publish failed ({self._where}): {exc!r}")
+                               ] * len(batch)
+                for waiting, result in zip(batch, results, strict=True):
+                    if not waiting.future.done():
+                        waiting.future.set_result(result)
+        finally:
+            self._sender = None
+            # Cancelled (close) with publications still waiting: they get an answer rather
+            # than waiting out their timeout.
+            for waiting in self._outbox:
+                if not waiting.future.done():
+                    waiting.future.set_result(BrokerError("broker is closed"))
+            self._outbox.clear()
+
+    async def _publish_now(
+        self, requests: Sequence[tuple[str, bytes, PublishOptions]],
+    ) -> list[PublishResult | BrokerError]:
+        """``requests`` in script calls of up to ``PUBLISH_MANY_CHUNK``, one after another."""
         results: list[PublishResult | BrokerError] = []
         for start in range(0, len(requests), PUBLISH_MANY_CHUNK):
             results += await self._publish_chunk(requests[start:start + PUBLISH_MANY_CHUNK])
@@ -955,24 +996,7 @@ class RedisBroker(Broker):
                 results.append(_publish_result((result, suppressed)))
         return results
 
-    def _publish_args(self, channel: str, data: bytes,
-                      options: PublishOptions) -> tuple[list[str] | None, list[Any]]:
-        """The publish script's keys and arguments; keys None: a plain PUBLISH of the
-        arguments (no history, no idempotency key)."""
-        info = options.info
-        envelope = _encode(_Envelope(
-            data, time.time(), None if info is None else _pack_info(info), options.tags or None))
-        history = _history_args(options)
-        if not history[0] and not options.idempotency_key:
-            return None, [self._pubsub_channel(channel), b"p0::" + envelope]
-        idem_ttl = _ms(options.idempotent_result_ttl) if options.idempotency_key else 0
-        keys = [self._stream_key(channel), self._meta_key(channel),
-                self._idem_key(channel, options.idempotency_key)]
-        args = [envelope, *history, _new_epoch(), self._pubsub_channel(channel), idem_ttl,
-                self._publish_command]
-        return keys, args
-
-    # PUBLISH, or SPUBLISH on a Cluster: the script's last argument.
+    # PUBLISH, or SPUBLISH on a Cluster: the publish script's first argument.
     _publish_command = "publish"
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
