@@ -879,7 +879,26 @@ class RedisBroker(Broker):
     # -- publishing ---------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: bytes, options: PublishOptions) -> PublishResult:
-        (result,) = await self.publish_many([(channel, data, options)])
+        """Single publications from concurrent callers (separate HTTP requests, clients)
+        share script calls: one call in flight at a time, and what is added meanwhile leaves
+        together in the next, in the order added, as Centrifugo's Redis engine pipelines
+        concurrent commands. Each caller waits at most ``command_timeout``; a publication
+        whose caller gave up before its call was sent is not sent."""
+        self._require()
+        loop = asyncio.get_running_loop()
+        waiting = _Outgoing(channel, data, options, loop.create_future())
+        self._outbox.append(waiting)
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_outbox(), name="clarion-redis-publish")
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                result = await waiting.future
+        except TimeoutError:
+            # Not yet sent: dropped. Sent: it may still take effect, as any command whose
+            # reply did not come in time (callers that retry pass an idempotency key).
+            waiting.future.cancel()
+            raise BrokerError(f"redis publish timed out after {self.command_timeout:g} s "
+                              f"({self._where})") from None
         if isinstance(result, BrokerError):
             raise result
         return result
@@ -887,42 +906,20 @@ class RedisBroker(Broker):
     async def publish_many(
         self, requests: Sequence[tuple[str, bytes, PublishOptions]],
     ) -> list[PublishResult | BrokerError]:
-        """Publications go out in script calls of up to ``PUBLISH_MANY_CHUNK``, one call in
-        flight at a time: what callers add while one is in flight (other HTTP requests, other
-        clients) leaves together in the next, in the order added, as Centrifugo's Redis
-        engine pipelines concurrent commands. Redis runs a script's commands in order, so each
-        channel's order holds. Against one EVALSHA per publication this saves redis-py's
-        per-command packing and reply parsing (a third of the hub's time at 26,000
-        publications/s) and Redis's per-script overhead. Each caller waits at most
-        ``command_timeout`` for its results; a publication whose caller gave up before its
-        call was sent is not sent."""
+        """One script call per ``PUBLISH_MANY_CHUNK`` publications, in order: Redis runs a
+        script's commands in order, so each channel's order holds. Against one EVALSHA each in
+        a pipeline, this saves redis-py's per-command packing and reply parsing (a third of
+        the hub's time at 26,000 publications/s) and Redis's per-script overhead. Runs from
+        concurrent callers go out side by side (each on a pooled connection), so the hub's
+        work and Redis's overlap; a single publication joins ``publish``'s shared calls."""
         self._require()
-        if not requests:
-            return []
-        loop = asyncio.get_running_loop()
-        mine = [_Outgoing(channel, data, options, loop.create_future())
-                for channel, data, options in requests]
-        self._outbox += mine
-        if self._sender is None:
-            self._sender = loop.create_task(self._send_outbox(), name="clarion-redis-publish")
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                return [await waiting.future for waiting in mine]
-        except TimeoutError:
-            pass
-        # What was never sent is dropped; what was sent may still take effect, as with any
-        # command whose reply did not come in time (callers that retry pass an idempotency
-        # key).
-        error = BrokerError(f"redis publish timed out after {self.command_timeout:g} s "
-                            f"({self._where})")
-        results: list[PublishResult | BrokerError] = []
-        for waiting in mine:
-            if waiting.future.done() and not waiting.future.cancelled():
-                results.append(waiting.future.result())
-            else:
-                waiting.future.cancel()
-                results.append(error)
-        return results
+        if len(requests) == 1:
+            channel, data, options = requests[0]
+            try:
+                return [await self.publish(channel, data, options)]
+            except BrokerError as exc:
+                return [exc]
+        return await self._publish_now(requests)
 
     async def _send_outbox(self) -> None:
         try:
