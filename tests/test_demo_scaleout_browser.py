@@ -10,13 +10,10 @@ is closed and opened again. The browser fixture and the page helpers are tests/t
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +22,7 @@ from typing import Any
 
 import pytest
 import redis
-from tests.conftest import API_KEY, BASE_CONFIG, Hub, free_port, in_ci, redis_up
+from tests.conftest import Hub, free_port, in_ci, redis_up
 from tests.test_browser import (  # noqa: F401 - browser is the Chromium fixture
     SCREENSHOT_DIR,
     browser,
@@ -35,15 +32,12 @@ from tests.test_browser import (  # noqa: F401 - browser is the Chromium fixture
     wait_messages,
     wait_presence,
 )
-from tests.test_workers import ready_pids, wait_until, websockets_per_worker
-
-from clarion.hub.workers import EXIT_GRACE
+from tests.test_workers import start_workers, stop_workers, websockets_per_worker
 
 pytestmark = pytest.mark.browser
 
 CHANNEL = "chat:lobby"  # the page's one channel; a key prefix of the test's own keeps runs apart
 SHARED_REDIS = "redis://127.0.0.1:6379/11"  # test_workers' db: a stray key never meets db 0's
-SHUTDOWN_TIMEOUT = 3
 T = 30.0  # a bound for things that must happen, never a measurement
 # Short broker bounds, so the hub notices Redis going and coming back quickly.
 QUICK_REDIS = """
@@ -62,32 +56,12 @@ def demo(tmp_path: Path) -> Iterator[Callable[[str, str], Hub]]:
     started: list[Hub] = []
 
     def start(broker: str, redis_table: str) -> Hub:
-        port = free_port()
-        cfg = tmp_path / f"clarion-{port}.toml"
-        cfg.write_text(f"{BASE_CONFIG}shutdown_timeout = {SHUTDOWN_TIMEOUT}\n"
-                       f"\n[redis]\n{redis_table}")
-        log = tmp_path / f"clarion-{port}.log"
-        cmd = [sys.executable, "-m", "clarion", "demo", "--host", "127.0.0.1", "--port",
-               str(port), "--config", str(cfg), "--broker", broker, "--workers", "2"]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        hub = Hub(proc, port, API_KEY, log)
+        hub = start_workers(tmp_path, "demo", f"\n[redis]\n{redis_table}", broker)
         started.append(hub)
-        wait_until(lambda: len(ready_pids(hub)) == 2, hub, "both workers ready")
         return hub
 
     yield start
-    for hub in started:
-        if hub.process.poll() is None:
-            hub.process.terminate()
-            try:
-                hub.process.wait(SHUTDOWN_TIMEOUT + EXIT_GRACE + 5)
-            except subprocess.TimeoutExpired:
-                hub.process.kill()
-                hub.process.wait()
-        for pid in ready_pids(hub).values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    stop_workers(started)
 
 
 def settled(hub: Hub, total: int) -> dict[str, float]:

@@ -85,21 +85,37 @@ def server(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     started: list[Hub] = []
 
     def start(command: str, config: str, *args: str) -> Hub:
-        port = free_port()
-        cfg = tmp_path / f"clarion-{port}.toml"
-        cfg.write_text(f"{BASE_CONFIG}shutdown_timeout = {SHUTDOWN_TIMEOUT}\n{config}")
-        log = tmp_path / f"clarion-{port}.log"
-        cmd = [sys.executable, "-m", "clarion", command, "--host", "127.0.0.1", "--port",
-               str(port), "--config", str(cfg), "--broker", REDIS_URL, "--workers", "2", *args]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        hub = Hub(proc, port, API_KEY, log)
+        hub = start_workers(tmp_path, command, config, REDIS_URL, *args)
         started.append(hub)
-        wait_until(lambda: len(ready_pids(hub)) == 2, hub, "both workers ready")
         return hub
 
     yield start
-    for hub in started:
+    stop_workers(started)
+
+
+def start_workers(tmp_path: Path, command: str, config: str, broker: str, *args: str) -> Hub:
+    """``clarion COMMAND --broker BROKER --workers 2`` on a free port, with CONFIG after the
+    base config, once both workers are ready; the caller stops it with stop_workers."""
+    port = free_port()
+    cfg = tmp_path / f"clarion-{port}.toml"
+    cfg.write_text(f"{BASE_CONFIG}shutdown_timeout = {SHUTDOWN_TIMEOUT}\n{config}")
+    log = tmp_path / f"clarion-{port}.log"
+    cmd = [sys.executable, "-m", "clarion", command, "--host", "127.0.0.1", "--port",
+           str(port), "--config", str(cfg), "--broker", broker, "--workers", "2", *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    hub = Hub(proc, port, API_KEY, log)
+    try:
+        wait_until(lambda: len(ready_pids(hub)) == 2, hub, "both workers ready")
+    except BaseException:
+        stop_workers([hub])
+        raise
+    return hub
+
+
+def stop_workers(hubs: list[Hub]) -> None:
+    """SIGTERM each supervisor, SIGKILL it past its grace, then SIGKILL any worker it left."""
+    for hub in hubs:
         if hub.process.poll() is None:
             hub.process.terminate()
             try:
