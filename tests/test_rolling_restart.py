@@ -31,7 +31,7 @@ import httpx
 import pytest
 import redis
 from centrifuge import Client, ConnectingContext
-from tests.conftest import Hub, token
+from tests.conftest import Hub
 from tests.sse_reader import LineReader
 from tests.test_scaleout_redis_failure import (
     CHANNEL,
@@ -39,10 +39,11 @@ from tests.test_scaleout_redis_failure import (
     NAMESPACE,
     Log,
     Published,
+    StreamResume,
     T,
     WsClientEvents,
-    WsEvents,
     check,
+    recovering_ws_client,
     ws_client,
 )
 from tests.test_workers import (  # noqa: F401 - server and tag are fixtures
@@ -110,53 +111,30 @@ async def ws_client_at(url: str, log: MovedLog, ssl_context: ssl.SSLContext | No
                        ) -> Client:
     """tests/test_scaleout_redis_failure.py's ws_client (recovering subscription to CHANNEL) on
     any address, wss:// included, recording the code of each move."""
-    events = WsEvents(log)
-    client = Client(url, token=token(log.name), events=MovedWsEvents(log),
-                    min_reconnect_delay=0.05, max_reconnect_delay=0.3, ssl_context=ssl_context)
-    sub = client.new_subscription(CHANNEL, events, min_resubscribe_delay=0.05,
-                                  max_resubscribe_delay=0.3)
-    await client.connect()
-    await sub.subscribe()
-    await asyncio.wait_for(events.subscribed.wait(), T)
-    return client
+    return await recovering_ws_client(url, log, MovedWsEvents(log), ssl_context)
 
 
 async def stream_client_at(base_url: str, log: MovedLog, ready: asyncio.Event,
                            verify: ssl.SSLContext | bool = True) -> None:
     """An NDJSON stream on CHANNEL that comes back with its session and cursor whenever it
     ends, until the last publication; every end is a move, with the code it was told."""
-    cursor = session = ""
+    resume = StreamResume(log, ready)
     async with httpx.AsyncClient(base_url=base_url, verify=verify,
                                  timeout=httpx.Timeout(T, read=None)) as http:
         while not log.done.is_set():
-            params = {"channel": CHANNEL}
-            if session:
-                params["session"] = session
-            else:
-                params["token"] = token(log.name)
-            if cursor:
-                params["cursor"] = cursor
             code: int | None = None
             try:
-                async with http.stream("GET", "/connection/stream", params=params) as r:
+                async with http.stream("GET", "/connection/stream",
+                                       params=resume.params()) as r:
                     if r.status_code != 200:
                         log.refused.append(r.status_code)
                         await asyncio.sleep(0.05)
                         continue
                     lines = LineReader(r)
                     while not log.done.is_set():
-                        line = await lines.next(T)
-                        if "connect" in line:
-                            session = line["connect"]["session"]
-                            ready.set()
-                        elif "pub" in line:
-                            cursor = line.get("cursor", cursor)
-                            log.pub(line["pub"]["data"]["i"])
-                        elif "unrecoverable" in line:
-                            cursor = line.get("cursor", "")
-                            log.lost("unrecoverable")
-                        elif "disconnect" in line:
-                            code = line["disconnect"]["code"]
+                        disconnect = resume.take(await lines.next(T))
+                        if disconnect is not None:
+                            code = disconnect["code"]
             except (EOFError, httpx.TransportError):
                 log.disconnects += 1
                 log.codes.append(code)

@@ -18,6 +18,7 @@ import contextlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -181,9 +182,15 @@ class WsClientEvents(ClientEventHandler):
 
 
 async def ws_client(hub: Hub, log: Log) -> Client:
+    return await recovering_ws_client(hub.ws_url, log, WsClientEvents(log))
+
+
+async def recovering_ws_client(url: str, log: Log, client_events: WsClientEvents,
+                               ssl_context: ssl.SSLContext | None = None) -> Client:
+    """A centrifuge-python client at URL, subscribed to CHANNEL with recovery, logging into LOG."""
     events = WsEvents(log)
-    client = Client(hub.ws_url, token=token(log.name), events=WsClientEvents(log),
-                    min_reconnect_delay=0.05, max_reconnect_delay=0.3)
+    client = Client(url, token=token(log.name), events=client_events,
+                    min_reconnect_delay=0.05, max_reconnect_delay=0.3, ssl_context=ssl_context)
     sub = client.new_subscription(CHANNEL, events, min_resubscribe_delay=0.05,
                                   max_resubscribe_delay=0.3)
     await client.connect()
@@ -192,41 +199,60 @@ async def ws_client(hub: Hub, log: Log) -> Client:
     return client
 
 
+@dataclass
+class StreamResume:
+    """What an NDJSON stream client comes back with (its session and cursor), and what it logs
+    of each line it reads."""
+
+    log: Log
+    ready: asyncio.Event
+    cursor: str = ""
+    session: str = ""
+
+    def params(self) -> dict[str, str]:
+        params = {"channel": CHANNEL}
+        if self.session:
+            params["session"] = self.session
+        else:
+            params["token"] = token(self.log.name)
+        if self.cursor:
+            params["cursor"] = self.cursor
+        return params
+
+    def take(self, line: dict[str, Any]) -> dict[str, Any] | None:
+        """Log one line; a ``disconnect`` line's payload is returned for the caller to judge."""
+        if "connect" in line:
+            self.session = line["connect"]["session"]
+            self.ready.set()
+        elif "pub" in line:
+            self.cursor = line.get("cursor", self.cursor)
+            self.log.pub(line["pub"]["data"]["i"])
+        elif "unrecoverable" in line:
+            self.cursor = line.get("cursor", "")
+            self.log.lost("unrecoverable")
+        elif "disconnect" in line:
+            return line["disconnect"]  # type: ignore[no-any-return]
+        return None
+
+
 async def stream_client(hub: Hub, log: Log, ready: asyncio.Event) -> None:
     """An NDJSON stream that comes back from its cursor whenever it ends, until the end."""
-    cursor = ""
-    session = ""
+    resume = StreamResume(log, ready)
     told = False  # the last stream ended with 3010: its end is not a dropped connection
     async with httpx.AsyncClient(timeout=httpx.Timeout(T, read=None)) as http:
         while not log.done.is_set():
-            params = {"channel": CHANNEL}
-            if session:
-                params["session"] = session
-            else:
-                params["token"] = token(log.name)
-            if cursor:
-                params["cursor"] = cursor
             try:
                 async with http.stream("GET", f"{hub.url}/connection/stream",
-                                       params=params) as r:
+                                       params=resume.params()) as r:
                     if r.status_code != 200:
                         log.disconnects += 1
                         await asyncio.sleep(0.05)
                         continue
                     lines = LineReader(r)
                     while not log.done.is_set():
-                        line = await lines.next(T)
-                        if "connect" in line:
-                            session = line["connect"]["session"]
-                            ready.set()
-                        elif "pub" in line:
-                            cursor = line.get("cursor", cursor)
-                            log.pub(line["pub"]["data"]["i"])
-                        elif "unrecoverable" in line:
-                            cursor = line.get("cursor", "")
-                            log.lost("unrecoverable")
-                        elif "disconnect" in line:
-                            told = line["disconnect"]["code"] == 3010
+                        disconnect = resume.take(await lines.next(T))
+                        if disconnect is not None:
+                            told = disconnect["code"] == 3010
                             if told:
                                 log.resubscribes += 1
                             else:
