@@ -10,10 +10,6 @@ is closed and opened again. The browser fixture and the page helpers are tests/t
 
 from __future__ import annotations
 
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +28,7 @@ from tests.test_browser import (  # noqa: F401 - browser is the Chromium fixture
     wait_messages,
     wait_presence,
 )
+from tests.test_scaleout_redis_failure import REDIS_SERVER, RedisServer
 from tests.test_workers import start_workers, stop_workers, websockets_per_worker
 
 pytestmark = pytest.mark.browser
@@ -152,54 +149,21 @@ def test_two_windows_on_two_workers_chat_and_see_each_other(
 # -- Redis comes back empty --------------------------------------------------------------------
 
 
-class RedisServer:
-    """A redis-server of the test's own, without persistence: after SIGKILL and a restart on
-    the same port it is empty, as a Redis restarted without AOF or RDB is."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            why = "redis-server is not installed"
-            if in_ci():
-                pytest.fail(f"{why}; CI must run scripts/install-test-deps")
-            pytest.skip(why)
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                str(self.directory), "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--protected-mode", "no", "--logfile", str(self.directory / "redis.log")]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + T
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.directory / "redis.log").read_text()
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, without persistence: after SIGKILL and a restart on
+    the same port it is empty, as a Redis restarted without AOF or RDB is."""
+    if REDIS_SERVER is None:
+        why = "redis-server is not installed"
+        if in_ci():
+            pytest.fail(f"{why}; CI must run scripts/install-test-deps")
+        pytest.skip(why)
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(directory)
+    server = RedisServer(free_port(), directory, persistent=False)
     server.start()
     yield server
-    server.kill()
+    server.stop()
 
 
 def test_redis_back_empty_the_page_reloads_history_and_chats_on(
