@@ -188,6 +188,17 @@ def wait_connected(page: Any, timeout: float = 15_000) -> None:
     page.wait_for_selector("#status[data-state='connected']", timeout=timeout)
 
 
+@contextlib.contextmanager
+def offline(context: Any, page: Any) -> Iterator[None]:
+    """The page's network is gone for the block (the page has noticed when it starts), and
+    back after it, once the page is connected again."""
+    context.set_offline(True)
+    page.wait_for_selector("#status:not([data-state='connected'])", timeout=15_000)
+    yield
+    context.set_offline(False)
+    wait_connected(page, timeout=30_000)
+
+
 def send(page: Any, text: str) -> None:
     page.fill("#message", text)
     page.click("#send")
@@ -258,14 +269,11 @@ def test_two_users_chat_and_one_comes_back_from_offline(
         wait_shown(alice, ["hi bob!", "hey alice!"])
 
         # Bob's network goes; alice says three things meanwhile.
-        bob_ctx.set_offline(True)
-        bob.wait_for_selector("#status:not([data-state='connected'])", timeout=15_000)
         missed = ["are you there?", "bob?", "I'll wait…"]
-        for text in missed:
-            send(alice, text)
-        wait_shown(alice, missed)
-        bob_ctx.set_offline(False)
-        wait_connected(bob, timeout=30_000)
+        with offline(bob_ctx, bob):
+            for text in missed:
+                send(alice, text)
+            wait_shown(alice, missed)
 
         want = [("alice", "hi bob!"), ("bob", "hey alice!"), *(("alice", t) for t in missed)]
         wait_shown(bob, [t for _, t in want])
@@ -343,18 +351,15 @@ def test_when_the_hub_lost_its_history_the_database_fills_in_once_in_order(
         wait_shown(bob, ["before the loss"])
         assert arrivals(bob)["before the loss"] == "live"
 
-        bob_ctx.set_offline(True)
-        bob.wait_for_selector("#status:not([data-state='connected'])", timeout=15_000)
         missed = ["one", "two", "three"]
-        for text in missed:
-            send(alice, text)
-        # The hub forgets the room (as after a restart on the memory broker, or past
-        # history_ttl); its stream position stays, so bob's recovery finds the gap.
-        chat.hub_api("history_remove", {"channel": "room:attic"})
-        assert chat.hub_api("history", {"channel": "room:attic", "limit": 10})[
-            "publications"] == []
-        bob_ctx.set_offline(False)
-        wait_connected(bob, timeout=30_000)
+        with offline(bob_ctx, bob):
+            for text in missed:
+                send(alice, text)
+            # The hub forgets the room (as after a restart on the memory broker, or past
+            # history_ttl); its stream position stays, so bob's recovery finds the gap.
+            chat.hub_api("history_remove", {"channel": "room:attic"})
+            assert chat.hub_api("history", {"channel": "room:attic", "limit": 10})[
+                "publications"] == []
 
         want = [("alice", "before the loss"), *(("alice", t) for t in missed)]
         wait_shown(bob, missed)
@@ -507,15 +512,12 @@ def test_a_publication_that_is_no_chat_message_is_ignored_by_the_page(
             wait_shown(bob, ["second"])  # after the notices: they were handled, not shown
             assert shown(bob) == [("alice", "first"), ("alice", "second")]
 
-            bob_ctx.set_offline(True)
-            bob.wait_for_selector("#status:not([data-state='connected'])", timeout=15_000)
-            for text in ("third", "fourth"):
-                r = alice.post("/rooms/porch/messages/", json={"text": text},
-                               headers=_csrf(alice))
-                assert r.status_code == 201, r.text
-            chat.hub_api("history_remove", {"channel": "room:porch"})
-            bob_ctx.set_offline(False)
-            wait_connected(bob, timeout=30_000)
+            with offline(bob_ctx, bob):
+                for text in ("third", "fourth"):
+                    r = alice.post("/rooms/porch/messages/", json={"text": text},
+                                   headers=_csrf(alice))
+                    assert r.status_code == 201, r.text
+                chat.hub_api("history_remove", {"channel": "room:porch"})
             wait_shown(bob, ["third", "fourth"])
         assert arrivals(bob)["third"] == arrivals(bob)["fourth"] == "database"
         assert catch_ups(bob) == 1
