@@ -84,8 +84,9 @@ def run_worker(db: str, relay: Any) -> Any:
     return worker
 
 
-async def subscribe(hub: Hub, channel: str) -> tuple[Client, Recorder]:
-    client = Client(hub.ws_url, token=token("ann"))
+async def subscribe(hub: Hub, channel: str, user: str = "ann") -> tuple[Client, Recorder]:
+    """A centrifuge-python client of USER subscribed to CHANNEL, once the hub said so."""
+    client = Client(hub.ws_url, token=token(user))
     rec = Recorder()
     sub = client.new_subscription(channel, events=rec)
     await client.connect()

@@ -23,16 +23,16 @@ import time
 from typing import Any
 
 import pytest
-from centrifuge import Client
 
 import django_env
 
 django_env.configure()
 
 from django.db import connections, transaction  # noqa: E402
-from tests.conftest import API_KEY, Hub, HubFactory, token  # noqa: E402
+from tests.conftest import API_KEY, HubFactory  # noqa: E402
+from tests.test_hook_channels import subscribe  # noqa: E402
 
-from centrifuge_support import Recorder, wait_changed  # noqa: E402
+from centrifuge_support import wait_changed  # noqa: E402
 from clarion.client import AsyncClient  # noqa: E402
 from clarion.django import realtime  # noqa: E402
 from clarion.django.models import Event  # noqa: E402
@@ -115,21 +115,11 @@ def rows() -> list[tuple[Any, int]]:
     return found
 
 
-async def subscribe(hub: Hub) -> tuple[Client, Recorder]:
-    client = Client(hub.ws_url, token=token("watcher"))
-    rec = Recorder()
-    sub = client.new_subscription(CHANNEL, events=rec)
-    await client.connect()
-    await sub.subscribe()
-    await wait_changed(rec.changed, lambda: bool(rec.subscribed), 10)
-    return client, rec
-
-
 async def test_a_worker_killed_between_publish_and_record_loses_and_repeats_nothing(
         clean_db: None, hub_factory: HubFactory) -> None:
     hub = hub_factory(ORDERS)
     proxy = await AnswerHoldingProxy(hub.port).start()
-    client, rec = await subscribe(hub)
+    client, rec = await subscribe(hub, CHANNEL, "watcher")
     workers: list[subprocess.Popen[bytes]] = []
     try:
         await asyncio.to_thread(commit, range(10))
