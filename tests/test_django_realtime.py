@@ -74,6 +74,19 @@ async def subscriber(hub: Hub, channel: str, user: str = "watcher") -> tuple[Cen
     return client, rec
 
 
+async def saved_user(prefix: str) -> User:
+    """A user saved in the database, named PREFIX-<random>; created in a thread, as the ORM
+    is synchronous."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def make_user() -> User:
+        user = User.objects.create_user(username=name)
+        connections.close_all()  # this thread's connections end with it
+        return user
+
+    return await asyncio.to_thread(make_user)
+
+
 # -- publishing through the hub's API -----------------------------------------------------------
 
 
@@ -359,14 +372,8 @@ async def test_async_twins_from_an_async_view(memory_hub: Hub) -> None:
 
 async def test_async_token_twins_from_an_async_view_are_accepted_by_the_hub(
         memory_hub: Hub, webhook_databases: None) -> None:  # noqa: F811
-    name = f"ada-{uuid.uuid4().hex[:8]}"
-
-    def make_user() -> User:
-        user = User.objects.create_user(username=name)
-        connections.close_all()  # this thread's connections end with it
-        return user
-
-    user = await asyncio.to_thread(make_user)
+    user = await saved_user("ada")
+    name = user.username
     browser = AsyncClient()
     await browser.aforce_login(user)
     with override_settings(ROOT_URLCONF=__name__):
@@ -630,14 +637,8 @@ async def test_aissue_ticket_reads_a_queryset_of_channels_in_the_sync_thread(
     from django.db.models import Value
     from django.db.models.functions import Concat
 
-    name = f"tk-{uuid.uuid4().hex[:8]}"
-
-    def make_user() -> User:
-        user = User.objects.create_user(username=name)
-        connections.close_all()  # this thread's connections end with it
-        return user
-
-    user = await asyncio.to_thread(make_user)
+    user = await saved_user("tk")
+    name = user.username
     channels = (User.objects.filter(pk=user.pk)
                 .annotate(channel=Concat(Value("chat:"), "username"))
                 .values_list("channel", flat=True))
