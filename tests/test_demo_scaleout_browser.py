@@ -11,14 +11,12 @@ is closed and opened again. The browser fixture and the page helpers are tests/t
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from tests.conftest import Hub, free_port, in_ci, redis_up
+from tests.conftest import Hub, free_port, in_ci
 from tests.test_browser import (  # noqa: F401 - browser is the Chromium fixture
     SCREENSHOT_DIR,
     browser,
@@ -28,22 +26,19 @@ from tests.test_browser import (  # noqa: F401 - browser is the Chromium fixture
     wait_messages,
     wait_presence,
 )
-from tests.test_scaleout_redis_failure import REDIS_SERVER, RedisServer
-from tests.test_workers import start_workers, stop_workers, websockets_per_worker
+from tests.test_scaleout_redis_failure import REDIS_OPTIONS, REDIS_SERVER, RedisServer
+from tests.test_workers import REDIS_URL as SHARED_REDIS
+from tests.test_workers import (  # noqa: F401 - tag is a fixture
+    start_workers,
+    stop_workers,
+    tag,
+    websockets_per_worker,
+)
 
 pytestmark = pytest.mark.browser
 
 CHANNEL = "chat:lobby"  # the page's one channel; a key prefix of the test's own keeps runs apart
-SHARED_REDIS = "redis://127.0.0.1:6379/11"  # test_workers' db: a stray key never meets db 0's
 T = 30.0  # a bound for things that must happen, never a measurement
-# Short broker bounds, so the hub notices Redis going and coming back quickly.
-QUICK_REDIS = """
-connect_timeout = 0.5
-command_timeout = 1
-ping_interval = 0.5
-reconnect_delay = 0.05
-reconnect_delay_max = 0.5
-"""
 
 
 @pytest.fixture
@@ -98,28 +93,9 @@ def notices(page: Any) -> list[str]:
 # -- two windows, two workers, one Redis -------------------------------------------------------
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A key prefix of this test's own on the shared Redis; its keys are deleted afterwards."""
-    if not redis_up():
-        why = "no Redis at 127.0.0.1:6379"
-        if in_ci():
-            pytest.fail(f"{why}; CI must run one")
-        pytest.skip(why)
-    name = f"demo-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis.Redis.from_url(SHARED_REDIS)
-    try:
-        keys = list(client.scan_iter(match=f"*{name}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 def test_two_windows_on_two_workers_chat_and_see_each_other(
-        browser: Any, demo: Callable[[str, str], Hub], prefix: str) -> None:  # noqa: F811
-    hub = demo(SHARED_REDIS, f'prefix = "{prefix}"\n')
+        browser: Any, demo: Callable[[str, str], Hub], tag: str) -> None:  # noqa: F811
+    hub = demo(SHARED_REDIS, f'prefix = "{tag}"\n')
     (ada_ctx, ada), (bob_ctx, bob) = windows_on_both_workers(browser, hub, ("ada", "bob"))
     try:
         assert sorted(websockets_per_worker(hub).values()) == [1.0, 1.0]
@@ -169,7 +145,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def test_redis_back_empty_the_page_reloads_history_and_chats_on(
         browser: Any, demo: Callable[[str, str], Hub],  # noqa: F811
         own_redis: RedisServer) -> None:
-    hub = demo(own_redis.url, QUICK_REDIS)
+    hub = demo(own_redis.url, REDIS_OPTIONS)
     (ada_ctx, ada), (bob_ctx, bob) = windows_on_both_workers(browser, hub, ("ada", "bob"))
     try:
         wait_presence(ada, ["ada", "bob"])
