@@ -10,7 +10,6 @@ is closed and opened again. The browser fixture and the page helpers are tests/t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tests.test_browser import (  # noqa: F401 - browser is the Chromium fixture
 from tests.test_scaleout_redis_failure import REDIS_OPTIONS, REDIS_SERVER, RedisServer
 from tests.test_workers import REDIS_URL as SHARED_REDIS
 from tests.test_workers import (  # noqa: F401 - tag is a fixture
+    settled,
     start_workers,
     stop_workers,
     tag,
@@ -56,31 +56,19 @@ def demo(tmp_path: Path) -> Iterator[Callable[[str, str], Hub]]:
     stop_workers(started)
 
 
-def settled(hub: Hub, total: int) -> dict[str, float]:
-    """WebSockets per worker, once the workers count ``total`` in all."""
-    counts: dict[str, float] = {}
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
-        counts = websockets_per_worker(hub)
-        if sum(counts.values()) == total:
-            return counts
-        time.sleep(0.05)
-    raise AssertionError(f"the workers never counted {total} WebSockets: {counts}")
-
-
 def windows_on_both_workers(browser: Any, hub: Hub,  # noqa: F811 - the fixture's value
                             names: tuple[str, str]) -> list[tuple[Any, Any]]:
     """A joined demo window per name, the first on one worker and the second on the other."""
     first = join_demo(browser, hub, names[0])
-    counts = settled(hub, 1)
+    counts = settled(hub, 1, T)
     taken = next(w for w, n in counts.items() if n == 1)
     for _ in range(32):
         context, page = join_demo(browser, hub, names[1])
-        counts = settled(hub, 2)
+        counts = settled(hub, 2, T)
         if counts[taken] == 1:
             return [first, (context, page)]
         context.close()
-        settled(hub, 1)
+        settled(hub, 1, T)
     first[0].close()
     raise AssertionError("no second window reached the other worker in 32 tries")
 

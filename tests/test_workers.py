@@ -199,16 +199,17 @@ async def connect_on(hub: Hub, worker: str, make: Callable[[], Client]) -> Clien
         before = websockets_per_worker(hub)
         client = make()
         await client.connect()
-        after = await asyncio.to_thread(_settled, hub, sum(before.values()) + 1)
+        after = await asyncio.to_thread(settled, hub, sum(before.values()) + 1)
         if after[worker] > before[worker]:
             return client
         await client.disconnect()
-        await asyncio.to_thread(_settled, hub, sum(before.values()))
+        await asyncio.to_thread(settled, hub, sum(before.values()))
     raise AssertionError(f"no WebSocket reached worker {worker} in 32 tries")
 
 
-def _settled(hub: Hub, total: float) -> dict[str, float]:
-    deadline = time.monotonic() + 10
+def settled(hub: Hub, total: float, timeout: float = 10) -> dict[str, float]:
+    """WebSockets per worker, once the workers count ``total`` in all."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         counts = websockets_per_worker(hub)
         if sum(counts.values()) == total:
