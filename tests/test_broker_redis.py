@@ -770,3 +770,34 @@ async def test_a_publish_whose_caller_gave_up_is_not_sent_later(own_redis: Redis
         assert [p.data for p in hist.publications] in ([b"0"], [b"0", b"1"])
         res = await broker.publish(channel, b"6", history_on())
         assert res.position.offset == len(hist.publications) + 1
+
+
+async def test_close_answers_publishes_in_flight_and_waiting(own_redis: RedisServer) -> None:
+    """close() while a script call is in flight (Redis stalled) and more wait behind it:
+    every caller hears "broker is closed" at once, not its timeout; a broker started again
+    publishes."""
+    channel = _id("closing")
+    broker = RedisBroker(own_redis.url, command_timeout=5)
+    await broker.start(Recorder())
+    await broker.publish(channel, b"0", history_on())
+    assert own_redis.process is not None
+    own_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        first = asyncio.ensure_future(broker.publish(channel, b"1", history_on()))
+        await asyncio.sleep(0.05)  # in flight
+        queued = [asyncio.ensure_future(broker.publish(channel, b"%d" % i, history_on()))
+                  for i in range(2, 5)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await broker.close()
+        for task in (first, *queued):
+            with pytest.raises(BrokerError, match="closed"):
+                await task
+        assert time.monotonic() - started < 4  # a bound: the callers did not wait out 5 s
+        with pytest.raises(BrokerError, match=r"not started|closed"):
+            await broker.publish(channel, b"late", history_on())
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    async with running(broker):
+        res = await broker.publish(channel, b"5", history_on())
+        assert res.position.offset >= 2

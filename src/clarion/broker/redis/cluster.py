@@ -181,6 +181,16 @@ class RedisClusterBroker(RedisBroker):
     def connected(self) -> bool:
         return bool(self._links) and all(link.connected for link in self._links.values())
 
+    async def publish(self, channel: str, data: bytes, options: PublishOptions) -> PublishResult:
+        """Straight to the channel's slot: a call shared across slots (the standalone
+        broker's outbox) would make every channel wait for the slowest node, and all of them
+        for a node that is down until failover."""
+        self._require()
+        (result,) = await self._publish_now([(channel, data, options)])
+        if isinstance(result, BrokerError):
+            raise result
+        return result
+
     async def _publish_now(
         self, requests: Sequence[tuple[str, bytes, PublishOptions]],
     ) -> list[PublishResult | BrokerError]:
@@ -199,7 +209,15 @@ class RedisClusterBroker(RedisBroker):
                 for i, result in zip(chunk, done, strict=True):
                     results[i] = result
 
-        await asyncio.gather(*(run(ix) for ix in groups.values()))
+        # Every group runs to its end, whatever another meets: a group that failed must not
+        # leave the others' callers without an answer while their publications go out.
+        failures = [f for f in await asyncio.gather(
+            *(run(ix) for ix in groups.values()), return_exceptions=True) if f is not None]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure  # cancellation
+        if failures:
+            raise failures[0]  # not an outage (those are results): the caller's 500 path
         return [r for r in results if r is not None]
 
     async def _connect_client(self) -> Any:

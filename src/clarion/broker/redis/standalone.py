@@ -18,6 +18,7 @@ Every key of a channel carries the hash tag ``{channel}`` so that it lands in on
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -729,8 +730,10 @@ class RedisBroker(Broker):
         self._background: set[asyncio.Task[None]] = set()
         # Publications waiting for the next script call (see publish_many), and the task
         # sending them while one is in flight.
-        self._outbox: list[_Outgoing] = []
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
+        self._sending: list[_Outgoing] = []  # the call in flight
         self._sender: asyncio.Task[None] | None = None
+        self._publishing = False  # between start and close
         # Counters for the hub's metrics and /health.
         self.reconnects = 0
         self.handler_errors = 0
@@ -802,6 +805,7 @@ class RedisBroker(Broker):
             await self._release()
             raise
         self._handler = handler
+        self._publishing = True
 
     async def _start_links(self) -> None:
         link = Link(self, self._where, self._pubsub_connection)
@@ -811,14 +815,13 @@ class RedisBroker(Broker):
         self._link = link
 
     async def close(self) -> None:
+        self._publishing = False  # publishes from now on are refused, not queued
         for task in list(self._background):
             await _cancel(task)
-        if self._sender is not None:
-            await _cancel(self._sender)
-        for waiting in self._outbox:
-            if not waiting.future.done():
-                waiting.future.set_result(BrokerError("broker is closed"))
-        self._outbox.clear()
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            await _cancel(sender)
+        self._answer_waiting(BrokerError("broker is closed"))
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -885,6 +888,8 @@ class RedisBroker(Broker):
         concurrent commands. Each caller waits at most ``command_timeout``; a publication
         whose caller gave up before its call was sent is not sent."""
         self._require()
+        if not self._publishing:
+            raise BrokerError("broker is closed")
         loop = asyncio.get_running_loop()
         waiting = _Outgoing(channel, data, options, loop.create_future())
         self._outbox.append(waiting)
@@ -922,31 +927,43 @@ class RedisBroker(Broker):
         return await self._publish_now(requests)
 
     async def _send_outbox(self) -> None:
+        outbox = self._outbox
         try:
-            while self._outbox:
-                batch = [w for w in self._outbox[:PUBLISH_MANY_CHUNK] if not w.future.done()]
-                del self._outbox[:PUBLISH_MANY_CHUNK]
+            while outbox:
+                batch = self._sending
+                while outbox and len(batch) < PUBLISH_MANY_CHUNK:
+                    waiting = outbox.popleft()
+                    if not waiting.future.done():  # its caller has not given up
+                        batch.append(waiting)
                 if not batch:
                     continue
                 try:
                     results = await self._publish_now(
                         [(w.channel, w.data, w.options) for w in batch])
-                except Exception as exc:
-                    log.exception("redis publish failed unexpectedly (%s)", self._where)
-                    self.handler_errors += 1
-                    results = [BrokerError(f"redis publish failed ({self._where}): {exc!r}")
-                               ] * len(batch)
-                for waiting, result in zip(batch, results, strict=True):
-                    if not waiting.future.done():
-                        waiting.future.set_result(result)
+                except Exception as exc:  # noqa: BLE001 - goes to each caller, as raised
+                    # Not an outage (those are results): each caller gets it as it came, and
+                    # the hub's 500 path logs it with its traceback.
+                    for waiting in batch:
+                        if not waiting.future.done():
+                            waiting.future.set_exception(exc)
+                else:
+                    for waiting, result in zip(batch, results, strict=True):
+                        if not waiting.future.done():
+                            waiting.future.set_result(result)
+                batch.clear()
         finally:
-            self._sender = None
-            # Cancelled (close) with publications still waiting: they get an answer rather
-            # than waiting out their timeout.
-            for waiting in self._outbox:
-                if not waiting.future.done():
-                    waiting.future.set_result(BrokerError("broker is closed"))
-            self._outbox.clear()
+            if self._sender is asyncio.current_task():
+                self._sender = None
+            # Cancelled (close) with publications in flight or still waiting: they get an
+            # answer now rather than waiting out their timeout.
+            self._answer_waiting(BrokerError("broker is closed"))
+
+    def _answer_waiting(self, error: BrokerError) -> None:
+        for waiting in (*self._sending, *self._outbox):
+            if not waiting.future.done():
+                waiting.future.set_result(error)
+        self._sending.clear()
+        self._outbox.clear()
 
     async def _publish_now(
         self, requests: Sequence[tuple[str, bytes, PublishOptions]],
