@@ -339,10 +339,17 @@ class Hub:
         if self._server is not None:
             self._server.close()
         bye = Disconnect(*codes.SHUTDOWN)
-        for conn in list(self.websockets):
-            conn.disconnect(bye)
-        for stream in list(self.streams):
-            stream.disconnect(bye)
+        told: set[object] = set()
+
+        def goodbye() -> None:
+            # Again while draining: a request in hand when the stop began may have become a
+            # WebSocket or a stream since, and it too is told to reconnect elsewhere.
+            for conn in (*self.websockets, *self.streams):
+                if conn not in told:
+                    told.add(conn)
+                    conn.disconnect(bye)
+
+        goodbye()
         if self.grip is not None:
             self.grip.begin_shutdown(bye)
         # Idle keep-alive connections close now; one with a request in hand answers it first
@@ -353,8 +360,9 @@ class Hub:
         def open_() -> bool:
             return bool(self.connection_count) or any(h in self.http_connections for h in busy)
 
-        while open_() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while open_() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+            goodbye()
         for conn in list(self.websockets):
             conn.transport.abort()
         for stream in list(self.streams):
