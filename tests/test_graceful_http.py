@@ -3,7 +3,9 @@
 A retiring worker (rolling restart, SIGTERM) used to close every keep-alive connection at
 once, including one whose publish was waiting on Redis: nginx in front reported that as a 502
 it cannot retry (a POST). Now idle connections close at once, and a connection with a request
-in hand answers it with ``Connection: close`` and then closes, within ``shutdown_timeout``.
+in hand answers it with ``Connection: close`` and then closes, within ``shutdown_timeout``; an
+idle one stays open for a grace second for a request already on its way (answered the same way:
+a proxy sends its next request on the connection it used last), then closes.
 
 Real hub processes, a Redis of the test's own (SIGSTOPped to hold a publish in flight), raw
 sockets to see the bytes and the close.
@@ -71,7 +73,7 @@ def test_a_publish_in_flight_is_answered_before_the_hub_closes(
         pipelined.sendall(_publish("news", 2) + _publish("news", 3))
         time.sleep(0.3)  # the requests are read and waiting on Redis
         hub.process.send_signal(signal.SIGTERM)
-        # The idle connection closes at once, with nothing written to it.
+        # The idle connection closes after the grace, with nothing written to it.
         assert _read_all(idle) == b""
         time.sleep(0.5)
         redis.process.send_signal(signal.SIGCONT)
@@ -122,3 +124,27 @@ def test_a_stalled_request_does_not_hold_the_shutdown_past_its_bound(
         assert _read_all(sock) == b""
     finally:
         sock.close()
+
+
+def test_a_request_sent_on_an_idle_connection_as_the_hub_stops_is_answered(
+        hub_factory: HubFactory) -> None:
+    """The race a proxy in front runs into: its next request goes out on a kept-alive
+    connection just as the hub begins to stop. It is answered, with Connection: close, and a
+    connection that stays idle is closed once the grace is over."""
+    hub = hub_factory('shutdown_timeout = "10s"\n')
+    used = socket.create_connection(("127.0.0.1", hub.port), timeout=T)
+    unused = socket.create_connection(("127.0.0.1", hub.port), timeout=T)
+    try:
+        for s in (used, unused):
+            s.sendall(_publish("warm", 0))
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        hub.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # the stop has begun; the proxy's next request arrives now
+        used.sendall(_publish("news", 1))
+        got = _answers(_read_all(used))
+        assert [(status, h.get("connection")) for status, h, _ in got] == [(200, "close")]
+        assert _read_all(unused) == b""
+        assert hub.process.wait(T) == 0
+    finally:
+        used.close()
+        unused.close()

@@ -25,6 +25,10 @@ MAX_HEADER_COUNT = 128
 MAX_URL_BYTES = 16 * 1024  # room for a JWT with a long channels claim in ?token=
 MAX_PIPELINED = 16
 LINGER_SECONDS = 2.0  # how long a refused request's connection drains before it closes
+# How long a stopping hub keeps an idle keep-alive connection open for a request already on
+# its way (answered, with Connection: close) before closing it: a proxy in front sends its
+# next request on the connection it used last, and one closed under it is a 502.
+DRAIN_IDLE_GRACE = 1.0
 # The fields that frame a body; an answer that has none must not carry them either.
 _FRAMING = ("content-length", "transfer-encoding")
 
@@ -414,19 +418,26 @@ class HttpProtocol(asyncio.Protocol):
         transport.close()
 
     def drain(self) -> bool:
-        """The hub is stopping: an idle connection closes now; one with a request in hand
-        (received, being answered or still arriving) answers it, the last answer saying
-        ``Connection: close``, and closes after it. Cutting it instead would fail a request a
-        proxy in front cannot retry (a publish: nginx answers its client 502). True while
-        the connection still has something to answer."""
+        """The hub is stopping. A connection with a request in hand (received, being answered
+        or still arriving) answers it, the last answer saying ``Connection: close``, and
+        closes after it. An idle one stays open for ``DRAIN_IDLE_GRACE`` in case a request is
+        already on its way, which is answered the same way, and is closed when the grace ends
+        idle. Closing it at once would fail a request a proxy in front has just sent on it and
+        cannot retry (a publish: nginx answers its client 502). True while the connection is
+        open."""
         transport = self.transport
         if transport is None or self.takeover is not None:
             return False  # a taken-over connection (a stream, a hold) has its own goodbye
         self._draining = True
-        if self._running or self._queue or self._in_message:
-            return True
-        transport.close()
-        return False
+        if not (self._running or self._queue or self._in_message):
+            self.hub.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
+        return True
+
+    def _close_if_idle(self) -> None:
+        transport = self.transport
+        if (transport is not None and self.takeover is None and not self._running
+                and not self._queue and not self._in_message):
+            transport.close()
 
     def _waiting(self) -> None:
         """Everything asked has been answered: the connection waits for its next request."""
