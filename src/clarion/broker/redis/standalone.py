@@ -728,7 +728,7 @@ class RedisBroker(Broker):
         self._presence_get_script: Any = None
         self._link: Link | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # Publications waiting for the next script call (see publish_many), and the task
+        # Single publications waiting for the next shared script call (see publish), and the task
         # sending them while one is in flight.
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._sending: list[_Outgoing] = []  # the call in flight
